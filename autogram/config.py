@@ -1,0 +1,254 @@
+"""Plain, validated configuration types: YAML in, one-line errors out.
+
+Every command reads one YAML file, applies ``--set dotted.key=value`` overrides and
+validates the result here, before any heavy import or any work starts. A problem is
+reported as a :class:`ConfigError` whose message names the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "BuiltinDataConfig",
+    "TeacherConfig",
+    "StudentConfig",
+    "DistillConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "TrialConfig",
+    "load_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line naming the field or file."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class BuiltinDataConfig(_Strict):
+    """Sizes of the built-in synthetic image + token data set."""
+
+    n_train: int = Field(3000, ge=100)
+    n_val: int = Field(1000, ge=50)
+    n_test: int = Field(1000, ge=50)
+    image_size: int = Field(16, ge=12, le=64)
+    seq_len: int = Field(24, ge=8, le=256)
+    vocab_size: int = Field(64, ge=32, le=4096)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the data comes from: the built-in generator (``path: null``) or an ``.npz`` file."""
+
+    path: Path | None = None
+    builtin: BuiltinDataConfig = BuiltinDataConfig()
+    modalities: list[str] | None = None
+    modality_kinds: dict[str, Literal["image", "spectrogram", "tokens"]] = {}
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    max_train: int | None = Field(None, ge=10)
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"data file not found: {value}")
+        return value
+
+
+class TeacherConfig(_Strict):
+    """Architecture and training of the multi-modal Transformer teacher."""
+
+    checkpoint: Path | None = None
+    cache_dir: Path = Path("autogram-runs/teachers")
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(3, ge=1, le=24)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    patch_size: int = Field(4, ge=1)
+    fusion_layers: int = Field(1, ge=1, le=12)
+    embed_dim: int = Field(128, ge=4)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TeacherConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+    def architecture(self) -> dict[str, int]:
+        """The fields that define the network's shape (stored in checkpoints)."""
+        keys = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
+                "fusion_layers", "embed_dim")
+        return {k: getattr(self, k) for k in keys}
+
+
+class StudentConfig(_Strict):
+    """Size of the lightweight per-modality CNN student."""
+
+    width: int = Field(16, ge=2, le=512)
+    num_blocks: int = Field(3, ge=2, le=6)
+    embed_dim: int = Field(32, ge=4)
+    token_embed_dim: int = Field(32, ge=4)
+
+
+class DistillConfig(_Strict):
+    """Loss weights, temperature and which tap pairs the Gram term aligns."""
+
+    w_ce: float = Field(1.0, ge=0.0)
+    w_kd: float = Field(1.0, ge=0.0)
+    w_gram: float = Field(1.0, ge=0.0)
+    w_xmodal: float = Field(1.0, ge=0.0)
+    temperature: float = Field(4.0, gt=0.0, le=100.0)
+    gram_kind: Literal["sample", "channel"] = "sample"
+    # "auto": the default pairing (same modality, nearest relative depth); otherwise a
+    # list of "student_tap:teacher_tap" names as printed by `autogram layers`.
+    pairs: Literal["auto"] | list[str] = "auto"
+
+    @field_validator("pairs")
+    @classmethod
+    def _pair_syntax(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                if item.count(":") != 1 or not all(item.split(":")):
+                    raise ValueError(f"pair {item!r} must look like 'student_tap:teacher_tap'")
+        return value
+
+
+class TrainConfig(_Strict):
+    """The student's training budget in one trial."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class EvalConfig(_Strict):
+    """How robustness is scored."""
+
+    noise_severities: list[float] = Field([0.5, 1.0, 2.0], min_length=1)
+    batch_size: int = Field(500, ge=1)
+
+    @field_validator("noise_severities")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(s <= 0 for s in value):
+            raise ValueError(f"every severity must be > 0, got {value}")
+        return value
+
+
+class TrialConfig(_Strict):
+    """Everything one distillation trial needs."""
+
+    name: str = "autogram"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cost: Literal["train_gflops", "train_seconds"] = "train_gflops"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not a YAML scalar ({exc.problem})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``dotted.key=value`` applied (values parsed as YAML)."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {where} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {loc}: {msg}{suffix}"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` or raise a one-line :class:`ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "<config>") -> TrialConfig:
+    """Validate a raw mapping into a :class:`TrialConfig` or raise :class:`ConfigError`."""
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
+    """Load and validate a trial config from YAML, applying ``dotted.key=value`` overrides."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), list(overrides or []))
+    return validate(raw, str(path))

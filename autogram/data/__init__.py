@@ -1,0 +1,6 @@
+"""Multi-modal data: the built-in set, the .npz loader and the corruption suite."""
+
+from autogram.data.arrays import from_arrays, load_data
+from autogram.data.base import MASK_TOKEN, Modality, MultiModalData, Split
+
+__all__ = ["MASK_TOKEN", "Modality", "MultiModalData", "Split", "from_arrays", "load_data"]

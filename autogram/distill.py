@@ -1,0 +1,217 @@
+"""One training loop: the student against a frozen teacher's signals -> named loss terms.
+
+:class:`Objective` owns the loss terms (and the learned channel projections of the
+channel Gram); :func:`train_student` only sums ``weight * term`` and steps. A zero weight
+removes the term: its taps are not hooked and its computation never runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autogram.config import DistillConfig, TrainConfig
+from autogram.data.base import MultiModalData
+from autogram.features import capture
+from autogram.losses import ce_loss, cross_modal_gram_loss, gram_loss, kd_loss
+from autogram.models.taps import Tap, TapPair
+from autogram.runtime import accuracy, autocast, batch_indices, drop_modalities, to_tensors
+from autogram.signals import TeacherOutput, TeacherSignals
+
+log = logging.getLogger("autogram")
+Report = Callable[[int, dict[str, float]], None]
+
+
+class Objective(nn.Module):
+    """The weighted loss terms of one trial: ``ce``, ``kd``, ``gram``, ``xmodal``."""
+
+    def __init__(
+        self, cfg: DistillConfig, pairs: list[TapPair], student_embeds: dict[str, Tap], teacher_embeds: dict[str, Tap]
+    ) -> None:
+        super().__init__()
+        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "gram": cfg.w_gram, "xmodal": cfg.w_xmodal}
+        if not pairs:
+            weights["gram"] = 0.0
+        if len(student_embeds) < 2:  # one modality has no cross-modal structure to transfer
+            weights["xmodal"] = 0.0
+        self.weights = {k: w for k, w in weights.items() if w > 0}
+        self.temperature = cfg.temperature
+        self.gram_kind = cfg.gram_kind
+        self.pairs = pairs if "gram" in self.weights else []
+        self.student_embeds = student_embeds if "xmodal" in self.weights else {}
+        self.teacher_embeds = teacher_embeds if "xmodal" in self.weights else {}
+        # Channel Grams compare C x C matrices, so a narrower student needs a learned 1x1 map.
+        self.projections = nn.ModuleDict({
+            str(i): nn.Conv1d(p.student.channels, p.teacher.channels, kernel_size=1, bias=False)
+            for i, p in enumerate(self.pairs)
+            if self.gram_kind == "channel" and p.student.channels != p.teacher.channels
+        })
+
+    @property
+    def student_taps(self) -> list[Tap]:
+        """Student taps that must be hooked (none when their terms are off)."""
+        return _unique([p.student for p in self.pairs] + list(self.student_embeds.values()))
+
+    @property
+    def teacher_taps(self) -> list[Tap]:
+        """Teacher taps that must be hooked (none when their terms are off)."""
+        return _unique([p.teacher for p in self.pairs] + list(self.teacher_embeds.values()))
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any active term reads the teacher at all."""
+        return bool({"kd", "gram", "xmodal"} & self.weights.keys())
+
+    def forward(
+        self, logits: torch.Tensor, feats: dict[str, torch.Tensor], labels: torch.Tensor, teacher: TeacherOutput | None
+    ) -> dict[str, torch.Tensor]:
+        """The unweighted value of each active term for one batch."""
+        logits = logits.float()
+        terms: dict[str, torch.Tensor] = {}
+        if "ce" in self.weights:
+            terms["ce"] = ce_loss(logits, labels)
+        if teacher is None:
+            return terms
+        if "kd" in self.weights:
+            terms["kd"] = kd_loss(logits, teacher.logits, self.temperature)
+        if "gram" in self.weights:
+            values = [
+                gram_loss(feats[p.student.name].float(), teacher.features[p.teacher.name], self.gram_kind,
+                          self.projections[str(i)] if str(i) in self.projections else None)
+                for i, p in enumerate(self.pairs)
+            ]
+            terms["gram"] = torch.stack(values).mean()
+        if "xmodal" in self.weights:
+            terms["xmodal"] = cross_modal_gram_loss(
+                {m: feats[t.name].float() for m, t in self.student_embeds.items()},
+                {m: teacher.features[t.name] for m, t in self.teacher_embeds.items()},
+            )
+        return terms
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum(weight * term)``."""
+        return sum(self.weights[k] * v for k, v in terms.items())  # type: ignore[return-value]
+
+
+def _unique(taps: list[Tap]) -> list[Tap]:
+    seen: dict[str, Tap] = {}
+    for tap in taps:
+        seen.setdefault(tap.name, tap)
+    return list(seen.values())
+
+
+@dataclass
+class TrainOutcome:
+    """What the training loop did: status, budget spent and per-epoch history."""
+
+    status: str = "ok"
+    reason: str = ""
+    epochs: int = 0
+    steps: int = 0
+    samples: int = 0
+    flops_per_sample: float = 0.0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _count_flops(fn: Callable[[], None]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def train_student(
+    student: nn.Module,
+    objective: Objective,
+    teacher: TeacherSignals | None,
+    data: MultiModalData,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    report: Report | None = None,
+) -> TrainOutcome:
+    """Train ``student`` (and the objective's projections) for ``cfg.epochs``.
+
+    Stops early with status ``diverged`` when the loss becomes non-finite; never raises
+    for that. FLOPs are counted on the first step (forward of both models, loss, backward)
+    and scaled by the number of samples trained.
+    """
+    train = to_tensors(data.splits["train"].inputs, device)
+    labels = torch.from_numpy(data.splits["train"].labels).to(device)
+    val = to_tensors(data.splits["val"].inputs, device)
+    val_labels = torch.from_numpy(data.splits["val"].labels).to(device)
+    params = list(student.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * math.ceil(len(labels) / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    outcome = TrainOutcome()
+    student.train()
+
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        batches = 0
+        for idx in batch_indices(len(labels), cfg.batch_size, generator):
+            idx = idx.to(device)
+            clean = {k: v[idx] for k, v in train.items()}
+            # The teacher sees clean inputs; the student may see modalities blanked, so KD
+            # and Gram terms teach it what the missing modality would have said.
+            inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
+            step_terms: dict[str, torch.Tensor] = {}
+
+            def step(idx: torch.Tensor = idx, clean: dict = clean, inputs: dict = inputs) -> None:
+                signals = teacher(idx, clean) if teacher is not None else None
+                with autocast(device), capture(student, objective.student_taps) as feats:
+                    logits = student(inputs)
+                step_terms.update(objective(logits, feats, labels[idx], signals))
+                loss = objective.total(step_terms)
+                step_terms["loss"] = loss
+                if not torch.isfinite(loss):
+                    return
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            if outcome.steps == 0:
+                outcome.flops_per_sample = _count_flops(step) / len(idx)
+            else:
+                step()
+            loss_value = float(step_terms["loss"].detach())
+            if not math.isfinite(loss_value):
+                bad = [k for k, v in step_terms.items() if k != "loss" and not torch.isfinite(v)]
+                outcome.status = "diverged"
+                outcome.reason = f"non-finite loss ({loss_value}) at epoch {epoch} step {outcome.steps + 1}" + (
+                    f"; non-finite terms: {', '.join(bad)}" if bad else "; every term finite, the weighted sum overflowed"
+                )
+                break
+            schedule.step()
+            outcome.steps += 1
+            outcome.samples += len(idx)
+            batches += 1
+            for k, v in step_terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        outcome.seconds += time.perf_counter() - start
+        if outcome.status != "ok":
+            log.warning("trial diverged: %s", outcome.reason)
+            break
+        metrics = {k: v / max(batches, 1) for k, v in sums.items()}
+        metrics["accuracy"] = accuracy(student, val, val_labels, 500, device)
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        outcome.epochs = epoch
+        outcome.history.append({"epoch": epoch, **metrics})
+        log.info("epoch %d/%d  %s", epoch, cfg.epochs, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if report is not None:
+            report(epoch, metrics)
+    student.eval()
+    return outcome

@@ -1,0 +1,38 @@
+"""Capture intermediate features with forward hooks on module paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from autogram.models.taps import Tap, canonical
+
+
+@contextmanager
+def capture(model: torch.nn.Module, taps: list[Tap], raw: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Hook every tap's module for the duration of the block; yields ``{tap name: feature}``.
+
+    Features are canonicalised to (B, C, P) / (B, C) unless ``raw``. Hooks are removed on
+    exit even if the forward pass raises. With no taps, nothing is registered at all.
+    """
+    features: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for tap in taps:
+            module = model.get_submodule(tap.module_path)
+
+            def hook(_module: torch.nn.Module, _inputs: object, output: object, tap: Tap = tap) -> None:
+                features[tap.name] = canonical(output, "vector" if raw else tap.layout)
+
+            handles.append(module.register_forward_hook(hook))
+        yield features
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """How many forward hooks are registered anywhere in ``model`` (for tests and checks)."""
+    return sum(len(m._forward_hooks) for m in model.modules())

@@ -1,0 +1,93 @@
+"""The student: a lightweight CNN per modality, a shared embedding, late fusion, a classifier."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autogram.config import StudentConfig
+from autogram.data.base import Modality
+from autogram.models.taps import Tap
+
+
+def _block1d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class GridEncoder(nn.Module):
+    """Conv-BN-ReLU blocks over a 1-channel image or spectrogram, widths doubling, stride 2 after the first."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        from torchvision.ops.misc import Conv2dNormActivation
+
+        super().__init__()
+        widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
+        self.blocks = nn.Sequential(*[
+            Conv2dNormActivation(c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2)
+            for i, (c_in, c_out) in enumerate(zip([1, *widths[:-1]], widths))
+        ])
+        self.out_channels = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features, (B, C)."""
+        return self.blocks(x).mean(dim=(2, 3))
+
+
+class TokenEncoder(nn.Module):
+    """Token embedding followed by 1-D Conv-BN-ReLU blocks over the sequence."""
+
+    def __init__(self, modality: Modality, cfg: StudentConfig) -> None:
+        super().__init__()
+        widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
+        self.embedding = nn.Embedding(modality.vocab_size or 2, cfg.token_embed_dim)
+        self.blocks = nn.Sequential(*[
+            _block1d(c_in, c_out, 1 if i == 0 else 2)
+            for i, (c_in, c_out) in enumerate(zip([cfg.token_embed_dim, *widths[:-1]], widths))
+        ])
+        self.out_channels = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pooled features, (B, C): a keyword anywhere in the sequence counts."""
+        return self.blocks(self.embedding(x).transpose(1, 2)).amax(dim=2)
+
+
+class MultiModalCNN(nn.Module):
+    """Per-modality CNN encoders -> projections to a shared embedding -> late fusion -> classifier."""
+
+    def __init__(self, modalities: list[Modality], num_classes: int, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.num_blocks = cfg.num_blocks
+        self.encoders = nn.ModuleDict({
+            m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg) for m in modalities
+        })
+        self.projections = nn.ModuleDict({
+            m.name: nn.Linear(self.encoders[m.name].out_channels, cfg.embed_dim) for m in modalities
+        })
+        self.fusion = nn.Sequential(nn.Linear(len(modalities) * cfg.embed_dim, cfg.embed_dim), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(cfg.embed_dim, num_classes)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits for a batch given as ``{modality name: tensor}``."""
+        embeds = [self.projections[m.name](self.encoders[m.name](inputs[m.name])) for m in self.modalities]
+        return self.classifier(self.fusion(torch.cat(embeds, dim=1)))
+
+    def taps(self) -> list[Tap]:
+        """Every encoder block's output, then the shared embedding, for each modality."""
+        taps = []
+        n = self.num_blocks
+        for modality in self.modalities:
+            for i in range(n):
+                taps.append(Tap(
+                    name=f"{modality.name}.block{i + 1}", modality=modality.name, depth=(i + 1) / (n + 1),
+                    module_path=f"encoders.{modality.name}.blocks.{i}", role="feature", layout="channels_first",
+                ))
+            taps.append(Tap(
+                name=f"{modality.name}.embed", modality=modality.name, depth=1.0,
+                module_path=f"projections.{modality.name}", role="embedding", layout="vector",
+            ))
+        return taps

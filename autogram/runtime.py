@@ -1,0 +1,82 @@
+"""Small torch helpers shared by teacher and student training: device, batches, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from autogram.data.base import MASK_TOKEN, Modality
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from autogram.config import ConfigError
+
+        raise ConfigError("device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU, where fp32 keeps trials bit-for-bit repeatable."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_tensors(inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a split's arrays to ``device`` once, so batches are cheap index views."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """A seeded shuffle of ``range(n)`` cut into batches (the last may be smaller, never < 2)."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        if chunk.numel() >= 2:  # BatchNorm and B x B Grams need two samples
+            yield chunk
+
+
+def drop_modalities(
+    inputs: dict[str, torch.Tensor], modalities: list[Modality], rate: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Blank each modality of each sample with probability ``rate``, never all of a sample's."""
+    if rate <= 0 or len(modalities) < 2:
+        return inputs
+    n = next(iter(inputs.values())).shape[0]
+    drop = torch.rand(n, len(modalities), generator=generator) < rate
+    keep_one = torch.randint(len(modalities), (n,), generator=generator)
+    all_dropped = drop.all(dim=1)
+    drop[all_dropped, keep_one[all_dropped]] = False
+    out = {}
+    for j, modality in enumerate(modalities):
+        x = inputs[modality.name]
+        mask = drop[:, j].to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        blank = torch.full_like(x, MASK_TOKEN) if modality.kind == "tokens" else torch.zeros_like(x)
+        out[modality.name] = torch.where(mask, blank, x)
+    return out
+
+
+@torch.no_grad()
+def accuracy(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
+    device: torch.device,
+) -> float:
+    """Top-1 accuracy of ``model`` in eval mode, restoring its train/eval mode afterwards."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    n = labels.shape[0]
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        with autocast(device):
+            logits = model(batch)
+        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / n
