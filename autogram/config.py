@@ -7,6 +7,7 @@ reported as a :class:`ConfigError` whose message names the file and the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,21 @@ __all__ = [
     "load_config",
     "apply_overrides",
 ]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), as users expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -128,6 +144,12 @@ class DistillConfig(_Strict):
     # list of "student_tap:teacher_tap" names as printed by `autogram layers`.
     pairs: Literal["auto"] | list[str] = "auto"
 
+    @model_validator(mode="after")
+    def _some_weight(self) -> DistillConfig:
+        if not any((self.w_ce, self.w_kd, self.w_gram, self.w_xmodal)):
+            raise ValueError("every loss weight is 0: nothing to train on")
+        return self
+
     @field_validator("pairs")
     @classmethod
     def _pair_syntax(cls, value: Any) -> Any:
@@ -185,7 +207,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set {item!r}: empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not a YAML scalar ({exc.problem})") from None
     return parts, value
@@ -229,7 +251,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -66,9 +66,11 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None) -> dict[str, Any]:
     from autogram.teacher import architecture_for
 
     data = data if data is not None else load_data(cfg.data)
+    # Shapes are discovered on throwaway instances, so the trained models only ever carry
+    # the hooks their active loss terms need.
+    student_taps = resolved_taps(build_student(data, cfg.student), data)
     torch.manual_seed(cfg.seed)
     student = build_student(data, cfg.student)
-    student_taps = resolved_taps(student, data)
     # An untrained teacher of the same architecture is enough to know its taps and shapes,
     # so a wrong tap name fails before minutes of teacher training.
     teacher_taps = resolved_taps(build_teacher(data, architecture_for(cfg.teacher)), data)

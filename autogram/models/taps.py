@@ -91,7 +91,7 @@ def default_pairs(student_taps: list[Tap], teacher_taps: list[Tap]) -> list[TapP
             continue
         candidates = [t for t in teacher_taps if t.role == "feature" and t.modality == s_tap.modality]
         if candidates:
-            best = min(candidates, key=lambda t: (abs(t.depth - s_tap.depth), t.depth))
+            best = min(candidates, key=lambda t: (round(abs(t.depth - s_tap.depth), 9), t.depth))
             pairs.append(TapPair(s_tap, best))
     return pairs
 

@@ -1,0 +1,5 @@
+"""``python -m autogram``."""
+
+from autogram.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The ``autogram`` command line: the only place that wires the pieces together.
+
+Heavy libraries (torch, transformers) are imported inside commands, so ``--help`` and
+config errors stay fast. Every user error ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from autogram import __version__
+from autogram.config import ConfigError, TrialConfig, load_config
+
+log = logging.getLogger("autogram")
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[autogram] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConfigError raised anywhere below into one stderr line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"autogram: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _config_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Shared CONFIG argument, ``--set`` overrides and ``--quiet`` for commands taking a config."""
+    fn = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")(fn)
+    fn = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override a config field, e.g. --set train.epochs=2 (value parsed as YAML; repeatable).",
+    )(fn)
+    return click.argument("config", type=click.Path(dir_okay=False))(fn)
+
+
+def _load(config: str, overrides: tuple[str, ...], quiet: bool) -> TrialConfig:
+    _setup_logging(quiet)
+    return load_config(config, list(overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="autogram")
+def main() -> None:
+    """Search how to distill a multi-modal teacher into a small, robust student."""
+
+
+@main.command()
+@_config_command
+@click.option("--json", "as_json", is_flag=True, help="Print the taps and pairs as JSON.")
+@_user_errors
+def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    """List the teacher's and student's feature taps and their default pairing."""
+    cfg = _load(config, overrides, quiet)
+    from autogram.runtime import pick_device
+    from autogram.trial import prepare
+
+    parts = prepare(cfg, pick_device("cpu"))
+    from autogram.models import default_pairs
+
+    auto = default_pairs(parts["student_taps"], parts["teacher_taps"])
+    if as_json:
+        def tap_dict(t: Any) -> dict[str, Any]:
+            return {"name": t.name, "modality": t.modality, "depth": t.depth, "module_path": t.module_path,
+                    "shape": list(t.shape), "role": t.role}
+
+        click.echo(json.dumps({
+            "teacher": [tap_dict(t) for t in parts["teacher_taps"]],
+            "student": [tap_dict(t) for t in parts["student_taps"]],
+            "default_pairs": [p.name for p in auto],
+            "pairs": [p.name for p in parts["pairs"]],
+            "cross_modal": {"student": [t.name for t in parts["student_embeds"].values()],
+                            "teacher": [t.name for t in parts["teacher_embeds"].values()]},
+        }, indent=2))
+        return
+    data = parts["data"]
+    click.echo(f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}")
+    for title, taps in (("teacher taps", parts["teacher_taps"]), ("student taps", parts["student_taps"])):
+        click.echo(f"\n{title} (name, relative depth, output shape per sample, module path):")
+        for tap in taps:
+            click.echo(f"  {tap.describe()}")
+    click.echo("\ndefault pairing (same modality, nearest relative depth):")
+    for pair in auto:
+        click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
+    if cfg.distill.pairs != "auto":
+        click.echo("\nconfigured pairs (distill.pairs):")
+        for pair in parts["pairs"]:
+            click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
+    click.echo("\ncross-modal term taps (embeddings entering fusion): "
+               f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
+               f"teacher {', '.join(t.name for t in parts['teacher_embeds'].values())}")
+
+
+@main.command()
+@_config_command
+@click.option("--retrain", is_flag=True, help="Train a new teacher even if a matching checkpoint exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checkpoint's details as JSON.")
+@_user_errors
+def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool, as_json: bool) -> None:
+    """Train the teacher (or reuse the checkpoint matching this config and data)."""
+    cfg = _load(config, overrides, quiet)
+    from autogram.data import load_data
+    from autogram.models import parameter_count
+    from autogram.runtime import pick_device
+    from autogram.teacher import ensure_teacher
+
+    data = load_data(cfg.data)
+    handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device), retrain=retrain)
+    info = {"path": str(handle.path), "key": handle.key, "reused": handle.reused,
+            "val_accuracy": handle.val_accuracy, "params": parameter_count(handle.model)}
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        verb = "reused" if handle.reused else "trained"
+        click.echo(f"teacher {verb}: {handle.path}  val accuracy {handle.val_accuracy:.4f}  "
+                   f"params {info['params']:,}  key {handle.key[:16]}")
+
+
+@main.command()
+@_config_command
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+@_user_errors
+def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    """Run one short distillation trial and score accuracy, robustness and cost."""
+    cfg = _load(config, overrides, quiet)
+    from autogram.trial import run_trial
+
+    result = run_trial(cfg)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"status      {result.status}{'  (' + result.reason + ')' if result.reason else ''}")
+    click.echo(f"accuracy    {result.accuracy:.4f}   (validation, clean)")
+    click.echo(f"robustness  {result.robustness:.4f}   (mean over {len(result.corruptions)} corruptions)")
+    click.echo(f"cost        {result.cost:.4g}   ({cfg.cost})")
+    click.echo(f"train time  {result.train_seconds:.1f}s, {result.train_gflops:.1f} GFLOP, {result.steps} steps")
+    for name, acc in result.corruptions.items():
+        click.echo(f"  {name:<22} {acc:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared fixtures: small configs on the built-in data, a teacher trained once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autogram.config import TrialConfig, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+AVMNIST = ROOT.parent / "shared" / "data" / "avmnist" / "avmnist.npz"
+
+
+def tiny_raw(cache_dir: Path) -> dict:
+    """A config whose trial runs in a few seconds: small data, small teacher, 2 epochs."""
+    return {
+        "seed": 0,
+        "device": "cpu",
+        "data": {"builtin": {"n_train": 600, "n_val": 200, "n_test": 200}},
+        "teacher": {"cache_dir": str(cache_dir), "hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                    "intermediate_size": 64, "embed_dim": 32, "epochs": 2},
+        "student": {"width": 8, "embed_dim": 16},
+        "train": {"epochs": 2, "batch_size": 50, "modality_dropout": 0.1},
+        "eval": {"noise_severities": [0.5, 1.0, 2.0]},
+    }
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One teacher cache directory for the whole session, so each teacher trains once."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture()
+def tiny_config(teacher_cache: Path) -> TrialConfig:
+    """A validated tiny trial config."""
+    return validate(tiny_raw(teacher_cache))
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m autogram ARGS`` as a user would and capture its output."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

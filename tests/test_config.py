@@ -1,0 +1,88 @@
+"""Config loading, overrides, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autogram.config import ConfigError, apply_overrides, load_config
+from tests.conftest import ROOT, run_cli
+
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def test_quickstart_and_example_configs_validate() -> None:
+    cfg = load_config(QUICKSTART)
+    assert cfg.data.path is None and cfg.distill.pairs == "auto"
+    example = load_config(ROOT / "examples" / "avmnist.yaml", [f"data.path={QUICKSTART}"])
+    assert example.data.modality_kinds == {"audio": "spectrogram"}
+
+
+def test_overrides_parse_yaml_scalars_and_nest() -> None:
+    raw = apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "distill.w_kd=1e-2", "data.path=null",
+                                                    "distill.pairs=[a.b:c.d]"])
+    assert raw == {"train": {"epochs": 5}, "distill": {"w_kd": 0.01, "pairs": ["a.b:c.d"]}, "data": {"path": None}}
+    cfg = load_config(QUICKSTART, ["train.epochs=2", "distill.gram_kind=channel"])
+    assert cfg.train.epochs == 2 and cfg.distill.gram_kind == "channel"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epoch=3", "train.epoch: unknown key"),
+        ("train.epochs=abc", "train.epochs"),
+        ("distill.temperature=-1", "distill.temperature"),
+        ("distill.gram_kind=diagonal", "distill.gram_kind"),
+        ("train.modality_dropout=1.5", "train.modality_dropout"),
+        ("data.path=/nonexistent/x.npz", "data file not found: /nonexistent/x.npz"),
+        ("distill.pairs=[image.block1]", "student_tap:teacher_tap"),
+        ("train=3", "train"),
+    ],
+)
+def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(QUICKSTART, [override])
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+    assert str(QUICKSTART) in message
+
+
+def test_all_zero_weights_are_refused() -> None:
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
+        load_config(QUICKSTART, ["distill.w_ce=0", "distill.w_kd=0", "distill.w_gram=0", "distill.w_xmodal=0"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trial", str(QUICKSTART), "--set", "train.epoch=3"], "train.epoch: unknown key"),
+        (["trial", str(QUICKSTART), "--set", "train.batch_size=many"], "train.batch_size"),
+        (["teacher", str(QUICKSTART), "--set", "teacher.lr=0"], "teacher.lr"),
+        (["trial", str(QUICKSTART), "--set", "data.path=missing.npz"], "data file not found: missing.npz"),
+        (["trial", str(QUICKSTART), "--set", "distill.pairs=[image.block9:image.layer1]"],
+         "unknown student tap 'image.block9'"),
+        (["layers", str(QUICKSTART), "--set", "distill.pairs=[image.block1:image.layer7]"],
+         "unknown teacher tap 'image.layer7'"),
+        (["trial", "no-such-config.yaml"], "no-such-config.yaml: config file not found"),
+        (["trial", str(QUICKSTART), "--set", "novalue"], "expected dotted.key=value"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    proc = run_cli(*args, "--set", f"teacher.cache_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("autogram: error:") and expected in lines[-1], proc.stderr
+    assert len([line for line in lines if "error" in line]) == 1
+    assert proc.stdout == ""
+    assert not any(tmp_path.iterdir()), "a failed command must not write files"

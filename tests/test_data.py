@@ -1,0 +1,117 @@
+"""Built-in data, the .npz loader and the corruption suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autogram.config import BuiltinDataConfig, ConfigError, DataConfig
+from autogram.data import MASK_TOKEN, load_data
+from autogram.data.builtin import generate
+from autogram.data.corruptions import apply, suite
+from tests.conftest import AVMNIST
+
+
+def test_builtin_is_seeded_and_shaped() -> None:
+    cfg = BuiltinDataConfig(n_train=200, n_val=100, n_test=100)
+    first, second = generate(cfg), generate(cfg)
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    other = generate(BuiltinDataConfig(n_train=200, n_val=100, n_test=100, seed=1))
+    assert not np.array_equal(first["train_image"], other["train_image"])
+    data = load_data(DataConfig(builtin=cfg))
+    assert [m.name for m in data.modalities] == ["image", "tokens"]
+    assert data.num_classes == 10
+    assert data.splits["train"].inputs["image"].shape == (200, 1, 16, 16)
+    assert data.splits["val"].inputs["tokens"].shape == (100, 24)
+    assert np.bincount(data.splits["train"].labels).tolist() == [20] * 10
+    assert (data.splits["train"].inputs["tokens"] != MASK_TOKEN).all()  # 0 is reserved for masking
+
+
+def _write_npz(path: Path, with_val: bool) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 120), ("test", 30)) + ((("val", 20),) if with_val else ()):
+        arrays[f"{split}_label"] = rng.integers(0, 3, n)
+        arrays[f"{split}_pic"] = rng.integers(0, 255, (n, 8, 8)).astype(np.uint8)
+        arrays[f"{split}_words"] = rng.integers(1, 50, (n, 12))
+        arrays[f"{split}_speaker"] = rng.integers(0, 4, n)  # a 1-D per-sample id: not a modality
+    np.savez(path, **arrays)
+
+
+def test_npz_loader_names_modalities_from_the_file_and_carves_validation(tmp_path: Path) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=False)
+    data = load_data(DataConfig(path=path, val_fraction=0.25))
+    kinds = {m.name: m.kind for m in data.modalities}
+    assert kinds == {"pic": "image", "words": "tokens"}
+    assert (len(data.splits["train"]), len(data.splits["val"]), len(data.splits["test"])) == (90, 30, 30)
+    assert data.num_classes == 3
+    again = load_data(DataConfig(path=path, val_fraction=0.25))
+    assert np.array_equal(again.splits["val"].labels, data.splits["val"].labels)
+    assert again.fingerprint == data.fingerprint
+    # Standardised with train statistics.
+    assert abs(float(data.splits["train"].inputs["pic"].mean())) < 1e-4
+    _write_npz(path, with_val=True)
+    assert len(load_data(DataConfig(path=path)).splits["val"]) == 20
+
+
+def test_npz_loader_errors_name_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    with pytest.raises(ConfigError, match="no array train_audio"):
+        load_data(DataConfig(path=path, modalities=["audio"]))
+    with pytest.raises(ConfigError, match="modality_kinds.pic: tokens need"):
+        load_data(DataConfig(path=path, modality_kinds={"pic": "tokens"}))
+    with pytest.raises(ConfigError, match="modality_kinds.words: image needs"):
+        load_data(DataConfig(path=path, modality_kinds={"words": "image"}))
+    with pytest.raises(ConfigError, match="modality_kinds.sound: unknown modality"):
+        load_data(DataConfig(path=path, modality_kinds={"sound": "spectrogram"}))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="cannot read as .npz"):
+        load_data(DataConfig(path=garbage))
+
+
+@pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
+def test_avmnist_file_loads_with_image_and_audio() -> None:
+    data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))
+    assert {m.name: (m.kind, m.shape) for m in data.modalities} == {
+        "audio": ("spectrogram", (1, 32, 32)), "image": ("image", (1, 28, 28))}
+    assert (len(data.splits["train"]), len(data.splits["val"]), len(data.splits["test"])) == (2430, 270, 300)
+
+
+def test_corruption_suite_covers_each_modality_and_is_deterministic() -> None:
+    data = load_data(DataConfig(builtin=BuiltinDataConfig(n_train=100, n_val=60, n_test=60)))
+    corruptions = suite(data.modalities, [0.5, 1.0, 2.0])
+    names = [c.name for c in corruptions]
+    assert names == [
+        "image:missing", "image:noise@0.5", "image:noise@1", "image:noise@2", "image:occlusion",
+        "tokens:missing", "tokens:noise@0.5", "tokens:noise@1", "tokens:noise@2", "tokens:dropout",
+    ]
+    val = data.splits["val"].inputs
+    for corruption in corruptions:
+        out = apply(val, data.modalities, corruption, seed=0)
+        again = apply(val, data.modalities, corruption, seed=0)
+        other = next(m for m in out if m != corruption.modality)
+        assert np.array_equal(out[other], val[other]), "only the named modality changes"
+        assert np.array_equal(out[corruption.modality], again[corruption.modality])
+        assert not np.array_equal(out[corruption.modality], val[corruption.modality])
+    assert (apply(val, data.modalities, corruptions[5], 0)["tokens"] == MASK_TOKEN).all()
+    assert not apply(val, data.modalities, corruptions[0], 0)["image"].any()
+    # Higher severity, more damage.
+    changed = [float((apply(val, data.modalities, c, 0)["tokens"] != val["tokens"]).mean()) for c in corruptions[6:9]]
+    assert changed == sorted(changed) and changed[0] > 0
+
+
+def test_spectrogram_masking_blanks_a_band_in_each_axis() -> None:
+    from autogram.data.base import Modality
+    from autogram.data.corruptions import Corruption
+
+    modality = Modality("audio", "spectrogram", (1, 8, 8))
+    x = np.ones((3, 1, 8, 8), dtype=np.float32)
+    out = apply({"audio": x}, [modality], Corruption("audio", "specmask"), seed=0)["audio"]
+    for sample in out[:, 0]:
+        assert (sample == 0).all(axis=1).sum() == 2  # a 2-bin frequency band
+        assert (sample == 0).all(axis=0).sum() == 2  # a 2-frame time band
