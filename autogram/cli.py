@@ -47,7 +47,10 @@ def _config_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Shared CONFIG argument, ``--set`` overrides and ``--quiet`` for commands taking a config."""
     fn = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")(fn)
     fn = click.option(
-        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
         help="Override a config field, e.g. --set train.epochs=2 (value parsed as YAML; repeatable).",
     )(fn)
     return click.argument("config", type=click.Path(dir_okay=False))(fn)
@@ -79,18 +82,32 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
 
     auto = default_pairs(parts["student_taps"], parts["teacher_taps"])
     if as_json:
-        def tap_dict(t: Any) -> dict[str, Any]:
-            return {"name": t.name, "modality": t.modality, "depth": t.depth, "module_path": t.module_path,
-                    "shape": list(t.shape), "role": t.role}
 
-        click.echo(json.dumps({
-            "teacher": [tap_dict(t) for t in parts["teacher_taps"]],
-            "student": [tap_dict(t) for t in parts["student_taps"]],
-            "default_pairs": [p.name for p in auto],
-            "pairs": [p.name for p in parts["pairs"]],
-            "cross_modal": {"student": [t.name for t in parts["student_embeds"].values()],
-                            "teacher": [t.name for t in parts["teacher_embeds"].values()]},
-        }, indent=2))
+        def tap_dict(t: Any) -> dict[str, Any]:
+            return {
+                "name": t.name,
+                "modality": t.modality,
+                "depth": t.depth,
+                "module_path": t.module_path,
+                "shape": list(t.shape),
+                "role": t.role,
+            }
+
+        click.echo(
+            json.dumps(
+                {
+                    "teacher": [tap_dict(t) for t in parts["teacher_taps"]],
+                    "student": [tap_dict(t) for t in parts["student_taps"]],
+                    "default_pairs": [p.name for p in auto],
+                    "pairs": [p.name for p in parts["pairs"]],
+                    "cross_modal": {
+                        "student": [t.name for t in parts["student_embeds"].values()],
+                        "teacher": [t.name for t in parts["teacher_embeds"].values()],
+                    },
+                },
+                indent=2,
+            )
+        )
         return
     data = parts["data"]
     click.echo(f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}")
@@ -105,9 +122,11 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
         click.echo("\nconfigured pairs (distill.pairs):")
         for pair in parts["pairs"]:
             click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
-    click.echo("\ncross-modal term taps (embeddings entering fusion): "
-               f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
-               f"teacher {', '.join(t.name for t in parts['teacher_embeds'].values())}")
+    click.echo(
+        "\ncross-modal term taps (embeddings entering fusion): "
+        f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
+        f"teacher {', '.join(t.name for t in parts['teacher_embeds'].values())}"
+    )
 
 
 @main.command()
@@ -125,14 +144,21 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
 
     data = load_data(cfg.data)
     handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device), retrain=retrain)
-    info = {"path": str(handle.path), "key": handle.key, "reused": handle.reused,
-            "val_accuracy": handle.val_accuracy, "params": parameter_count(handle.model)}
+    info = {
+        "path": str(handle.path),
+        "key": handle.key,
+        "reused": handle.reused,
+        "val_accuracy": handle.val_accuracy,
+        "params": parameter_count(handle.model),
+    }
     if as_json:
         click.echo(json.dumps(info))
     else:
         verb = "reused" if handle.reused else "trained"
-        click.echo(f"teacher {verb}: {handle.path}  val accuracy {handle.val_accuracy:.4f}  "
-                   f"params {info['params']:,}  key {handle.key[:16]}")
+        click.echo(
+            f"teacher {verb}: {handle.path}  val accuracy {handle.val_accuracy:.4f}  "
+            f"params {info['params']:,}  key {handle.key[:16]}"
+        )
 
 
 @main.command()

@@ -106,19 +106,22 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> TeacherConfig:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         return self
 
     def architecture(self) -> dict[str, int]:
         """The fields that define the network's shape (stored in checkpoints)."""
-        keys = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
-                "fusion_layers", "embed_dim")
+        keys = (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "patch_size",
+            "fusion_layers",
+            "embed_dim",
+        )
         return {k: getattr(self, k) for k in keys}
 
 

@@ -47,11 +47,13 @@ class Objective(nn.Module):
         self.student_embeds = student_embeds if "xmodal" in self.weights else {}
         self.teacher_embeds = teacher_embeds if "xmodal" in self.weights else {}
         # Channel Grams compare C x C matrices, so a narrower student needs a learned 1x1 map.
-        self.projections = nn.ModuleDict({
-            str(i): nn.Conv1d(p.student.channels, p.teacher.channels, kernel_size=1, bias=False)
-            for i, p in enumerate(self.pairs)
-            if self.gram_kind == "channel" and p.student.channels != p.teacher.channels
-        })
+        self.projections = nn.ModuleDict(
+            {
+                str(i): nn.Conv1d(p.student.channels, p.teacher.channels, kernel_size=1, bias=False)
+                for i, p in enumerate(self.pairs)
+                if self.gram_kind == "channel" and p.student.channels != p.teacher.channels
+            }
+        )
 
     @property
     def student_taps(self) -> list[Tap]:
@@ -82,8 +84,12 @@ class Objective(nn.Module):
             terms["kd"] = kd_loss(logits, teacher.logits, self.temperature)
         if "gram" in self.weights:
             values = [
-                gram_loss(feats[p.student.name].float(), teacher.features[p.teacher.name], self.gram_kind,
-                          self.projections[str(i)] if str(i) in self.projections else None)
+                gram_loss(
+                    feats[p.student.name].float(),
+                    teacher.features[p.teacher.name],
+                    self.gram_kind,
+                    self.projections[str(i)] if str(i) in self.projections else None,
+                )
                 for i, p in enumerate(self.pairs)
             ]
             terms["gram"] = torch.stack(values).mean()
@@ -120,12 +126,36 @@ class TrainOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _count_flops(fn: Callable[[], None]) -> float:
+def _count_flops(fn: Callable[..., dict[str, torch.Tensor]], *args: object) -> tuple[float, dict[str, torch.Tensor]]:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
+        result = fn(*args)
+    return float(counter.get_total_flops()), result
+
+
+def _step(
+    student: nn.Module,
+    objective: Objective,
+    teacher: TeacherSignals | None,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    idx: torch.Tensor,
+    clean: dict[str, torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the terms and ``loss``. A non-finite loss is not applied."""
+    signals = teacher(idx, clean) if teacher is not None else None
+    with autocast(device), capture(student, objective.student_taps) as feats:
+        logits = student(inputs)
+    terms = objective(logits, feats, labels, signals)
+    loss = objective.total(terms)
+    if torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {**terms, "loss": loss}
 
 
 def train_student(
@@ -168,31 +198,20 @@ def train_student(
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.
             inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
-            step_terms: dict[str, torch.Tensor] = {}
-
-            def step(idx: torch.Tensor = idx, clean: dict = clean, inputs: dict = inputs) -> None:
-                signals = teacher(idx, clean) if teacher is not None else None
-                with autocast(device), capture(student, objective.student_taps) as feats:
-                    logits = student(inputs)
-                step_terms.update(objective(logits, feats, labels[idx], signals))
-                loss = objective.total(step_terms)
-                step_terms["loss"] = loss
-                if not torch.isfinite(loss):
-                    return
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
+            args = (student, objective, teacher, optimizer, device, idx, clean, inputs, labels[idx])
             if outcome.steps == 0:
-                outcome.flops_per_sample = _count_flops(step) / len(idx)
+                flops, step_terms = _count_flops(_step, *args)
+                outcome.flops_per_sample = flops / len(idx)
             else:
-                step()
+                step_terms = _step(*args)
             loss_value = float(step_terms["loss"].detach())
             if not math.isfinite(loss_value):
                 bad = [k for k, v in step_terms.items() if k != "loss" and not torch.isfinite(v)]
                 outcome.status = "diverged"
                 outcome.reason = f"non-finite loss ({loss_value}) at epoch {epoch} step {outcome.steps + 1}" + (
-                    f"; non-finite terms: {', '.join(bad)}" if bad else "; every term finite, the weighted sum overflowed"
+                    f"; non-finite terms: {', '.join(bad)}"
+                    if bad
+                    else "; every term finite, the weighted sum overflowed"
                 )
                 break
             schedule.step()

@@ -65,7 +65,10 @@ def drop_modalities(
 
 @torch.no_grad()
 def accuracy(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    batch_size: int,
     device: torch.device,
 ) -> float:
     """Top-1 accuracy of ``model`` in eval mode, restoring its train/eval mode afterwards."""

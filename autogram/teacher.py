@@ -42,7 +42,9 @@ def teacher_key(cfg: TeacherConfig, data: MultiModalData) -> str:
     payload = {
         "format": FORMAT,
         "arch": cfg.architecture(),
-        "train": {k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "modality_dropout", "seed")},
+        "train": {
+            k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "modality_dropout", "seed")
+        },
         "data": data.fingerprint,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -145,7 +147,9 @@ def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device
         model.train()
         for idx in batch_indices(len(labels), cfg.batch_size, generator):
             idx = idx.to(device)
-            batch = drop_modalities({k: v[idx] for k, v in train.items()}, data.modalities, cfg.modality_dropout, generator)
+            batch = drop_modalities(
+                {k: v[idx] for k, v in train.items()}, data.modalities, cfg.modality_dropout, generator
+            )
             with autocast(device):
                 loss = torch.nn.functional.cross_entropy(model(batch).float(), labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -154,8 +158,14 @@ def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device
             schedule.step()
             losses.append(float(loss.detach()))
         val_acc = accuracy(model, val, val_labels, 500, device)
-        log.info("teacher epoch %d/%d  loss %.4f  val acc %.4f  (%.1fs)",
-                 epoch + 1, cfg.epochs, sum(losses) / len(losses), val_acc, time.perf_counter() - start)
+        log.info(
+            "teacher epoch %d/%d  loss %.4f  val acc %.4f  (%.1fs)",
+            epoch + 1,
+            cfg.epochs,
+            sum(losses) / len(losses),
+            val_acc,
+            time.perf_counter() - start,
+        )
     return model.eval(), val_acc
 
 
@@ -182,7 +192,9 @@ def ensure_teacher(
                 log.warning(
                     "teacher: %s was trained for another config or data (key %s, this config gives %s); "
                     "using it because teacher.checkpoint names it explicitly",
-                    path, meta["key"][:16], key[:16],
+                    path,
+                    meta["key"][:16],
+                    key[:16],
                 )
             else:
                 log.info("teacher: reusing %s (key %s)", path, key[:16])
@@ -198,7 +210,9 @@ def ensure_teacher(
     return _frozen(model, device, path, key, val_acc, False)
 
 
-def _frozen(model: torch.nn.Module, device: torch.device, path: Path, key: str, acc: float, reused: bool) -> TeacherHandle:
+def _frozen(
+    model: torch.nn.Module, device: torch.device, path: Path, key: str, acc: float, reused: bool
+) -> TeacherHandle:
     model = model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)

@@ -76,8 +76,13 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None) -> dict[str, Any]:
     teacher_taps = resolved_taps(build_teacher(data, architecture_for(cfg.teacher)), data)
     pairs = resolve_pairs(cfg.distill.pairs, student_taps, teacher_taps)
     return {
-        "data": data, "student": student.to(device), "student_taps": student_taps, "teacher_taps": teacher_taps,
-        "pairs": pairs, "student_embeds": embedding_taps(student_taps), "teacher_embeds": embedding_taps(teacher_taps),
+        "data": data,
+        "student": student.to(device),
+        "student_taps": student_taps,
+        "teacher_taps": teacher_taps,
+        "pairs": pairs,
+        "student_embeds": embedding_taps(student_taps),
+        "teacher_embeds": embedding_taps(teacher_taps),
     }
 
 
@@ -104,8 +109,12 @@ def run_trial(config: TrialConfig, report: Any = None, data: Any = None) -> Tria
     if objective.needs_teacher:
         handle = ensure_teacher(config.teacher, data, device)
         signals = LiveTeacher(handle.model, objective.teacher_taps, device)
-        teacher_info = {"path": str(handle.path), "key": handle.key, "val_accuracy": handle.val_accuracy,
-                        "params": parameter_count(handle.model)}
+        teacher_info = {
+            "path": str(handle.path),
+            "key": handle.key,
+            "val_accuracy": handle.val_accuracy,
+            "params": parameter_count(handle.model),
+        }
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
     clean, corruptions = evaluate_robustness(parts["student"], data, config, device)
@@ -124,12 +133,20 @@ def run_trial(config: TrialConfig, report: Any = None, data: Any = None) -> Tria
         steps=outcome.steps,
         history=outcome.history,
         pairs=[p.name for p in objective.pairs],
-        hooked_taps={"student": [t.name for t in objective.student_taps],
-                     "teacher": [t.name for t in objective.teacher_taps]},
+        hooked_taps={
+            "student": [t.name for t in objective.student_taps],
+            "teacher": [t.name for t in objective.teacher_taps],
+        },
         teacher=teacher_info,
         student_params=parameter_count(parts["student"]),
         device=str(device),
     )
-    log.info("trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",
-             result.status, result.accuracy, result.robustness, result.cost, config.cost)
+    log.info(
+        "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",
+        result.status,
+        result.accuracy,
+        result.robustness,
+        result.cost,
+        config.cost,
+    )
     return result

@@ -21,8 +21,15 @@ def tiny_raw(cache_dir: Path) -> dict:
         "seed": 0,
         "device": "cpu",
         "data": {"builtin": {"n_train": 600, "n_val": 200, "n_test": 200}},
-        "teacher": {"cache_dir": str(cache_dir), "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                    "intermediate_size": 64, "embed_dim": 32, "epochs": 2},
+        "teacher": {
+            "cache_dir": str(cache_dir),
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "embed_dim": 32,
+            "epochs": 2,
+        },
         "student": {"width": 8, "embed_dim": 16},
         "train": {"epochs": 2, "batch_size": 50, "modality_dropout": 0.1},
         "eval": {"noise_severities": [0.5, 1.0, 2.0]},
@@ -44,5 +51,6 @@ def tiny_config(teacher_cache: Path) -> TrialConfig:
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m autogram ARGS`` as a user would and capture its output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -20,8 +20,9 @@ def test_quickstart_and_example_configs_validate() -> None:
 
 
 def test_overrides_parse_yaml_scalars_and_nest() -> None:
-    raw = apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "distill.w_kd=1e-2", "data.path=null",
-                                                    "distill.pairs=[a.b:c.d]"])
+    raw = apply_overrides(
+        {"train": {"epochs": 3}}, ["train.epochs=5", "distill.w_kd=1e-2", "data.path=null", "distill.pairs=[a.b:c.d]"]
+    )
     assert raw == {"train": {"epochs": 5}, "distill": {"w_kd": 0.01, "pairs": ["a.b:c.d"]}, "data": {"path": None}}
     cfg = load_config(QUICKSTART, ["train.epochs=2", "distill.gram_kind=channel"])
     assert cfg.train.epochs == 2 and cfg.distill.gram_kind == "channel"
@@ -69,10 +70,14 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         (["trial", str(QUICKSTART), "--set", "train.batch_size=many"], "train.batch_size"),
         (["teacher", str(QUICKSTART), "--set", "teacher.lr=0"], "teacher.lr"),
         (["trial", str(QUICKSTART), "--set", "data.path=missing.npz"], "data file not found: missing.npz"),
-        (["trial", str(QUICKSTART), "--set", "distill.pairs=[image.block9:image.layer1]"],
-         "unknown student tap 'image.block9'"),
-        (["layers", str(QUICKSTART), "--set", "distill.pairs=[image.block1:image.layer7]"],
-         "unknown teacher tap 'image.layer7'"),
+        (
+            ["trial", str(QUICKSTART), "--set", "distill.pairs=[image.block9:image.layer1]"],
+            "unknown student tap 'image.block9'",
+        ),
+        (
+            ["layers", str(QUICKSTART), "--set", "distill.pairs=[image.block1:image.layer7]"],
+            "unknown teacher tap 'image.layer7'",
+        ),
         (["trial", "no-such-config.yaml"], "no-such-config.yaml: config file not found"),
         (["trial", str(QUICKSTART), "--set", "novalue"], "expected dotted.key=value"),
     ],

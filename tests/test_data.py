@@ -78,7 +78,9 @@ def test_npz_loader_errors_name_the_problem(tmp_path: Path) -> None:
 def test_avmnist_file_loads_with_image_and_audio() -> None:
     data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))
     assert {m.name: (m.kind, m.shape) for m in data.modalities} == {
-        "audio": ("spectrogram", (1, 32, 32)), "image": ("image", (1, 28, 28))}
+        "audio": ("spectrogram", (1, 32, 32)),
+        "image": ("image", (1, 28, 28)),
+    }
     assert (len(data.splits["train"]), len(data.splits["val"]), len(data.splits["test"])) == (2430, 270, 300)
 
 
@@ -87,8 +89,16 @@ def test_corruption_suite_covers_each_modality_and_is_deterministic() -> None:
     corruptions = suite(data.modalities, [0.5, 1.0, 2.0])
     names = [c.name for c in corruptions]
     assert names == [
-        "image:missing", "image:noise@0.5", "image:noise@1", "image:noise@2", "image:occlusion",
-        "tokens:missing", "tokens:noise@0.5", "tokens:noise@1", "tokens:noise@2", "tokens:dropout",
+        "image:missing",
+        "image:noise@0.5",
+        "image:noise@1",
+        "image:noise@2",
+        "image:occlusion",
+        "tokens:missing",
+        "tokens:noise@0.5",
+        "tokens:noise@1",
+        "tokens:noise@2",
+        "tokens:dropout",
     ]
     val = data.splits["val"].inputs
     for corruption in corruptions:

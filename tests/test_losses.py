@@ -20,10 +20,10 @@ def test_kd_loss_matches_hinton_formula_with_t_squared() -> None:
     teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     temperature = 3.0
     expected = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
         p_t = _softmax([v / temperature for v in t_row])
         p_s = _softmax([v / temperature for v in s_row])
-        expected += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+        expected += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
     expected = temperature**2 * expected / 2  # mean over the batch of 2
     assert kd_loss(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-6)
 
@@ -34,13 +34,13 @@ def test_kd_loss_scales_with_t_squared_and_is_zero_for_equal_logits() -> None:
     s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
     # Without the T^2 factor this would be 16x smaller.
     p_t, p_s = _softmax([1 / 4, 0.0]), _softmax([0.0, 1 / 4])
-    expected = 16 * sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    expected = 16 * sum(a * math.log(a / b) for a, b in zip(p_t, p_s, strict=True))
     assert kd_loss(s, t, 4.0).item() == pytest.approx(expected, rel=1e-6)
 
 
 def _manual_sp(fs: list[list[float]], ft: list[list[float]]) -> float:
     def gram(rows: list[list[float]]) -> list[list[float]]:
-        g = [[sum(a * b for a, b in zip(r1, r2)) for r2 in rows] for r1 in rows]
+        g = [[sum(a * b for a, b in zip(r1, r2, strict=True)) for r2 in rows] for r1 in rows]
         return [[v / math.sqrt(sum(x * x for x in row)) for v in row] for row in g]
 
     gs, gt = gram(fs), gram(ft)

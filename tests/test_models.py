@@ -72,8 +72,12 @@ def test_default_pairing_matches_same_modality_nearest_depth(data) -> None:  # n
     pairs = default_pairs(student_taps, teacher_taps)
     assert [p.name for p in pairs] == [
         # student depths 1/4, 2/4, 3/4 against teacher depths 1/6 .. 5/6
-        "image.block1:image.layer1", "image.block2:image.layer3", "image.block3:image.layer4",
-        "tokens.block1:tokens.layer1", "tokens.block2:tokens.layer3", "tokens.block3:tokens.layer4",
+        "image.block1:image.layer1",
+        "image.block2:image.layer3",
+        "image.block3:image.layer4",
+        "tokens.block1:tokens.layer1",
+        "tokens.block2:tokens.layer3",
+        "tokens.block3:tokens.layer4",
     ]
     assert all(p.student.modality == p.teacher.modality for p in pairs)
 

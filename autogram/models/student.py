@@ -26,10 +26,12 @@ class GridEncoder(nn.Module):
 
         super().__init__()
         widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
-        self.blocks = nn.Sequential(*[
-            Conv2dNormActivation(c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2)
-            for i, (c_in, c_out) in enumerate(zip([1, *widths[:-1]], widths))
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                Conv2dNormActivation(c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2)
+                for i, (c_in, c_out) in enumerate(zip([1, *widths[:-1]], widths, strict=True))
+            ]
+        )
         self.out_channels = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +46,12 @@ class TokenEncoder(nn.Module):
         super().__init__()
         widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
         self.embedding = nn.Embedding(modality.vocab_size or 2, cfg.token_embed_dim)
-        self.blocks = nn.Sequential(*[
-            _block1d(c_in, c_out, 1 if i == 0 else 2)
-            for i, (c_in, c_out) in enumerate(zip([cfg.token_embed_dim, *widths[:-1]], widths))
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                _block1d(c_in, c_out, 1 if i == 0 else 2)
+                for i, (c_in, c_out) in enumerate(zip([cfg.token_embed_dim, *widths[:-1]], widths, strict=True))
+            ]
+        )
         self.out_channels = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,12 +66,12 @@ class MultiModalCNN(nn.Module):
         super().__init__()
         self.modalities = list(modalities)
         self.num_blocks = cfg.num_blocks
-        self.encoders = nn.ModuleDict({
-            m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg) for m in modalities
-        })
-        self.projections = nn.ModuleDict({
-            m.name: nn.Linear(self.encoders[m.name].out_channels, cfg.embed_dim) for m in modalities
-        })
+        self.encoders = nn.ModuleDict(
+            {m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg) for m in modalities}
+        )
+        self.projections = nn.ModuleDict(
+            {m.name: nn.Linear(self.encoders[m.name].out_channels, cfg.embed_dim) for m in modalities}
+        )
         self.fusion = nn.Sequential(nn.Linear(len(modalities) * cfg.embed_dim, cfg.embed_dim), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(cfg.embed_dim, num_classes)
 
@@ -82,12 +86,24 @@ class MultiModalCNN(nn.Module):
         n = self.num_blocks
         for modality in self.modalities:
             for i in range(n):
-                taps.append(Tap(
-                    name=f"{modality.name}.block{i + 1}", modality=modality.name, depth=(i + 1) / (n + 1),
-                    module_path=f"encoders.{modality.name}.blocks.{i}", role="feature", layout="channels_first",
-                ))
-            taps.append(Tap(
-                name=f"{modality.name}.embed", modality=modality.name, depth=1.0,
-                module_path=f"projections.{modality.name}", role="embedding", layout="vector",
-            ))
+                taps.append(
+                    Tap(
+                        name=f"{modality.name}.block{i + 1}",
+                        modality=modality.name,
+                        depth=(i + 1) / (n + 1),
+                        module_path=f"encoders.{modality.name}.blocks.{i}",
+                        role="feature",
+                        layout="channels_first",
+                    )
+                )
+            taps.append(
+                Tap(
+                    name=f"{modality.name}.embed",
+                    modality=modality.name,
+                    depth=1.0,
+                    module_path=f"projections.{modality.name}",
+                    role="embedding",
+                    layout="vector",
+                )
+            )
         return taps

@@ -55,7 +55,9 @@ class MultiModalTransformer(nn.Module):
         self.modalities = list(modalities)
         self.arch = dict(arch)
         self.encoders = nn.ModuleDict({m.name: _encoder(m, arch) for m in modalities})
-        self.projections = nn.ModuleDict({m.name: nn.Linear(arch["hidden_size"], arch["embed_dim"]) for m in modalities})
+        self.projections = nn.ModuleDict(
+            {m.name: nn.Linear(arch["hidden_size"], arch["embed_dim"]) for m in modalities}
+        )
         fusion_config = BertConfig(
             vocab_size=1,
             hidden_size=arch["embed_dim"],
@@ -92,12 +94,24 @@ class MultiModalTransformer(nn.Module):
             encoder = self.encoders[modality.name]
             layers = _layer_list(encoder, n)
             for i in range(n):
-                taps.append(Tap(
-                    name=f"{modality.name}.layer{i + 1}", modality=modality.name, depth=(i + 1) / (n + 1),
-                    module_path=f"encoders.{modality.name}.{layers}.{i}", role="feature", layout="tokens_last",
-                ))
-            taps.append(Tap(
-                name=f"{modality.name}.embed", modality=modality.name, depth=1.0,
-                module_path=f"projections.{modality.name}", role="embedding", layout="vector",
-            ))
+                taps.append(
+                    Tap(
+                        name=f"{modality.name}.layer{i + 1}",
+                        modality=modality.name,
+                        depth=(i + 1) / (n + 1),
+                        module_path=f"encoders.{modality.name}.{layers}.{i}",
+                        role="feature",
+                        layout="tokens_last",
+                    )
+                )
+            taps.append(
+                Tap(
+                    name=f"{modality.name}.embed",
+                    modality=modality.name,
+                    depth=1.0,
+                    module_path=f"projections.{modality.name}",
+                    role="embedding",
+                    layout="vector",
+                )
+            )
         return taps

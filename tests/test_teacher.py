@@ -1,0 +1,135 @@
+"""Teacher training and checkpoints, and the built-in data's defining property."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autogram.config import DataConfig, DistillConfig, StudentConfig, TeacherConfig, TrainConfig, validate
+from autogram.data import load_data
+from autogram.data.base import MultiModalData, Split
+from autogram.teacher import ensure_teacher, read_metadata
+from tests.conftest import tiny_raw
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def builtin() -> MultiModalData:
+    return load_data(DataConfig())
+
+
+def _blank(data: MultiModalData, modality: str) -> MultiModalData:
+    """The same data with one modality removed everywhere (zeros / mask tokens)."""
+    splits = {
+        name: Split({k: (np.zeros_like(v) if k == modality else v) for k, v in split.inputs.items()}, split.labels)
+        for name, split in data.splits.items()
+    }
+    return MultiModalData(data.modalities, data.num_classes, splits, source=f"{data.source} without {modality}")
+
+
+def _student_test_accuracy(data: MultiModalData, epochs: int = 8) -> float:
+    from autogram.distill import Objective, train_student
+    from autogram.models import build_student
+    from autogram.runtime import accuracy, to_tensors
+
+    torch.manual_seed(0)
+    student = build_student(data, StudentConfig())
+    objective = Objective(DistillConfig(w_kd=0, w_gram=0, w_xmodal=0), [], {}, {})
+    train_student(student, objective, None, data, TrainConfig(epochs=epochs), 0, CPU)
+    test = data.splits["test"]
+    return accuracy(student, to_tensors(test.inputs, CPU), torch.from_numpy(test.labels), 500, CPU)
+
+
+@pytest.mark.slow
+def test_each_modality_alone_is_informative_but_insufficient(builtin: MultiModalData) -> None:
+    image_only = _student_test_accuracy(_blank(builtin, "tokens"))
+    tokens_only = _student_test_accuracy(_blank(builtin, "image"))
+    both = _student_test_accuracy(builtin)
+    print(f"student test accuracy: image only {image_only:.3f}, tokens only {tokens_only:.3f}, both {both:.3f}")
+    assert 0.40 <= image_only <= 0.85
+    assert 0.40 <= tokens_only <= 0.85
+    assert both >= 0.90
+
+
+@pytest.mark.slow
+def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(builtin: MultiModalData, tmp_path: Path) -> None:
+    from autogram.runtime import accuracy, to_tensors
+    from autogram.trial import evaluate_robustness
+
+    cfg = validate({"teacher": {"cache_dir": str(tmp_path)}, "device": "cpu"})
+    handle = ensure_teacher(cfg.teacher, builtin, CPU)
+    test = builtin.splits["test"]
+    test_acc = accuracy(handle.model, to_tensors(test.inputs, CPU), torch.from_numpy(test.labels), 500, CPU)
+    clean, corruptions = evaluate_robustness(handle.model, builtin, cfg, CPU)
+    robustness = sum(corruptions.values()) / len(corruptions)
+    print(f"teacher test {test_acc:.3f}, val {clean:.3f}, robustness {robustness:.3f}")
+    assert test_acc >= 0.90
+    assert robustness < clean
+    assert min(corruptions[f"{m}:missing"] for m in ("image", "tokens")) < clean - 0.15
+
+
+def test_checkpoint_is_reused_when_the_key_matches_and_retrained_when_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = validate(tiny_raw(tmp_path))
+    data = load_data(cfg.data)
+    caplog.set_level(logging.INFO, logger="autogram")
+    first = ensure_teacher(cfg.teacher, data, CPU)
+    assert not first.reused and first.path.is_file() and first.path.parent == tmp_path
+    assert read_metadata(first.path)["key"] == first.key
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+    caplog.clear()
+    again = ensure_teacher(cfg.teacher, data, CPU)
+    assert again.reused and again.path == first.path
+    assert "reusing" in caplog.text and "teacher epoch" not in caplog.text
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    caplog.clear()
+    changed = cfg.teacher.model_copy(update={"epochs": 1})
+    other = ensure_teacher(changed, data, CPU)
+    assert not other.reused and other.key != first.key and other.path != first.path
+    assert "no checkpoint for this config and data" in caplog.text
+    assert "1 checkpoint(s) for other configs or data" in caplog.text
+
+    caplog.clear()
+    other_data = load_data(cfg.data.model_copy(update={"builtin": cfg.data.builtin.model_copy(update={"seed": 5})}))
+    assert ensure_teacher(cfg.teacher, other_data, CPU).key != first.key  # data changes the key
+
+
+def test_explicit_checkpoint_is_loaded_with_a_warning_when_its_key_differs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = validate(tiny_raw(tmp_path))
+    data = load_data(cfg.data)
+    trained = ensure_teacher(cfg.teacher, data, CPU)
+    explicit = TeacherConfig(checkpoint=trained.path, epochs=3)  # another config: another key
+    caplog.set_level(logging.INFO, logger="autogram")
+    handle = ensure_teacher(explicit, data, CPU)
+    assert handle.reused and handle.key == trained.key
+    assert "using it because teacher.checkpoint names it explicitly" in caplog.text
+    assert handle.model.arch == trained.model.arch  # the architecture comes from the checkpoint
+
+
+def test_damaged_cached_checkpoint_is_retrained_and_explicit_one_is_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from autogram.config import ConfigError
+
+    cfg = validate(tiny_raw(tmp_path))
+    data = load_data(cfg.data)
+    path = ensure_teacher(cfg.teacher, data, CPU).path
+    path.write_bytes(path.read_bytes()[:100])
+    caplog.set_level(logging.INFO, logger="autogram")
+    handle = ensure_teacher(cfg.teacher, data, CPU)
+    assert not handle.reused and "training a new one" in caplog.text
+    assert read_metadata(path)["key"] == handle.key
+    path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="not a readable safetensors checkpoint"):
+        ensure_teacher(TeacherConfig(checkpoint=path), data, CPU)
