@@ -183,5 +183,43 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
         click.echo(f"  {name:<22} {acc:.4f}")
 
 
+@main.command()
+@_config_command
+@click.option("--trials", type=click.IntRange(min=1), help="Number of trials (default: search.trials).")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Trials at once (default: search.concurrency).")
+@click.option("--name", help="Search name, the folder under --out (default: the config's name).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="autogram-runs",
+    show_default=True,
+    help="Folder holding searches.",
+)
+@click.option("--resume", is_flag=True, help="Continue the search NAME after a crash or Ctrl-C.")
+@click.option("--address", help="Address of an existing Ray cluster ('auto' finds a local one).")
+@_user_errors
+def search(
+    config: str,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    trials: int | None,
+    concurrency: int | None,
+    name: str | None,
+    out: str,
+    resume: bool,
+    address: str | None,
+) -> None:
+    """Search loss weights, temperature and tap pairs; write the Pareto front to NAME/front.json."""
+    from pathlib import Path
+
+    extra = [f"search.trials={trials}"] if trials else []
+    extra += [f"search.concurrency={concurrency}"] if concurrency else []
+    cfg = _load(config, (*overrides, *extra), quiet)
+    from autogram.search import plan_search, run_search
+
+    plan = plan_search(cfg, name, Path(out), resume)
+    run_search(plan, resume=resume, address=address)
+
+
 if __name__ == "__main__":
     main()

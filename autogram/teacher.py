@@ -122,6 +122,19 @@ def load_teacher(path: Path, data: MultiModalData) -> tuple[torch.nn.Module, dic
     return model, meta
 
 
+def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device) -> TeacherHandle:
+    """Load a checkpoint's bytes (shipped to a remote worker) into a frozen teacher."""
+    from safetensors.torch import load as load_tensors
+
+    from autogram.models import build_teacher
+
+    header_size = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8 : 8 + header_size])["__metadata__"]
+    model = build_teacher(data, json.loads(meta["arch"]))
+    model.load_state_dict(load_tensors(blob))
+    return _frozen(model, device, Path("<bytes>"), meta["key"], float(meta["val_accuracy"]), True)
+
+
 def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device) -> tuple[torch.nn.Module, float]:
     """Train the teacher on the train split (CE, AdamW, cosine schedule, modality dropout)."""
     from autogram.models import build_teacher

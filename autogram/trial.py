@@ -86,11 +86,14 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None) -> dict[str, Any]:
     }
 
 
-def run_trial(config: TrialConfig, report: Any = None, data: Any = None) -> TrialResult:
+def run_trial(config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None) -> TrialResult:
     """Train the student for the configured short budget against the frozen teacher and score it.
 
-    ``report(epoch, metrics)`` is called after each epoch. Returns a :class:`TrialResult`;
-    a non-finite loss ends the trial early with ``status="diverged"`` instead of raising.
+    ``report(epoch, metrics)`` is called after each epoch. ``data`` and ``teacher`` (a
+    :class:`~autogram.teacher.TeacherHandle`) may be passed in when the caller already has
+    them (a search loads them once); otherwise they are loaded, and the teacher trained if
+    no checkpoint matches. Returns a :class:`TrialResult`; a non-finite loss ends the trial
+    early with ``status="diverged"`` instead of raising.
     """
     import torch
 
@@ -107,7 +110,8 @@ def run_trial(config: TrialConfig, report: Any = None, data: Any = None) -> Tria
     teacher_info: dict[str, Any] = {}
     signals = None
     if objective.needs_teacher:
-        handle = ensure_teacher(config.teacher, data, device)
+        handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
+        handle.model.to(device)
         signals = LiveTeacher(handle.model, objective.teacher_taps, device)
         teacher_info = {
             "path": str(handle.path),

@@ -1,0 +1,297 @@
+"""The search driver: Ray Tune runs the trials, Optuna (in an RDB storage) chooses them.
+
+Everything that can be wrong with the search space is checked before Ray starts. The
+teacher is trained (or found) once, here, and shipped to workers as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError, TrialConfig
+
+log = logging.getLogger("autogram")
+TUNE_DIR = "tune"
+STUDY_FILE = "optuna.db"
+FRONT_FILE = "front.json"
+EVENTS_FILE = "trials.jsonl"
+SPEC_FILE = "search.json"
+
+
+@dataclass
+class SearchPlan:
+    """A validated search, ready to launch."""
+
+    config: TrialConfig
+    base: dict[str, Any]
+    candidates: list[str]
+    directory: Path
+    name: str
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna RDB storage of this search."""
+        return f"sqlite:///{(self.directory / STUDY_FILE).resolve()}"
+
+    @property
+    def objectives(self) -> list[dict[str, str]]:
+        """Objectives as plain dicts, in order."""
+        return [o.model_dump() for o in self.config.search.objectives]
+
+
+def plan_search(cfg: TrialConfig, name: str | None, out: Path, resume: bool) -> SearchPlan:
+    """Validate the space against the real taps and the search directory; raises ConfigError."""
+    from autogram.models import resolve_pairs
+    from autogram.runtime import pick_device
+    from autogram.trial import prepare
+
+    space = cfg.search.space
+    parts = prepare(cfg, pick_device("cpu"))
+    try:
+        pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
+    candidates = [p.name for p in pairs]
+    if space.w_gram != 0 and space.min_pairs > len(candidates):
+        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
+    if space.max_pairs is not None and space.max_pairs > len(candidates):
+        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {len(candidates)} candidate pairs")
+    name = name or cfg.name
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--name: {name!r} is not a usable directory name")
+    directory = (out / name).resolve()
+    if resume:
+        if not (directory / TUNE_DIR).is_dir():
+            raise ConfigError(f"--resume: no search to resume in {directory}")
+    elif directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
+    base = cfg.model_dump(mode="json", exclude={"search"})
+    return SearchPlan(config=cfg, base=base, candidates=candidates, directory=directory, name=name)
+
+
+class _Progress:
+    """Driver-side progress: one line per finished trial, and an event log for tools and tests."""
+
+    def __init__(self, plan: SearchPlan, total: int) -> None:
+        self.plan = plan
+        self.total = total
+        self.events = plan.directory / EVENTS_FILE
+        self.counts = {"done": 0, "failed": 0}
+        self.best: dict[str, float] = {}
+        self.running: set[str] = set()
+
+    def _event(self, kind: str, trial_id: str, **fields: Any) -> None:
+        with self.events.open("a") as handle:
+            handle.write(json.dumps({"event": kind, "trial": trial_id, "time": time.time(), **fields}) + "\n")
+
+    def start(self, trial_id: str) -> None:
+        self.running.add(trial_id)
+        self._event("start", trial_id)
+
+    def finish(self, trial_id: str, result: dict[str, Any], error: bool) -> None:
+        self.running.discard(trial_id)
+        if error:
+            status = "failed"
+            self.counts["failed"] += 1
+        elif not result.get("final"):
+            status = "pruned"
+        else:
+            status = str(result.get("status", "ok"))
+        self.counts["done"] += 1
+        self._event("complete", trial_id, status=status)
+        values = ""
+        if status == "ok":
+            for objective in self.plan.objectives:
+                value = float(result[objective["name"]])
+                better = max if objective["direction"] == "maximize" else min
+                self.best[objective["name"]] = better(self.best.get(objective["name"], value), value)
+            values = "  " + "  ".join(f"{o['name']} {float(result[o['name']]):.4g}" for o in self.plan.objectives)
+        elif status == "pruned":
+            values = f"  stopped after epoch {result.get('epoch', '?')}"
+        elif result.get("reason"):
+            values = f"  ({result['reason']})"
+        best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
+        log.info(
+            "trial %s %s%s | done %d/%d, running %d, failed %d | best so far: %s",
+            trial_id,
+            status,
+            values,
+            self.counts["done"],
+            self.total,
+            len(self.running),
+            self.counts["failed"],
+            best,
+        )
+
+
+def _callback(progress: _Progress) -> Any:
+    from ray.tune import Callback
+
+    class ProgressCallback(Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            progress.start(trial.trial_id)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            progress.finish(trial.trial_id, dict(trial.last_result or {}), error=False)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            progress.finish(trial.trial_id, dict(trial.last_result or {}), error=True)
+
+    return ProgressCallback()
+
+
+def _trainable(plan: SearchPlan, data: Any, blob: bytes) -> Any:
+    from ray import tune
+
+    from autogram.search.worker import trainable
+
+    resources = plan.config.search.resources
+    fn = tune.with_parameters(
+        trainable,
+        base=plan.base,
+        space=plan.config.search.space,
+        candidates=plan.candidates,
+        data=data,
+        teacher_blob=blob,
+        cpus=resources.cpu,
+    )
+    return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def _tuner(plan: SearchPlan, trainable: Any, progress: _Progress) -> Any:
+    import optuna
+    from ray import tune
+
+    from autogram.search.optuna_search import AutogramOptunaSearch, make_sampler
+    from autogram.search.space import SpaceSampler
+
+    search = plan.config.search
+    searcher = AutogramOptunaSearch(
+        space=SpaceSampler(search.space, plan.candidates),
+        metric=[o.name for o in search.objectives],
+        mode=["max" if o.direction == "maximize" else "min" for o in search.objectives],
+        sampler=make_sampler(search.sampler, search.seed),
+        study_name=plan.name,
+        storage=optuna.storages.RDBStorage(plan.storage_url),
+        constraints=search.parsed_constraints(),
+    )
+    scheduler = None
+    if search.early_stopping is not None:
+        stop = search.early_stopping
+        # Per-epoch reports are iterations 1..epochs, the final scored report is epochs + 1.
+        scheduler = tune.schedulers.ASHAScheduler(
+            metric=stop.metric,
+            mode=stop.mode,
+            max_t=plan.config.train.epochs + 1,
+            grace_period=stop.grace_period,
+            reduction_factor=stop.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=search.trials,
+            max_concurrent_trials=search.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(plan.directory),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            callbacks=[_callback(progress)],
+            verbose=0,
+        ),
+    )
+
+
+def _close_stale_trials(storage_url: str, name: str) -> int:
+    """Mark trials asked but never told (a driver killed mid-search) as FAIL; returns how many."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "status", "failed")
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted: the driver stopped mid-trial")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def run_search(plan: SearchPlan, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the search; writes and returns the ``front.json`` document."""
+    import optuna
+    import ray
+    from ray import tune
+
+    from autogram.data import load_data
+    from autogram.runtime import pick_device
+    from autogram.search.front import build_front, format_front, write_json
+    from autogram.teacher import ensure_teacher
+
+    cfg = plan.config
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg.data)
+    handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device))  # once, before any trial
+    blob = handle.path.read_bytes()
+    write_json(
+        plan.directory / SPEC_FILE,
+        {
+            "name": plan.name,
+            "config": cfg.model_dump(mode="json"),
+            "candidates": plan.candidates,
+            "teacher": str(handle.path),
+            "storage": plan.storage_url,
+        },
+    )
+    # Save the experiment state at every controller step, so a killed driver resumes
+    # without rerunning a trial that had already finished.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Per-epoch reports carry only the training curve; the objectives come in the final one.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    log.info(
+        "search %s: %d trials, concurrency %d, sampler %s -> %s",
+        plan.name,
+        cfg.search.trials,
+        cfg.search.concurrency,
+        cfg.search.sampler,
+        plan.directory,
+    )
+    progress = _Progress(plan, cfg.search.trials)
+    trainable = _trainable(plan, data, blob)
+    try:
+        if resume:
+            tune_path = str(plan.directory / TUNE_DIR)
+            if not tune.Tuner.can_restore(tune_path):
+                raise ConfigError(f"--resume: {tune_path} has no restorable Ray Tune state")
+            log.info("resuming from %s", tune_path)
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = _tuner(plan, trainable, progress)
+        tuner.fit()
+    finally:
+        if address is None:
+            ray.shutdown()
+    stale = _close_stale_trials(plan.storage_url, plan.name)
+    if stale:
+        log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
+    study = optuna.load_study(study_name=plan.name, storage=plan.storage_url)
+    document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
+    document["wall_seconds"] = round(time.perf_counter() - started, 2)
+    write_json(plan.directory / FRONT_FILE, document)
+    print(format_front(document))
+    log.info("wrote %s (wall time %.1fs)", plan.directory / FRONT_FILE, document["wall_seconds"])
+    return document

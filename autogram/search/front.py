@@ -1,0 +1,120 @@
+"""The search's outcome, read back from its Optuna study: statuses, Pareto front, hypervolume.
+
+Only trials that trained to the end (``ok``) and meet every constraint can be on the
+front; pruned, diverged, failed and infeasible ones never are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from autogram.pareto import hypervolume, pareto_front
+
+
+def trial_status(trial: Any) -> str:
+    """ok, pruned, diverged, failed or infeasible, from the Optuna trial's state and attributes."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.PRUNED:
+        return "pruned"
+    if trial.state != TrialState.COMPLETE:
+        return "failed"
+    status = trial.user_attrs.get("status", "ok")
+    if status != "ok":
+        return status
+    if any(v > 0 for v in trial.constraints.values()):
+        return "infeasible"
+    return "ok"
+
+
+def default_reference(objectives: list[dict[str, str]], rows: list[list[float]]) -> list[float]:
+    """Accuracy and robustness: 0 (maximised) ; cost: 1.1 x the largest cost seen (minimised)."""
+    reference = []
+    for k, objective in enumerate(objectives):
+        if objective["name"] in ("accuracy", "robustness"):
+            reference.append(0.0 if objective["direction"] == "maximize" else 1.0)
+        else:
+            worst = max((row[k] for row in rows), default=1.0)
+            reference.append(worst * 1.1 if objective["direction"] == "minimize" else 0.0)
+    return reference
+
+
+def build_front(
+    study: Any, name: str, objectives: list[dict[str, str]], reference: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The ``front.json`` document for ``study``."""
+    names = [o["name"] for o in objectives]
+    directions = [o["direction"] for o in objectives]
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    entries = []
+    for trial in trials:
+        status = trial_status(trial)
+        values = dict(zip(names, trial.values, strict=True)) if trial.values is not None else {}
+        entries.append(
+            {
+                "number": trial.number,
+                "status": status,
+                "params": dict(trial.params),
+                "values": values,
+                "reason": trial.user_attrs.get("reason", ""),
+                "pareto": False,
+            }
+        )
+    ok = [e for e in entries if e["status"] == "ok"]
+    rows = [[e["values"][n] for n in names] for e in ok]
+    for index in pareto_front(rows, directions):
+        ok[index]["pareto"] = True
+    ref = [reference[n] for n in names] if reference else default_reference(objectives, rows)
+    return {
+        "name": name,
+        "objectives": objectives,
+        "reference_point": ref,
+        "hypervolume": hypervolume(rows, directions, ref) if rows else 0.0,
+        "trials": entries,
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write atomically: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2))
+    os.replace(tmp, path)
+
+
+def format_front(document: dict[str, Any]) -> str:
+    """The Pareto front as a text table, best first by the first objective."""
+    names = [o["name"] for o in document["objectives"]]
+    front = [t for t in document["trials"] if t["pareto"]]
+    first = document["objectives"][0]
+    front.sort(key=lambda t: t["values"][names[0]], reverse=first["direction"] == "maximize")
+    counts: dict[str, int] = {}
+    for trial in document["trials"]:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    lines = [
+        f"Pareto front of {document['name']}: {len(front)} of {len(document['trials'])} trials "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+        f"hypervolume {document['hypervolume']:.4g} (reference {document['reference_point']})",
+        "  trial  " + "  ".join(f"{n:>11}" for n in names) + "  pairs  weights (ce/kd/gram/xmodal)  T",
+    ]
+    for trial in front:
+        params = trial["params"]
+        pair_flags = [v for k, v in params.items() if k.startswith("pair:")]
+        pairs = str(sum(pair_flags)) if pair_flags else "-"
+        weights = "/".join(_fmt(params, w) for w in ("w_ce", "w_kd", "w_gram", "w_xmodal"))
+        lines.append(
+            f"  {trial['number']:>5}  "
+            + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
+            + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(params: dict[str, Any], name: str) -> str:
+    if name in params:
+        return f"{params[name]:.3g}"
+    if params.get(f"use_{name}") is False:
+        return "off"
+    return "fixed"

@@ -1,0 +1,219 @@
+"""The search end to end: real local Ray, real Optuna RDB storage, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from autogram.pareto import pareto_front
+from tests.conftest import ROOT, run_cli, tiny_raw
+
+pytestmark = pytest.mark.slow
+OBJECTIVES = ["accuracy", "robustness", "cost"]
+DIRECTIONS = ["maximize", "maximize", "minimize"]
+
+
+def _config(tmp_path: Path, teacher_cache: Path, **search: object) -> Path:
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {"trials": 4, "concurrency": 2, **search}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _search(config: Path, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "runs" / "s" / "front.json").read_text())
+    return proc, front
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'runs' / 's' / 'optuna.db'}")
+
+
+def _check_front_flags(front: dict) -> None:
+    """`pareto` is set on exactly the non-dominated ok trials, recomputed here."""
+    ok = [t for t in front["trials"] if t["status"] == "ok"]
+    rows = [[t["values"][n] for n in OBJECTIVES] for t in ok]
+    expected = {ok[i]["number"] for i in pareto_front(rows, DIRECTIONS)}
+    assert {t["number"] for t in front["trials"] if t["pareto"]} == expected
+    assert all(t["status"] == "ok" for t in front["trials"] if t["pareto"])
+
+
+def test_search_writes_front_and_a_loadable_study(tmp_path: Path, teacher_cache: Path) -> None:
+    config = _config(tmp_path, teacher_cache, trials=5)
+    proc, front = _search(config, tmp_path)
+    assert "Pareto front of s" in proc.stdout and "done 5/5" in proc.stderr
+    assert front["name"] == "s"
+    assert front["objectives"] == [{"name": n, "direction": d} for n, d in zip(OBJECTIVES, DIRECTIONS, strict=True)]
+    assert len(front["trials"]) == 5 and len(front["reference_point"]) == 3
+    assert front["hypervolume"] > 0
+    assert all(set(t) >= {"number", "status", "params", "values", "pareto"} for t in front["trials"])
+    _check_front_flags(front)
+
+    study = _study(tmp_path)
+    assert len(study.trials) == 5
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    candidates = json.loads((tmp_path / "runs" / "s" / "search.json").read_text())["candidates"]
+    assert len(candidates) == 6
+    for trial in study.trials:
+        pair_params = {k: v for k, v in trial.params.items() if k.startswith("pair:")}
+        if trial.params.get("use_w_gram"):
+            assert sorted(pair_params) == sorted(f"pair:{c}" for c in candidates)
+            assert set(pair_params.values()) <= {0, 1}
+    # The same search directory is not silently reused.
+    again = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", cwd=tmp_path)
+    assert again.returncode == 2 and "use --resume or another --name" in again.stderr
+
+
+def test_early_stopped_trials_are_pruned_and_never_on_the_front(tmp_path: Path, teacher_cache: Path) -> None:
+    config = _config(
+        tmp_path,
+        teacher_cache,
+        trials=8,
+        early_stopping={"metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 3},
+    )
+    raw = yaml.safe_load(config.read_text())
+    raw["train"]["epochs"] = 4
+    config.write_text(yaml.safe_dump(raw))
+    _, front = _search(config, tmp_path)
+    pruned = [t for t in front["trials"] if t["status"] == "pruned"]
+    assert pruned, "ASHA stopped no trial: the test proves nothing"
+    assert not any(t["pareto"] for t in pruned)
+    study = _study(tmp_path)
+    states = {t.number: t.state for t in study.trials}
+    assert all(states[t["number"]] == TrialState.PRUNED for t in pruned)
+    best = {t.number for t in study.best_trials}
+    assert not best & {t["number"] for t in pruned}
+    _check_front_flags(front)
+
+
+def test_diverged_trials_are_recorded_and_kept_off_the_front(tmp_path: Path, teacher_cache: Path) -> None:
+    # A Gram weight of 1e42 overflows float32: every trial that switches the Gram term on diverges.
+    space = {"w_gram": {"low": 1e42, "high": 1e43, "log": True, "optional": True}}
+    config = _config(tmp_path, teacher_cache, trials=6, space=space)
+    proc, front = _search(config, tmp_path)
+    diverged = [t for t in front["trials"] if t["status"] == "diverged"]
+    assert diverged and "non-finite loss" in diverged[0]["reason"]
+    assert all(t["params"]["use_w_gram"] for t in diverged)
+    assert any(t["status"] == "ok" for t in front["trials"])
+    assert not any(t["pareto"] for t in diverged)
+    study = _study(tmp_path)
+    for trial in study.trials:
+        if trial.number in {t["number"] for t in diverged}:
+            assert trial.user_attrs["status"] == "diverged" and trial.constraints["valid"] > 0
+    assert not {t.number for t in study.best_trials} & {t["number"] for t in diverged}
+    _check_front_flags(front)
+
+
+def test_constraint_keeps_infeasible_trials_off_the_front(tmp_path: Path, teacher_cache: Path) -> None:
+    limit = 3.4  # GFLOP: between the cheapest and the dearest tiny trials
+    config = _config(tmp_path, teacher_cache, trials=6, constraints=[f"cost <= {limit}"])
+    _, front = _search(config, tmp_path)
+    trained = [t for t in front["trials"] if t["values"] and t["status"] in ("ok", "infeasible")]
+    over = [t for t in trained if t["values"]["cost"] > limit]
+    under = [t for t in trained if t["values"]["cost"] <= limit]
+    assert over and under, "the limit must split the trials for the test to mean anything"
+    assert all(t["status"] == "infeasible" and not t["pareto"] for t in over)
+    assert any(t["pareto"] for t in under)
+    study = _study(tmp_path)
+    assert all(t.values[2] <= limit for t in study.best_trials)
+    _check_front_flags(front)
+
+
+def _events(directory: Path) -> list[dict]:
+    path = directory / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_path: Path, teacher_cache: Path) -> None:
+    config = _config(tmp_path, teacher_cache, trials=6)
+    directory = tmp_path / "runs" / "s"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "autogram", "search", str(config), "--out", str(tmp_path / "runs"), "--name", "s"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 2:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the controller save its state after that completion
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = _events(directory)
+    finished_before = {e["trial"] for e in before if e["event"] == "complete"}
+    assert len(finished_before) >= 2 and not (directory / "front.json").exists()
+    assert len(finished_before) < 6, "the driver finished before it was killed: nothing to resume"
+
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = _events(directory)
+    completes = [e["trial"] for e in events if e["event"] == "complete"]
+    assert len(completes) == len(set(completes)) == 6, completes
+    after = events[len(before) :]
+    assert not {e["trial"] for e in after if e["event"] == "start"} & finished_before, "a finished trial ran again"
+    study = _study(tmp_path)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert len({t.user_attrs["ray_trial_id"] for t in complete}) == 6
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    front = json.loads((directory / "front.json").read_text())
+    assert sum(t["status"] == "ok" for t in front["trials"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("search.space.w_kd={low: 5, high: 1}", "search.space.w_kd: low (5) > high (1)"),
+        ("search.sampler=cmaes", "search.sampler"),
+        ("search.space.min_pairs=7", "search.space.min_pairs: 7 exceeds the 6 candidate pairs"),
+        ("search.space.pairs=[image.block1:image.layer9]", "search.space.pairs: unknown teacher tap 'image.layer9'"),
+        ("search.objectives=[{name: speed, direction: maximize}]", "search.objectives.0.name"),
+        ("search.constraints=[latency <= 3]", "search.constraints"),
+    ],
+)
+def test_bad_search_spaces_exit_2_before_ray_starts(
+    override: str, expected: str, tmp_path: Path, teacher_cache: Path
+) -> None:
+    config = _config(tmp_path, teacher_cache)
+    started = time.perf_counter()
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--set", override, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("autogram: error:") and expected in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be written for a bad space"
+    assert time.perf_counter() - started < 30
+
+
+def test_resume_of_an_unknown_search_is_an_error(tmp_path: Path, teacher_cache: Path) -> None:
+    proc = run_cli(
+        "search",
+        str(_config(tmp_path, teacher_cache)),
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "nothing",
+        "--resume",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "no search to resume" in proc.stderr
+
+
+def test_quickstart_space_is_valid() -> None:
+    proc = run_cli("layers", str(ROOT / "search_spaces" / "quickstart.yaml"))
+    assert proc.returncode == 0
