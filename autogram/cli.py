@@ -197,6 +197,8 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
 )
 @click.option("--resume", is_flag=True, help="Continue the search NAME after a crash or Ctrl-C.")
 @click.option("--address", help="Address of an existing Ray cluster ('auto' finds a local one).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--experiment", help="MLflow experiment (default: search.experiment, else the config's name).")
 @_user_errors
 def search(
     config: str,
@@ -208,6 +210,8 @@ def search(
     out: str,
     resume: bool,
     address: str | None,
+    tracking_uri: str | None,
+    experiment: str | None,
 ) -> None:
     """Search loss weights, temperature and tap pairs; write the Pareto front to NAME/front.json."""
     from pathlib import Path
@@ -217,8 +221,24 @@ def search(
     cfg = _load(config, (*overrides, *extra), quiet)
     from autogram.search import plan_search, run_search
 
-    plan = plan_search(cfg, name, Path(out), resume)
+    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment)
     run_search(plan, resume=resume, address=address)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the front as JSON (front.json's shape).")
+@_user_errors
+def front(name: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
+    _setup_logging(quiet=True)
+    from autogram.search.front import format_front
+    from autogram.tracking import read_front
+    from autogram.tracking import tracking_uri as resolve_uri
+
+    document = read_front(resolve_uri(tracking_uri), name)
+    click.echo(json.dumps(document, indent=2) if as_json else format_front(document))
 
 
 if __name__ == "__main__":

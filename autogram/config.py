@@ -270,6 +270,7 @@ class SearchConfig(_Strict):
 
     trials: int = Field(12, ge=1)
     concurrency: int = Field(2, ge=1)
+    experiment: str | None = None  # MLflow experiment; default: the config's name
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     objectives: list[ObjectiveSpec] = Field(

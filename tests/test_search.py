@@ -174,6 +174,15 @@ def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_pat
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     front = json.loads((directory / "front.json").read_text())
     assert sum(t["status"] == "ok" for t in front["trials"]) == 6
+    # MLflow after the resume: one parent, one child per trial, nothing left RUNNING.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("autogram").experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 1 + len(children)
+    assert sorted(r.data.tags["ray_trial_id"] for r in children) == sorted(set(completes))
+    assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,8 @@ class SearchPlan:
     candidates: list[str]
     directory: Path
     name: str
+    tracking_uri: str = ""
+    experiment: str = ""
 
     @property
     def storage_url(self) -> str:
@@ -45,7 +47,14 @@ class SearchPlan:
         return [o.model_dump() for o in self.config.search.objectives]
 
 
-def plan_search(cfg: TrialConfig, name: str | None, out: Path, resume: bool) -> SearchPlan:
+def plan_search(
+    cfg: TrialConfig,
+    name: str | None,
+    out: Path,
+    resume: bool,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+) -> SearchPlan:
     """Validate the space against the real taps and the search directory; raises ConfigError."""
     from autogram.models import resolve_pairs
     from autogram.runtime import pick_device
@@ -72,7 +81,17 @@ def plan_search(cfg: TrialConfig, name: str | None, out: Path, resume: bool) -> 
     elif directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
     base = cfg.model_dump(mode="json", exclude={"search"})
-    return SearchPlan(config=cfg, base=base, candidates=candidates, directory=directory, name=name)
+    from autogram.tracking import tracking_uri as resolve_uri
+
+    return SearchPlan(
+        config=cfg,
+        base=base,
+        candidates=candidates,
+        directory=directory,
+        name=name,
+        tracking_uri=resolve_uri(tracking_uri),
+        experiment=experiment or cfg.search.experiment or cfg.name,
+    )
 
 
 class _Progress:
@@ -82,19 +101,28 @@ class _Progress:
         self.plan = plan
         self.total = total
         self.events = plan.directory / EVENTS_FILE
-        self.counts = {"done": 0, "failed": 0}
         self.best: dict[str, float] = {}
         self.running: set[str] = set()
+        previous = [json.loads(line) for line in self.events.read_text().splitlines()] if self.events.exists() else []
+        self.counts = {
+            "done": sum(e["event"] == "complete" for e in previous),
+            "failed": sum(e.get("status") == "failed" for e in previous),
+        }
 
     def _event(self, kind: str, trial_id: str, **fields: Any) -> None:
         with self.events.open("a") as handle:
             handle.write(json.dumps({"event": kind, "trial": trial_id, "time": time.time(), **fields}) + "\n")
 
-    def start(self, trial_id: str) -> None:
+    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
+        """Record the start."""
         self.running.add(trial_id)
-        self._event("start", trial_id)
+        self._event("start", trial_id, number=config.get("trial_number"))
 
-    def finish(self, trial_id: str, result: dict[str, Any], error: bool) -> None:
+    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Per-epoch results need no output here."""
+
+    def trial_finished(self, trial_id: str, result: dict[str, Any], error: bool) -> None:
+        """Print one line: status, values, counts and the best value so far per objective."""
         self.running.discard(trial_id)
         if error:
             status = "failed"
@@ -130,22 +158,6 @@ class _Progress:
         )
 
 
-def _callback(progress: _Progress) -> Any:
-    from ray.tune import Callback
-
-    class ProgressCallback(Callback):
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.start(trial.trial_id)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.finish(trial.trial_id, dict(trial.last_result or {}), error=False)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.finish(trial.trial_id, dict(trial.last_result or {}), error=True)
-
-    return ProgressCallback()
-
-
 def _trainable(plan: SearchPlan, data: Any, blob: bytes) -> Any:
     from ray import tune
 
@@ -164,10 +176,11 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes) -> Any:
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
 
-def _tuner(plan: SearchPlan, trainable: Any, progress: _Progress) -> Any:
+def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     import optuna
     from ray import tune
 
+    from autogram.search.callbacks import DriverCallback
     from autogram.search.optuna_search import AutogramOptunaSearch, make_sampler
     from autogram.search.space import SpaceSampler
 
@@ -206,7 +219,7 @@ def _tuner(plan: SearchPlan, trainable: Any, progress: _Progress) -> Any:
             name=TUNE_DIR,
             storage_path=str(plan.directory),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[_callback(progress)],
+            callbacks=[DriverCallback(str(plan.directory))],
             verbose=0,
         ),
     )
@@ -226,16 +239,51 @@ def _close_stale_trials(storage_url: str, name: str) -> int:
     return len(stale)
 
 
+def _space_summary(plan: SearchPlan) -> dict[str, Any]:
+    search = plan.config.search
+    params: dict[str, Any] = {f"space.{k}": json.dumps(v) for k, v in search.space.model_dump(mode="json").items()}
+    params.update(
+        {
+            "sampler": search.sampler,
+            "seed": search.seed,
+            "trials": search.trials,
+            "concurrency": search.concurrency,
+            "objectives": json.dumps(plan.objectives),
+            "constraints": json.dumps(search.constraints),
+            "early_stopping": json.dumps(search.early_stopping.model_dump() if search.early_stopping else None),
+            "candidate_pairs": json.dumps(plan.candidates),
+            "trial_epochs": plan.config.train.epochs,
+        }
+    )
+    return params
+
+
+def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teacher: Path) -> dict[int, dict]:
+    """A self-contained training config for each Pareto point (teacher pinned by path)."""
+    from autogram.search.space import trial_config
+
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    configs = {}
+    for entry in document["trials"]:
+        if entry["pareto"]:
+            raw = trial_config(plan.base, params[entry["number"]], plan.config.search.space, plan.candidates)
+            raw["teacher"]["checkpoint"] = str(teacher)
+            configs[entry["number"]] = raw
+    return configs
+
+
 def run_search(plan: SearchPlan, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the search; writes and returns the ``front.json`` document."""
+    """Run (or resume) the search; writes ``front.json``, logs to MLflow, returns the front."""
     import optuna
     import ray
     from ray import tune
 
     from autogram.data import load_data
     from autogram.runtime import pick_device
+    from autogram.search import callbacks
     from autogram.search.front import build_front, format_front, write_json
     from autogram.teacher import ensure_teacher
+    from autogram.tracking import SearchTracker, host, temp_artifacts, write_artifacts
 
     cfg = plan.config
     plan.directory.mkdir(parents=True, exist_ok=True)
@@ -250,7 +298,15 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
             "candidates": plan.candidates,
             "teacher": str(handle.path),
             "storage": plan.storage_url,
+            "tracking_uri": plan.tracking_uri,
+            "experiment": plan.experiment,
         },
+    )
+    # MLflow's database and experiment exist before any trial starts; only this process writes.
+    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory)
+    tracker.start_parent(
+        _space_summary(plan),
+        {"optuna_storage": plan.storage_url, "host": host(), "teacher_checkpoint": str(handle.path)},
     )
     # Save the experiment state at every controller step, so a killed driver resumes
     # without rerunning a trial that had already finished.
@@ -260,19 +316,20 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    log.info(
-        "search %s: %d trials, concurrency %d, sampler %s -> %s",
-        plan.name,
-        cfg.search.trials,
-        cfg.search.concurrency,
-        cfg.search.sampler,
-        plan.directory,
-    )
-    progress = _Progress(plan, cfg.search.trials)
-    trainable = _trainable(plan, data, blob)
+    key = str(plan.directory)
+    callbacks.register(key, [_Progress(plan, cfg.search.trials), tracker])
     try:
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        log.info(
+            "search %s: %d trials, concurrency %d, sampler %s -> %s",
+            plan.name,
+            cfg.search.trials,
+            cfg.search.concurrency,
+            cfg.search.sampler,
+            plan.directory,
+        )
+        trainable = _trainable(plan, data, blob)
         if resume:
             tune_path = str(plan.directory / TUNE_DIR)
             if not tune.Tuner.can_restore(tune_path):
@@ -280,10 +337,14 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
             log.info("resuming from %s", tune_path)
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
-            tuner = _tuner(plan, trainable, progress)
+            tuner = _tuner(plan, trainable)
         tuner.fit()
+    except BaseException:
+        tracker.abort()
+        raise
     finally:
-        if address is None:
+        callbacks.unregister(key)
+        if address is None and ray.is_initialized():
             ray.shutdown()
     stale = _close_stale_trials(plan.storage_url, plan.name)
     if stale:
@@ -292,6 +353,16 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
+    artifacts = temp_artifacts()
+    history = write_artifacts(
+        document, study, plan.candidates, _pareto_configs(plan, study, document, handle.path), artifacts
+    )
+    tracker.finish(document, history, artifacts)
     print(format_front(document))
-    log.info("wrote %s (wall time %.1fs)", plan.directory / FRONT_FILE, document["wall_seconds"])
+    log.info(
+        "wrote %s (wall time %.1fs); MLflow run %s",
+        plan.directory / FRONT_FILE,
+        document["wall_seconds"],
+        tracker.parent_id,
+    )
     return document

@@ -64,6 +64,8 @@ class SpaceSampler:
         if gram_on:  # the subset only means something when the Gram term is on
             for pair in self.candidates:
                 trial.suggest_int(pair_param(pair), 0, 1)
+        # Not a parameter: lets the driver name MLflow runs after Optuna's trial number.
+        fixed["trial_number"] = trial.number
         return fixed
 
 
