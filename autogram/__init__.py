@@ -11,7 +11,7 @@ from typing import Any
 from autogram.config import ConfigError, TrialConfig, load_config
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "run_trial"]
+__all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "run_trial", "train"]
 
 
 def run_trial(config: TrialConfig, report: Any = None) -> Any:
@@ -19,3 +19,10 @@ def run_trial(config: TrialConfig, report: Any = None) -> Any:
     from autogram.trial import run_trial as _run_trial
 
     return _run_trial(config, report)
+
+
+def train(config: TrialConfig, config_path: str = "train.yaml", resume: bool = False) -> Any:
+    """Full training from ``config``; see :func:`autogram.training.train`. Files go beside ``config_path``."""
+    from autogram.training import train as _train
+
+    return _train(config, config_path, resume=resume)

@@ -241,5 +241,77 @@ def front(name: str, tracking_uri: str | None, as_json: bool) -> None:
     click.echo(json.dumps(document, indent=2) if as_json else format_front(document))
 
 
+def _weights(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(x) for x in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights {value!r}: expected numbers separated by commas, e.g. 0.5,0.3,0.2") from None
+
+
+@main.command()
+@click.argument("source")
+@click.option("--pick", default="knee", show_default=True, help="accuracy, robustness, cost (best in one) or knee.")
+@click.option("--weights", help="Weights per objective, e.g. 0.5,0.3,0.2 (overrides --pick).")
+@click.option("--where", multiple=True, help='Filter, e.g. "cost<=2.5e3" (repeatable, or comma-separated).')
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="YAML file to write.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of the full run (default: the trial's budget).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@_user_errors
+def export(
+    source: str,
+    pick: str,
+    weights: str | None,
+    where: tuple[str, ...],
+    output: str,
+    epochs: int | None,
+    tracking_uri: str | None,
+) -> None:
+    """Write a training config for one point of a search's front (SOURCE: search, experiment or folder)."""
+    from pathlib import Path
+
+    _setup_logging(quiet=False)
+    from autogram.export import export as run_export
+
+    raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri)
+    prov = raw["provenance"]
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in prov["objectives"].items())
+    click.echo(f"exported trial {prov['trial']} of {prov['search']} ({scores}) -> {output}")
+
+
+@main.command(name="train")
+@_config_command
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this config.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--experiment", help="MLflow experiment (default: the source search's, else the config's name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_user_errors
+def train_command(
+    config: str,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    epochs: int | None,
+    resume: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+    as_json: bool,
+) -> None:
+    """Full training from a config (e.g. an export): checkpoints, test-split scores, MLflow model."""
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    cfg = _load(config, (*overrides, *extra), quiet)
+    from autogram.training import train
+
+    result = train(cfg, config, resume=resume, tracking_uri=tracking_uri, experiment=experiment)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"status {result.status}, {result.epochs} epochs")
+    click.echo(f"validation: accuracy {result.accuracy:.4f}, robustness {result.robustness:.4f}")
+    click.echo(f"test:       accuracy {result.test_accuracy:.4f}, robustness {result.test_robustness:.4f}")
+    click.echo(f"student: {result.student_path}  MLflow run: {result.mlflow_run_id}")
+
+
 if __name__ == "__main__":
     main()

@@ -91,6 +91,8 @@ class TeacherConfig(_Strict):
     """Architecture and training of the multi-modal Transformer teacher."""
 
     checkpoint: Path | None = None
+    # When set (exported configs), the checkpoint must carry exactly this key.
+    checkpoint_key: str | None = None
     cache_dir: Path = Path("autogram-runs/teachers")
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(3, ge=1, le=24)
@@ -335,6 +337,8 @@ class TrialConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     search: SearchConfig = SearchConfig()
+    # Where an exported config came from (search, trial, MLflow run, its scores); free-form.
+    provenance: dict[str, Any] | None = None
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

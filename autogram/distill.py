@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -126,6 +127,28 @@ class TrainOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class LoopState:
+    """Everything besides the weights that a resumed run needs to continue exactly."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    outcome: TrainOutcome
+
+
+class TrainHooks(Protocol):
+    """Callbacks of a full training run (checkpointing); trials use none."""
+
+    def restore(self, state: LoopState) -> int:
+        """Load saved state into ``state``; return the last finished epoch (0 to start fresh)."""
+        ...
+
+    def epoch_end(self, epoch: int, state: LoopState) -> None:
+        """Called after each finished epoch."""
+        ...
+
+
 def _count_flops(fn: Callable[..., dict[str, torch.Tensor]], *args: object) -> tuple[float, dict[str, torch.Tensor]]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -167,12 +190,14 @@ def train_student(
     seed: int,
     device: torch.device,
     report: Report | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Train ``student`` (and the objective's projections) for ``cfg.epochs``.
 
     Stops early with status ``diverged`` when the loss becomes non-finite; never raises
     for that. FLOPs are counted on the first step (forward of both models, loss, backward)
-    and scaled by the number of samples trained.
+    and scaled by the number of samples trained. ``hooks`` let a caller restore the loop's
+    state before the first epoch (a resume) and checkpoint it after each epoch.
     """
     train = to_tensors(data.splits["train"].inputs, device)
     labels = torch.from_numpy(data.splits["train"].labels).to(device)
@@ -186,9 +211,11 @@ def train_student(
     )
     generator = torch.Generator().manual_seed(seed)
     outcome = TrainOutcome()
+    state = LoopState(optimizer, schedule, generator, outcome)
+    first_epoch = hooks.restore(state) + 1 if hooks is not None else 1
     student.train()
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         start = time.perf_counter()
         sums: dict[str, float] = {}
         batches = 0
@@ -232,5 +259,7 @@ def train_student(
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if report is not None:
             report(epoch, metrics)
+        if hooks is not None:
+            hooks.epoch_end(epoch, state)
     student.eval()
     return outcome

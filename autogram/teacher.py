@@ -201,6 +201,11 @@ def ensure_teacher(
                 log.warning("teacher: %s has key %s, expected %s; retraining", path, meta["key"][:16], key[:16])
         else:
             model, meta = load_teacher(path, data)
+            if cfg.checkpoint_key is not None and meta["key"] != cfg.checkpoint_key:
+                raise ConfigError(
+                    f"teacher.checkpoint_key: {path} has key {meta['key'][:16]}, the config expects "
+                    f"{cfg.checkpoint_key[:16]} (the teacher changed since this config was exported)"
+                )
             if meta["key"] != key:
                 log.warning(
                     "teacher: %s was trained for another config or data (key %s, this config gives %s); "

@@ -32,7 +32,20 @@ def metric_key(name: str) -> str:
     return name.replace("@", "-")
 
 
-def _client(uri: str) -> Any:
+def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log metrics in batches, names made MLflow-safe."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def client_for(uri: str) -> Any:
+    """An MLflow client bound to ``uri`` (no global state)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -40,7 +53,7 @@ def _client(uri: str) -> Any:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating it (with a local artifact root for sqlite) if needed."""
-    client = _client(uri)
+    client = client_for(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -56,7 +69,7 @@ class SearchTracker:
 
     def __init__(self, uri: str, experiment: str, search_name: str, directory: Path) -> None:
         self.uri = uri
-        self.client = _client(uri)
+        self.client = client_for(uri)
         self.experiment_id = ensure_experiment(uri, experiment)
         self.search_name = search_name
         self.directory = str(directory)
@@ -97,14 +110,7 @@ class SearchTracker:
             self.client.log_batch(run_id, params=items[start : start + 100])
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[start : start + 500])
+        log_metrics(self.client, run_id, metrics, step)
 
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         """Open the trial's child run (or reopen it when a resumed trial restarts)."""
@@ -277,7 +283,7 @@ def find_parent(uri: str, name: str) -> Any:
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"no MLflow database at {uri.removeprefix('sqlite:///')} (pass --tracking-uri?)")
-    client = _client(uri)
+    client = client_for(uri)
     experiments = client.search_experiments()
     ids = [e.experiment_id for e in experiments]
     runs = (
@@ -309,8 +315,8 @@ def find_parent(uri: str, name: str) -> Any:
 
 def read_front(uri: str, name: str) -> dict[str, Any]:
     """The search's front as recorded in MLflow (parent and child runs), in front.json's shape."""
-    client = _client(uri)
-    parent = find_parent(uri, name)
+    parent = find_parent(uri, name)  # first: it refuses to create a database that is not there
+    client = client_for(uri)
     objectives = json.loads(parent.data.params["objectives"])
     names = [o["name"] for o in objectives]
     children = client.search_runs(

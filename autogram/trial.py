@@ -40,14 +40,16 @@ class TrialResult:
         return asdict(self)
 
 
-def evaluate_robustness(model: Any, data: Any, cfg: TrialConfig, device: Any) -> tuple[float, dict[str, float]]:
-    """Clean validation accuracy and the accuracy under each corruption of the suite."""
+def evaluate_robustness(
+    model: Any, data: Any, cfg: TrialConfig, device: Any, split: str = "val"
+) -> tuple[float, dict[str, float]]:
+    """Clean accuracy on ``split`` (validation by default) and the accuracy under each corruption."""
     import torch
 
     from autogram.data.corruptions import corrupted_views
     from autogram.runtime import accuracy, to_tensors
 
-    val = data.splits["val"]
+    val = data.splits[split]
     labels = torch.from_numpy(val.labels).to(device)
     clean = accuracy(model, to_tensors(val.inputs, device), labels, cfg.eval.batch_size, device)
     scores = {

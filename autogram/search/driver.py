@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,6 +358,7 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     history = write_artifacts(
         document, study, plan.candidates, _pareto_configs(plan, study, document, handle.path), artifacts
     )
+    shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
     tracker.finish(document, history, artifacts)
     print(format_front(document))
     log.info(

@@ -1,0 +1,161 @@
+"""Export one point of a search's front as a self-contained training config.
+
+The front comes from MLflow (a search or experiment name) or from a search folder's
+``front.json``; ``pareto.pick`` chooses among the ``ok`` trials that pass every
+``--where`` filter. Nothing is written unless every check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError, SpaceConfig, validate
+
+_WHERE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
+
+
+def parse_where(items: list[str], names: list[str]) -> list[tuple[str, str, float]]:
+    """``["cost<=2.5e3", "accuracy>=0.9"]`` -> ``[(metric, op, bound), ...]`` (comma-separated too)."""
+    out = []
+    for item in (part for raw in items for part in raw.split(",") if part.strip()):
+        match = _WHERE.match(item)
+        if not match:
+            raise ConfigError(f"--where {item!r}: expected METRIC<=VALUE (or >=, <, >)")
+        metric, op, raw_bound = match.groups()
+        if metric not in names:
+            raise ConfigError(f"--where {item!r}: unknown metric {metric!r} (have: {', '.join(names)})")
+        try:
+            bound = float(raw_bound)
+        except ValueError:
+            raise ConfigError(f"--where {item!r}: {raw_bound!r} is not a number") from None
+        out.append((metric, op, bound))
+    return out
+
+
+def _passes(value: float, op: str, bound: float) -> bool:
+    return {"<=": value <= bound, ">=": value >= bound, "<": value < bound, ">": value > bound}[op]
+
+
+def choose(document: dict[str, Any], pick: str, weights: list[float] | None, where: list[str]) -> dict[str, Any]:
+    """The trial entry chosen by ``pick`` among ok trials passing ``where``; ConfigError if none."""
+    from autogram.pareto import pick as pareto_pick
+
+    names = [o["name"] for o in document["objectives"]]
+    directions = [o["direction"] for o in document["objectives"]]
+    filters = parse_where(where, names)
+    if pick not in (*names, "knee"):
+        raise ConfigError(f"--pick {pick!r}: expected one of {', '.join((*names, 'knee'))}")
+    if weights is not None and len(weights) != len(names):
+        raise ConfigError(f"--weights: {len(weights)} numbers for {len(names)} objectives ({', '.join(names)})")
+    ok = [t for t in document["trials"] if t["status"] == "ok" and all(n in t["values"] for n in names)]
+    if not ok:
+        raise ConfigError(f"search {document['name']!r} has no finished (ok) trial to export")
+    mask = [all(_passes(t["values"][m], op, b) for m, op, b in filters) for t in ok]
+    if not any(mask):
+        raise ConfigError(f"--where {' and '.join(where)}: no ok trial of {document['name']!r} matches")
+    values = [[t["values"][n] for n in names] for t in ok]
+    by = "weights" if weights is not None else pick
+    return ok[pareto_pick(values, directions, by=by, weights=weights, names=names, mask=mask)]
+
+
+def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
+    path = Path(source)
+    if path.is_file() and path.name == "front.json":
+        path = path.parent
+    if path.is_dir():
+        if not (path / "front.json").is_file() or not (path / "search.json").is_file():
+            raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
+        return json.loads((path / "front.json").read_text()), json.loads((path / "search.json").read_text()), ""
+    from autogram.tracking import client_for, read_front
+    from autogram.tracking import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    document = read_front(uri, source)
+    local = client_for(uri).download_artifacts(document["run_id"], "search.json")
+    return document, json.loads(Path(local).read_text()), document["run_id"]
+
+
+def export(
+    source: str,
+    out: Path,
+    pick: str = "knee",
+    weights: list[float] | None = None,
+    where: list[str] | None = None,
+    epochs: int | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Write the chosen trial's training config to ``out``; returns the raw config."""
+    from autogram.search.space import trial_config
+    from autogram.teacher import read_metadata
+
+    document, spec, parent_id = load_source(source, tracking_uri)
+    chosen = choose(document, pick, weights, list(where or []))
+    if not chosen.get("run_id") and spec.get("tracking_uri"):
+        parent_id, chosen["run_id"] = _mlflow_ids(tracking_uri or spec["tracking_uri"], spec["name"], chosen["number"])
+    config = spec["config"]
+    space = SpaceConfig.model_validate(config["search"]["space"])
+    base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
+    raw = trial_config(base, chosen["params"], space, spec["candidates"])
+    teacher_path = Path(spec["teacher"])
+    raw["teacher"]["checkpoint"] = str(teacher_path)
+    raw["teacher"]["checkpoint_key"] = read_metadata(teacher_path)["key"] if teacher_path.is_file() else None
+    trial_epochs = raw["train"]["epochs"]
+    if epochs is not None:
+        raw["train"]["epochs"] = epochs  # the cosine schedule stretches over the new budget
+    raw["provenance"] = {
+        "search": document["name"],
+        "trial": chosen["number"],
+        "mlflow_run_id": chosen.get("run_id", ""),
+        "mlflow_parent_run_id": parent_id,
+        "experiment": spec.get("experiment", ""),
+        "objectives": chosen["values"],
+        "trial_epochs": trial_epochs,
+        "pick": "weights" if weights else pick,
+        "where": list(where or []),
+    }
+    validate(raw, str(out))  # refuse to write a config that would not load
+    import yaml
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(
+        f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
+        + yaml.safe_dump(raw, sort_keys=False)
+    )
+    os.replace(tmp, out)
+    if parent_id or spec.get("tracking_uri"):
+        _log_export(out, spec, parent_id, tracking_uri)
+    return raw
+
+
+def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
+    """(parent run id, the trial's child run id) of a search folder's MLflow record, or ("", "")."""
+    from autogram.tracking import PARENT, client_for, find_parent
+
+    try:
+        parent = find_parent(uri, name)
+        runs = client_for(uri).search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}' and tags.trial_number = '{number}'",
+        )
+    except Exception:  # no MLflow record reachable: the export still works from the folder
+        return "", ""
+    return parent.info.run_id, runs[0].info.run_id if runs else ""
+
+
+def _log_export(out: Path, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
+    import logging
+
+    from autogram.tracking import client_for, find_parent
+
+    uri = tracking_uri or spec.get("tracking_uri", "")
+    try:
+        parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
+        client_for(uri).log_artifact(parent_id, str(out), "exports")
+    except Exception as exc:  # the YAML is written; MLflow being unreachable must not undo that
+        logging.getLogger("autogram").warning("export written, but not logged to MLflow (%s)", exc)

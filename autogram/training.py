@@ -1,0 +1,308 @@
+"""Full training from a config (usually one exported from a Pareto point).
+
+The same loop as a trial (so a trial's budget reproduces the trial's scores), plus a
+checkpoint after every epoch (safetensors + JSON, no pickle), ``resume``, evaluation
+on the **test** split at the end, an MLflow run and the student saved as safetensors
+and logged with ``mlflow.pytorch.log_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autogram.config import ConfigError, TrialConfig
+from autogram.distill import LoopState
+
+log = logging.getLogger("autogram")
+CHECKPOINT, STATE = "last.safetensors", "last.json"
+
+
+@dataclass
+class TrainResult:
+    """Scores of a full run: validation (as the search saw it) and test (never seen before)."""
+
+    accuracy: float
+    robustness: float
+    test_accuracy: float
+    test_robustness: float
+    status: str
+    epochs: int
+    corruptions: dict[str, float]
+    test_corruptions: dict[str, float]
+    student_path: str
+    mlflow_run_id: str
+    resumed_from_epoch: int = 0
+    model_uri: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores the whole loop: weights, optimizer, schedule, RNG, history."""
+
+    def __init__(self, directory: Path, modules: dict[str, torch.nn.Module], resume: bool, run_id: str) -> None:
+        self.directory = directory
+        self.modules = modules
+        self.resume = resume
+        self.run_id = run_id
+        self.resumed_from = 0
+
+    def saved_run_id(self) -> str:
+        """The MLflow run of the interrupted run, to continue logging into it."""
+        path = self.directory / STATE
+        return json.loads(path.read_text()).get("mlflow_run_id", "") if path.is_file() else ""
+
+    def restore(self, state: LoopState) -> int:
+        """Load the last checkpoint into the models and ``state``; return its epoch."""
+        from safetensors.torch import load_file
+
+        if not self.resume:
+            return 0
+        meta_path, weights_path = self.directory / STATE, self.directory / CHECKPOINT
+        if not meta_path.is_file() or not weights_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint in {self.directory}")
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(weights_path))
+        for name, module in self.modules.items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        opt_state = {int(i): {} for i in meta["optimizer_params"]}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, slot = key.split(".", 2)
+                opt_state[int(index)][slot] = value
+        state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        state.schedule.load_state_dict(meta["schedule"])
+        state.generator.set_state(tensors["rng.generator"])
+        for key, value in meta["outcome"].items():
+            setattr(state.outcome, key, value)
+        self.resumed_from = int(meta["epoch"])
+        log.info("resuming from the checkpoint of epoch %d in %s", self.resumed_from, self.directory)
+        return self.resumed_from
+
+    def epoch_end(self, epoch: int, state: LoopState) -> None:
+        """Write the checkpoint atomically: a crash mid-write leaves the previous one intact."""
+        from safetensors.torch import save_file
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{name}.{k}": v.detach().cpu().contiguous()
+            for name, module in self.modules.items()
+            for k, v in module.state_dict().items()
+        }
+        optimizer = state.optimizer.state_dict()
+        for index, slots in optimizer["state"].items():
+            for slot, value in slots.items():
+                tensors[f"opt.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng.generator"] = state.generator.get_state()
+        tmp = self.directory / f".{CHECKPOINT}.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.directory / CHECKPOINT)
+        outcome = {k: getattr(state.outcome, k) for k in ("steps", "samples", "flops_per_sample", "seconds", "history")}
+        _atomic_json(
+            self.directory / STATE,
+            {
+                "epoch": epoch,
+                "param_groups": optimizer["param_groups"],
+                "optimizer_params": list(optimizer["state"]),
+                "schedule": state.schedule.state_dict(),
+                "outcome": outcome,
+                "mlflow_run_id": self.run_id,
+            },
+        )
+
+
+def _flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _mlflow_run(cfg: TrialConfig, uri: str, experiment: str, run_id: str, config_path: Path) -> str:
+    from mlflow.entities import Param
+
+    from autogram.tracking import client_for, ensure_experiment
+
+    client = client_for(uri)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    provenance = cfg.provenance or {}
+    tags = {"autogram.kind": "train", "autogram.config": str(config_path)}
+    if provenance.get("mlflow_run_id"):
+        tags["autogram.source_run"] = str(provenance["mlflow_run_id"])
+    if provenance.get("search"):
+        tags["autogram.source_search"] = str(provenance["search"])
+        tags["autogram.source_trial"] = str(provenance.get("trial", ""))
+    run = client.create_run(ensure_experiment(uri, experiment), run_name=f"train-{config_path.stem}", tags=tags)
+    params = _flat("", cfg.model_dump(mode="json", exclude={"search", "provenance"}), {})
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    return run.info.run_id
+
+
+def train(
+    config: TrialConfig,
+    config_path: str | Path = "train.yaml",
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+) -> TrainResult:
+    """Train the student of ``config`` for ``config.train.epochs``; see the module docstring.
+
+    Files go beside ``config_path``: ``<stem>.student.safetensors`` and ``<stem>.checkpoints/``.
+    """
+    from autogram.distill import Objective, train_student
+    from autogram.runtime import pick_device
+    from autogram.signals import LiveTeacher
+    from autogram.teacher import ensure_teacher
+    from autogram.tracking import client_for, log_metrics
+    from autogram.tracking import tracking_uri as resolve_uri
+    from autogram.trial import evaluate_robustness, prepare
+
+    config_path = Path(config_path)
+    ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
+    if not resume and (ckpt_dir / STATE).is_file():
+        raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
+    device = pick_device(config.device)
+    parts = prepare(config, device)
+    data, student = parts["data"], parts["student"]
+    objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
+    signals = None
+    if objective.needs_teacher:
+        handle = ensure_teacher(config.teacher, data, device)
+        signals = LiveTeacher(handle.model, objective.teacher_taps, device)
+    uri = resolve_uri(tracking_uri)
+    experiment = experiment or (config.provenance or {}).get("experiment") or config.name
+    checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "")
+    run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
+    checkpointer.run_id = run_id
+    client = client_for(uri)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        log_metrics(client, run_id, {f"curve/{k}": v for k, v in metrics.items()}, epoch)
+
+    torch.manual_seed(config.seed)
+    try:
+        outcome = train_student(
+            student, objective, signals, data, config.train, config.seed, device, report, hooks=checkpointer
+        )
+        val_acc, val_corr = evaluate_robustness(student, data, config, device, "val")
+        test_acc, test_corr = evaluate_robustness(student, data, config, device, "test")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    student_path = config_path.with_name(f"{config_path.stem}.student.safetensors")
+    _save_student(student, student_path, config)
+    result = TrainResult(
+        accuracy=val_acc,
+        robustness=sum(val_corr.values()) / len(val_corr),
+        test_accuracy=test_acc,
+        test_robustness=sum(test_corr.values()) / len(test_corr),
+        status=outcome.status,
+        epochs=outcome.epochs,
+        corruptions=val_corr,
+        test_corruptions=test_corr,
+        student_path=str(student_path),
+        mlflow_run_id=run_id,
+        resumed_from_epoch=checkpointer.resumed_from,
+        history=outcome.history,
+    )
+    final = {
+        "val_accuracy": result.accuracy,
+        "val_robustness": result.robustness,
+        "test_accuracy": result.test_accuracy,
+        "test_robustness": result.test_robustness,
+    }
+    final.update({f"test_corruption/{k}": v for k, v in test_corr.items()})
+    log_metrics(client, run_id, final)
+    client.set_tag(run_id, "status", outcome.status)
+    result.model_uri = _log_model(student, data, uri, run_id, student_path)
+    client.set_terminated(run_id, "FINISHED")
+    log.info(
+        "test accuracy %.4f, test robustness %.4f; student -> %s; MLflow run %s",
+        result.test_accuracy,
+        result.test_robustness,
+        student_path,
+        run_id,
+    )
+    return result
+
+
+def _log_model(student: torch.nn.Module, data: Any, uri: str, run_id: str, student_path: Path) -> str:
+    """``mlflow.pytorch.log_model`` with an input example and a signature, plus the safetensors file.
+
+    The student takes a dict of tensors, which MLflow's default 'pt2' (torch.export) format
+    cannot describe, so the model is stored in MLflow's 'pickle' format. The safetensors file
+    beside the config is the pickle-free copy.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    student = student.cpu().eval()
+    example = {k: v[:2] for k, v in data.splits["val"].inputs.items()}
+    with torch.no_grad():
+        output = student({k: torch.from_numpy(v) for k, v in example.items()}).numpy()
+    # MLflow warns that pyfunc serving takes no dict input; the PyTorch flavour loads fine.
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            student,
+            name="student",
+            input_example=example,
+            signature=infer_signature(example, output),
+            serialization_format="pickle",
+        )
+        mlflow.log_artifact(str(student_path), "student")
+        mlflow.set_tag("autogram.model_uri", info.model_uri)
+    return info.model_uri
+
+
+def _save_student(student: torch.nn.Module, path: Path, config: TrialConfig) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        state,
+        str(tmp),
+        metadata={
+            "format": "autogram-student/1",
+            "student": config.student.model_dump_json(),
+            "data_source": str(config.data.path or "builtin"),
+        },
+    )
+    os.replace(tmp, path)
+
+
+def load_student(path: str | Path, config: TrialConfig) -> torch.nn.Module:
+    """Rebuild the student of ``config`` and load weights saved by :func:`train` (no pickle)."""
+    from safetensors.torch import load_file
+
+    from autogram.data import load_data
+    from autogram.models import build_student
+
+    model = build_student(load_data(config.data), config.student)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()

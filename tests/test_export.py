@@ -1,0 +1,185 @@
+"""Export a Pareto point and train from it: picking, reproduction, the MLflow model, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from autogram.config import ConfigError, load_config
+from autogram.export import choose
+from tests.conftest import run_cli, tiny_raw
+
+OBJECTIVES = [
+    {"name": "accuracy", "direction": "maximize"},
+    {"name": "robustness", "direction": "maximize"},
+    {"name": "cost", "direction": "minimize"},
+]
+
+
+def _front() -> dict:
+    rows = [  # number, status, accuracy, robustness, cost
+        (0, "ok", 0.95, 0.60, 900.0),  # most accurate
+        (1, "ok", 0.90, 0.80, 500.0),  # balanced: the knee
+        (2, "ok", 0.70, 0.50, 100.0),  # cheapest
+        (3, "ok", 0.80, 0.55, 950.0),  # dominated
+        (4, "diverged", 0.99, 0.99, 1.0),  # never eligible, however good it looks
+        (5, "ok", 0.89, 0.81, 2600.0),  # most robust, but expensive
+    ]
+    trials = [
+        {
+            "number": n,
+            "status": s,
+            "params": {"w_kd": 1.0},
+            "pareto": False,
+            "values": {"accuracy": a, "robustness": r, "cost": c},
+        }
+        for n, s, a, r, c in rows
+    ]
+    return {
+        "name": "hand",
+        "objectives": OBJECTIVES,
+        "reference_point": [0, 0, 3000],
+        "hypervolume": 1.0,
+        "trials": trials,
+    }
+
+
+def test_pick_knee_objective_weights_and_where_on_a_hand_made_front() -> None:
+    front = _front()
+    assert choose(front, "knee", None, [])["number"] == 1
+    assert choose(front, "accuracy", None, [])["number"] == 0
+    assert choose(front, "robustness", None, [])["number"] == 5
+    assert choose(front, "cost", None, [])["number"] == 2
+    assert choose(front, "robustness", None, ["cost<=2.5e3"])["number"] == 1
+    assert choose(front, "accuracy", None, ["cost<600,robustness>=0.6"])["number"] == 1
+    assert choose(front, "knee", [0.0, 0.0, 1.0], [])["number"] == 2
+    with pytest.raises(ConfigError, match="no ok trial of 'hand' matches"):
+        choose(front, "knee", None, ["cost<=50"])
+    with pytest.raises(ConfigError, match="unknown metric 'latency'"):
+        choose(front, "knee", None, ["latency<=5"])
+    with pytest.raises(ConfigError, match="expected METRIC<=VALUE"):
+        choose(front, "knee", None, ["cost=5"])
+    with pytest.raises(ConfigError, match="--pick 'speed'"):
+        choose(front, "speed", None, [])
+    with pytest.raises(ConfigError, match="2 numbers for 3 objectives"):
+        choose(front, "knee", [0.5, 0.5], [])
+    empty = {**front, "trials": [t for t in front["trials"] if t["status"] != "ok"]}
+    with pytest.raises(ConfigError, match="no finished"):
+        choose(empty, "knee", None, [])
+
+
+def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "front.json").write_text(json.dumps(_front()))
+    (folder / "search.json").write_text(json.dumps({"name": "hand", "config": {}, "candidates": [], "teacher": "x"}))
+    out = tmp_path / "best.yaml"
+    for args in (["--where", "cost<=50"], ["--pick", "speed"], ["--weights", "1,x,2"], ["--where", "latency<1"]):
+        proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().startswith("autogram: error:") and len(proc.stderr.strip().splitlines()) == 1
+        assert not out.exists() and not list(tmp_path.glob(".best.yaml*"))
+    missing = run_cli("export", "nothing-here", "-o", str(out), cwd=tmp_path)
+    assert missing.returncode == 2 and "no MLflow database" in missing.stderr and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Path:
+    tmp_path = tmp_path_factory.mktemp("export")
+    raw = tiny_raw(teacher_cache)
+    raw["name"] = "exp"
+    raw["train"]["epochs"] = 3
+    raw["search"] = {"trials": 4, "concurrency": 2}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", "search.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(searched: Path) -> None:
+    proc = run_cli("export", "exp", "--pick", "accuracy", "-o", "best.yaml", cwd=searched)
+    assert proc.returncode == 0, proc.stderr
+    config = load_config(searched / "best.yaml")
+    provenance = config.provenance
+    assert provenance["search"] == "exp" and provenance["mlflow_run_id"] and provenance["trial_epochs"] == 3
+    assert config.teacher.checkpoint.is_file() and config.teacher.checkpoint_key
+    assert config.train.epochs == 3  # the trial's own budget
+    front = json.loads((searched / "autogram-runs" / "exp" / "front.json").read_text())
+    trial = next(t for t in front["trials"] if t["number"] == provenance["trial"])
+    assert trial["status"] == "ok" and trial["values"] == provenance["objectives"]
+
+    proc = run_cli("train", "best.yaml", "--json", cwd=searched)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert abs(result["accuracy"] - trial["values"]["accuracy"]) <= 0.01
+    assert abs(result["robustness"] - trial["values"]["robustness"]) <= 0.01
+    assert 0 <= result["test_accuracy"] <= 1 and result["epochs"] == 3
+
+    # The same file was logged on the search's parent run.
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{searched / 'mlflow.db'}")
+    parent = client.get_run(provenance["mlflow_parent_run_id"])
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "exports")] == ["exports/best.yaml"]
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["autogram.source_run"] == provenance["mlflow_run_id"]
+    assert {"val_accuracy", "test_accuracy", "test_robustness"} <= run.data.metrics.keys()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "curve/accuracy")] == [1, 2, 3]
+
+    from autogram.data import load_data
+    from autogram.training import load_student
+
+    mlflow.set_tracking_uri(f"sqlite:///{searched / 'mlflow.db'}")
+    logged = mlflow.pytorch.load_model(result["model_uri"])
+    saved = load_student(
+        result["student_path"] if os.path.isabs(result["student_path"]) else searched / result["student_path"], config
+    )
+    inputs = {k: torch.from_numpy(v) for k, v in load_data(config.data).splits["val"].inputs.items()}
+    with torch.no_grad():
+        assert torch.equal(logged.eval()(inputs), saved(inputs))
+
+
+@pytest.mark.slow
+def test_train_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path: Path, teacher_cache: Path) -> None:
+    raw = tiny_raw(teacher_cache)
+    raw["data"]["builtin"]["n_train"] = 3000
+    raw["train"]["epochs"] = 6
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    state = tmp_path / "long.checkpoints" / "last.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autogram", "train", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.is_file() and json.loads(state.read_text())["epoch"] >= 2):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 2 <= killed_at < 6, "the run must be killed mid-way for the test to mean anything"
+
+    again = run_cli("train", str(config), cwd=tmp_path)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+    resumed = run_cli("train", str(config), "--resume", "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout)
+    assert result["resumed_from_epoch"] == killed_at and result["epochs"] == 6
+    assert f"resuming from the checkpoint of epoch {killed_at}" in resumed.stderr
+    assert "epoch 1/6" not in resumed.stderr and f"epoch {killed_at + 1}/6" in resumed.stderr
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4, 5, 6]
