@@ -220,9 +220,10 @@ def search(
     extra += [f"search.concurrency={concurrency}"] if concurrency else []
     cfg = _load(config, (*overrides, *extra), quiet)
     from autogram.search import plan_search, run_search
+    from autogram.search.front import format_front
 
     plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment)
-    run_search(plan, resume=resume, address=address)
+    click.echo(format_front(run_search(plan, resume=resume, address=address)))
 
 
 @main.command()
@@ -311,6 +312,41 @@ def train_command(
     click.echo(f"validation: accuracy {result.accuracy:.4f}, robustness {result.robustness:.4f}")
     click.echo(f"test:       accuracy {result.test_accuracy:.4f}, robustness {result.test_robustness:.4f}")
     click.echo(f"student: {result.student_path}  MLflow run: {result.mlflow_run_id}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False), default="search_spaces/quickstart.yaml")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--quick", is_flag=True, help="Smaller searches (fewer trials and epochs): a rough look in less time.")
+@click.option("--json", "as_json", is_flag=True, help="Print all figures as one JSON object.")
+@_user_errors
+def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool) -> None:
+    """Measure, side by side: teacher cache speed-up, loss-term step costs, Gram GFLOP/s,
+    search orchestration overhead and search efficiency (sampler vs random)."""
+    cfg = _load(config, overrides, quiet=False)
+    from autogram.bench import run_bench
+
+    result = run_bench(cfg, quick=quick)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"teacher cache: trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached']:.1f}s "
+        f"cached -> speed-up {result['cache_speedup']:.2f}x"
+    )
+    click.echo(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
+    for name, ratio in result["step_ratio"].items():
+        if name != "ce_kd_step_ms":
+            click.echo(f"  {name:<20} {ratio:.2f}x")
+    click.echo(f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s")
+    click.echo(
+        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "
+        f"(trials of {result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
+    )
+    click.echo(
+        f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
+        f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
+    )
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ class TeacherConfig(_Strict):
     # When set (exported configs), the checkpoint must carry exactly this key.
     checkpoint_key: str | None = None
     cache_dir: Path = Path("autogram-runs/teachers")
+    # Compute the frozen teacher's outputs once (under cache_dir/signals) instead of every step.
+    cache: bool = True
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(3, ge=1, le=24)
     num_heads: int = Field(4, ge=1)

@@ -88,13 +88,17 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None) -> dict[str, Any]:
     }
 
 
-def run_trial(config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None) -> TrialResult:
+def run_trial(
+    config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None, cache_dir: Any = None
+) -> TrialResult:
     """Train the student for the configured short budget against the frozen teacher and score it.
 
     ``report(epoch, metrics)`` is called after each epoch. ``data`` and ``teacher`` (a
     :class:`~autogram.teacher.TeacherHandle`) may be passed in when the caller already has
     them (a search loads them once); otherwise they are loaded, and the teacher trained if
-    no checkpoint matches. Returns a :class:`TrialResult`; a non-finite loss ends the trial
+    no checkpoint matches. With ``teacher.cache`` on (the default) the teacher's signals are
+    read from a cache computed once (``cache_dir``, or found/built here) instead of running
+    the teacher every step. Returns a :class:`TrialResult`; a non-finite loss ends the trial
     early with ``status="diverged"`` instead of raising.
     """
     import torch
@@ -114,18 +118,34 @@ def run_trial(config: TrialConfig, report: Any = None, data: Any = None, teacher
     if objective.needs_teacher:
         handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
         handle.model.to(device)
-        signals = LiveTeacher(handle.model, objective.teacher_taps, device)
         teacher_info = {
             "path": str(handle.path),
             "key": handle.key,
             "val_accuracy": handle.val_accuracy,
             "params": parameter_count(handle.model),
+            "source": "live",
         }
+        if config.teacher.cache:
+            from autogram.teacher_cache import CachedTeacher, ensure_cache
+
+            if cache_dir is None:
+                cache_dir = ensure_cache(
+                    handle.model, handle.key, data, parts["teacher_taps"], device, config.teacher.cache_dir / "signals"
+                )
+            signals = CachedTeacher(cache_dir, objective.teacher_taps, device)
+            teacher_info.update(source="cache", cache=str(cache_dir))
+        else:
+            signals = LiveTeacher(handle.model, objective.teacher_taps, device)
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
     clean, corruptions = evaluate_robustness(parts["student"], data, config, device)
     robustness = sum(corruptions.values()) / len(corruptions)
-    gflops = outcome.flops_per_sample * outcome.samples / 1e9
+    flops_per_sample = outcome.flops_per_sample
+    if teacher_info.get("source") == "cache":
+        # The cost objective is the recipe's compute, wherever the teacher's forward ran:
+        # add the forward the cache replaced, so cached and live trials score the same cost.
+        flops_per_sample += signals.flops_per_sample
+    gflops = flops_per_sample * outcome.samples / 1e9
     result = TrialResult(
         accuracy=clean,
         robustness=robustness,

@@ -133,7 +133,7 @@ class _Progress:
         else:
             status = str(result.get("status", "ok"))
         self.counts["done"] += 1
-        self._event("complete", trial_id, status=status)
+        self._event("complete", trial_id, status=status, seconds=result.get("time_total_s"))
         values = ""
         if status == "ok":
             for objective in self.plan.objectives:
@@ -159,7 +159,7 @@ class _Progress:
         )
 
 
-def _trainable(plan: SearchPlan, data: Any, blob: bytes) -> Any:
+def _trainable(plan: SearchPlan, data: Any, blob: bytes, cache_dir: Path | None) -> Any:
     from ray import tune
 
     from autogram.search.worker import trainable
@@ -173,6 +173,7 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes) -> Any:
         data=data,
         teacher_blob=blob,
         cpus=resources.cpu,
+        cache_dir=str(cache_dir.resolve()) if cache_dir else None,
     )
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
@@ -190,7 +191,7 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
         space=SpaceSampler(search.space, plan.candidates),
         metric=[o.name for o in search.objectives],
         mode=["max" if o.direction == "maximize" else "min" for o in search.objectives],
-        sampler=make_sampler(search.sampler, search.seed),
+        sampler=make_sampler(search.sampler, search.seed, search.trials),
         study_name=plan.name,
         storage=optuna.storages.RDBStorage(plan.storage_url),
         constraints=search.parsed_constraints(),
@@ -273,8 +274,11 @@ def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teac
     return configs
 
 
-def run_search(plan: SearchPlan, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the search; writes ``front.json``, logs to MLflow, returns the front."""
+def run_search(
+    plan: SearchPlan, resume: bool = False, address: str | None = None, track: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the search; writes ``front.json``, logs to MLflow (unless ``track`` is
+    off, as in benchmarks), returns the front."""
     import optuna
     import ray
     from ray import tune
@@ -282,15 +286,23 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     from autogram.data import load_data
     from autogram.runtime import pick_device
     from autogram.search import callbacks
-    from autogram.search.front import build_front, format_front, write_json
+    from autogram.search.front import build_front, write_json
     from autogram.teacher import ensure_teacher
     from autogram.tracking import SearchTracker, host, temp_artifacts, write_artifacts
 
     cfg = plan.config
     plan.directory.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data)
-    handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device))  # once, before any trial
+    device = pick_device(cfg.device)
+    handle = ensure_teacher(cfg.teacher, data, device)  # once, before any trial
     blob = handle.path.read_bytes()
+    cache_dir = None
+    if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
+        from autogram.models import build_teacher, resolved_taps
+        from autogram.teacher_cache import ensure_cache
+
+        taps = resolved_taps(build_teacher(data, handle.model.arch), data)
+        cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
     write_json(
         plan.directory / SPEC_FILE,
         {
@@ -304,11 +316,12 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
         },
     )
     # MLflow's database and experiment exist before any trial starts; only this process writes.
-    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory)
-    tracker.start_parent(
-        _space_summary(plan),
-        {"optuna_storage": plan.storage_url, "host": host(), "teacher_checkpoint": str(handle.path)},
-    )
+    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory) if track else None
+    if tracker is not None:
+        tracker.start_parent(
+            _space_summary(plan),
+            {"optuna_storage": plan.storage_url, "host": host(), "teacher_checkpoint": str(handle.path)},
+        )
     # Save the experiment state at every controller step, so a killed driver resumes
     # without rerunning a trial that had already finished.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -318,7 +331,7 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     key = str(plan.directory)
-    callbacks.register(key, [_Progress(plan, cfg.search.trials), tracker])
+    callbacks.register(key, [_Progress(plan, cfg.search.trials), *([tracker] if tracker else [])])
     try:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -330,7 +343,7 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
             cfg.search.sampler,
             plan.directory,
         )
-        trainable = _trainable(plan, data, blob)
+        trainable = _trainable(plan, data, blob, cache_dir)
         if resume:
             tune_path = str(plan.directory / TUNE_DIR)
             if not tune.Tuner.can_restore(tune_path):
@@ -341,7 +354,8 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
             tuner = _tuner(plan, trainable)
         tuner.fit()
     except BaseException:
-        tracker.abort()
+        if tracker is not None:
+            tracker.abort()
         raise
     finally:
         callbacks.unregister(key)
@@ -354,13 +368,14 @@ def run_search(plan: SearchPlan, resume: bool = False, address: str | None = Non
     document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
+    if tracker is None:
+        return document
     artifacts = temp_artifacts()
     history = write_artifacts(
         document, study, plan.candidates, _pareto_configs(plan, study, document, handle.path), artifacts
     )
     shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
     tracker.finish(document, history, artifacts)
-    print(format_front(document))
     log.info(
         "wrote %s (wall time %.1fs); MLflow run %s",
         plan.directory / FRONT_FILE,

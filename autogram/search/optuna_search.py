@@ -18,10 +18,14 @@ from ray.tune.search.optuna import OptunaSearch
 from autogram.search.worker import FINAL
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler for ``search.sampler``."""
+def make_sampler(name: str, seed: int, trials: int = 100) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for ``search.sampler``.
+
+    TPE starts from random trials (Optuna's default: 10); searches here are short, so it
+    starts modelling after a quarter of the budget (3 to 10 random trials) instead.
+    """
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 4)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "gp":

@@ -8,6 +8,7 @@ teacher training and need no shared disk.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, SpaceConfig, validate
@@ -55,6 +56,7 @@ def trainable(
     data: Any = None,
     teacher_blob: bytes | None = None,
     cpus: float = 1.0,
+    cache_dir: str | None = None,
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
     import torch
@@ -86,5 +88,7 @@ def trainable(
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({**metrics, "epoch": epoch})
 
-    result = run_trial(trial_cfg, report=report, data=data, teacher=teacher)
+    # The teacher cache is on local (or shared) disk, built by the driver before any trial.
+    cache = Path(cache_dir) if cache_dir else None
+    result = run_trial(trial_cfg, report=report, data=data, teacher=teacher, cache_dir=cache)
     tune.report(_flat_result(result))

@@ -1,0 +1,198 @@
+"""The frozen teacher's signals, computed once and read by sample index.
+
+The teacher is the heavy model; in distillation tuning every trial would otherwise run
+it forward on every batch. Its outputs over the training split never change while the
+teacher, the data and the taps stay the same, so they are computed once, stored as
+memory-mapped ``.npy`` files (logits, and every teacher tap in the canonical (N, C, P)
+form the loss terms consume, so sample Grams, channel Grams and cross-modal terms are
+all exact) and served through the same interface as the live teacher.
+
+The teacher always sees the clean inputs (modality dropout only blanks the student's),
+so a cached view matches what a live teacher would return for the same batch.
+
+A cache lives in ``<teacher.cache_dir>/signals/<key>/`` with a ``manifest.json`` that
+records each file's shape, dtype, size and sha256. A missing, partial or corrupt cache is
+detected and rebuilt, never read; building writes into a temporary folder renamed at
+the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autogram.models.taps import Tap
+from autogram.signals import TeacherOutput
+
+log = logging.getLogger("autogram")
+FORMAT = "autogram-teacher-cache/1"
+MANIFEST = "manifest.json"
+
+
+class CacheInvalid(Exception):
+    """The cache on disk is missing, partial or corrupt."""
+
+
+def cache_key(teacher_key: str, data_fingerprint: str, taps: list[Tap], device: torch.device) -> str:
+    """sha256 of everything the cached values depend on (bf16 autocast on CUDA changes them)."""
+    payload = {
+        "format": FORMAT,
+        "teacher": teacher_key,
+        "data": data_fingerprint,
+        "taps": sorted((t.name, t.module_path, t.layout) for t in taps),
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_name(name: str) -> str:
+    return name.replace(":", "_") + ".npy"
+
+
+def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
+    """Memory-map every array of the cache; raises CacheInvalid on any mismatch."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CacheInvalid(f"{directory}: no manifest (missing or partial cache)")
+    manifest = json.loads(manifest_path.read_text())
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        path = directory / entry["file"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            raise CacheInvalid(f"{path}: missing or of the wrong size (truncated?)")
+        if verify and _sha256(path) != entry["sha256"]:
+            raise CacheInvalid(f"{path}: checksum mismatch (corrupt)")
+        array = np.load(path, mmap_mode="r")
+        if list(array.shape) != entry["shape"]:
+            raise CacheInvalid(f"{path}: shape {array.shape}, manifest says {entry['shape']}")
+        arrays[name] = array
+    return arrays
+
+
+def build_cache(
+    model: torch.nn.Module,
+    inputs: dict[str, np.ndarray],
+    taps: list[Tap],
+    device: torch.device,
+    directory: Path,
+    key: str,
+    batch_size: int = 256,
+) -> None:
+    """Run the frozen teacher over ``inputs`` once and write logits and tap features."""
+    from autogram.features import capture
+    from autogram.runtime import autocast
+
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    n = len(next(iter(inputs.values())))
+    outputs: dict[str, np.ndarray] = {}
+    model.eval()
+    started = time.perf_counter()
+    flops_per_sample = 0.0
+    for start in range(0, n, batch_size):
+        batch = {
+            k: torch.from_numpy(np.ascontiguousarray(v[start : start + batch_size])).to(device)
+            for k, v in inputs.items()
+        }
+        with torch.no_grad(), autocast(device), capture(model, taps) as feats:
+            if start == 0:  # the forward a live teacher would run per sample, for the cost objective
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    logits = model(batch)
+                flops_per_sample = counter.get_total_flops() / len(logits)
+            else:
+                logits = model(batch)
+        values = {"logits": logits, **feats}
+        for name, value in values.items():
+            value = value.float().cpu().numpy()
+            if name not in outputs:
+                outputs[name] = np.lib.format.open_memmap(
+                    tmp / _file_name(name), mode="w+", dtype=np.float32, shape=(n, *value.shape[1:])
+                )
+            outputs[name][start : start + len(value)] = value
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "key": key,
+        "samples": n,
+        "arrays": {},
+        "teacher_flops_per_sample": flops_per_sample,
+    }
+    for name, array in outputs.items():
+        array.flush()
+        path = tmp / _file_name(name)
+        manifest["arrays"][name] = {
+            "file": path.name,
+            "shape": list(array.shape),
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
+    del outputs
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    size = sum(e["bytes"] for e in manifest["arrays"].values())
+    log.info(
+        "teacher cache: built %s (%d samples, %d arrays, %.0f MB, %.1fs)",
+        directory,
+        n,
+        len(manifest["arrays"]),
+        size / 1e6,
+        time.perf_counter() - started,
+    )
+
+
+def ensure_cache(
+    model: torch.nn.Module, teacher_key: str, data: Any, taps: list[Tap], device: torch.device, root: Path
+) -> Path:
+    """The folder of a valid cache for this teacher, data and taps, built or rebuilt as needed."""
+    key = cache_key(teacher_key, data.fingerprint, taps, device)
+    directory = root / key[:16]
+    try:
+        open_cache(directory, verify=True)
+        log.info("teacher cache: reusing %s", directory)
+    except CacheInvalid as exc:
+        if directory.exists():
+            log.warning("teacher cache: %s; rebuilding", exc)
+        build_cache(model, data.splits["train"].inputs, taps, device, directory, key)
+    return directory
+
+
+class CachedTeacher:
+    """Serves the teacher's logits and tap features by training-sample index; no forward pass."""
+
+    def __init__(self, directory: Path, taps: list[Tap], device: torch.device, verify: bool = False) -> None:
+        arrays = open_cache(directory, verify=verify)
+        missing = [t.name for t in taps if t.name not in arrays]
+        if missing:
+            raise CacheInvalid(f"{directory}: no cached features for {', '.join(missing)}")
+        self.taps = list(taps)
+        self.device = device
+        self.flops_per_sample = float(json.loads((directory / MANIFEST).read_text())["teacher_flops_per_sample"])
+        self.arrays = {name: arrays[name] for name in ["logits", *(t.name for t in taps)]}
+
+    def __call__(self, indices: torch.Tensor, inputs: dict[str, torch.Tensor]) -> TeacherOutput:
+        """Look up the batch's rows (``inputs`` are not needed: the cache holds their results)."""
+        del inputs
+        rows = indices.cpu().numpy()
+        values = {k: torch.from_numpy(np.ascontiguousarray(v[rows])).to(self.device) for k, v in self.arrays.items()}
+        logits = values.pop("logits")
+        return TeacherOutput(logits, values)
