@@ -265,17 +265,26 @@ def _log_model(student: torch.nn.Module, data: Any, uri: str, run_id: str, stude
         output = student({k: torch.from_numpy(v) for k, v in example.items()}).numpy()
     # MLflow warns that pyfunc serving takes no dict input; the PyTorch flavour loads fine.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, which child
+    # processes would inherit; put the caller's environment back afterwards.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            student,
-            name="student",
-            input_example=example,
-            signature=infer_signature(example, output),
-            serialization_format="pickle",
-        )
-        mlflow.log_artifact(str(student_path), "student")
-        mlflow.set_tag("autogram.model_uri", info.model_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                student,
+                name="student",
+                input_example=example,
+                signature=infer_signature(example, output),
+                serialization_format="pickle",
+            )
+            mlflow.log_artifact(str(student_path), "student")
+            mlflow.set_tag("autogram.model_uri", info.model_uri)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
     return info.model_uri
 
 

@@ -51,6 +51,8 @@ def tiny_config(teacher_cache: Path) -> TrialConfig:
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m autogram ARGS`` as a user would and capture its output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # Each test picks its MLflow store itself (the default: sqlite in its working folder).
+    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

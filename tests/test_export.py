@@ -107,7 +107,9 @@ def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> P
 
 
 @pytest.mark.slow
-def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(searched: Path) -> None:
+def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
+    searched: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proc = run_cli("export", "exp", "--pick", "accuracy", "-o", "best.yaml", cwd=searched)
     assert proc.returncode == 0, proc.stderr
     config = load_config(searched / "best.yaml")
@@ -138,6 +140,8 @@ def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
     from autogram.data import load_data
     from autogram.training import load_student
 
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; monkeypatch undoes that after the test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{searched / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{searched / 'mlflow.db'}")
     logged = mlflow.pytorch.load_model(result["model_uri"])
     saved = load_student(
