@@ -63,7 +63,7 @@ def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, flo
 def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
     """Median step time of each loss variant / the CE+KD step, teacher cached."""
     from autogram.distill import Objective, _step
-    from autogram.models import build_teacher, resolved_taps
+    from autogram.models import resolved_taps
     from autogram.runtime import pick_device
     from autogram.teacher import ensure_teacher
     from autogram.teacher_cache import CachedTeacher, ensure_cache
@@ -79,7 +79,7 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     cfg = validate(base)
     device = pick_device(cfg.device)
     handle = ensure_teacher(cfg.teacher, data, device)
-    taps = resolved_taps(build_teacher(data, handle.model.arch), data)
+    taps = resolved_taps(handle.model, data)
     cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
     train = {k: torch.from_numpy(v).to(device) for k, v in data.splits["train"].inputs.items()}
     labels = torch.from_numpy(data.splits["train"].labels).to(device)

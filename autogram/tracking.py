@@ -109,9 +109,6 @@ class SearchTracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        log_metrics(self.client, run_id, metrics, step)
-
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         """Open the trial's child run (or reopen it when a resumed trial restarts)."""
         if trial_id in self.children:
@@ -139,7 +136,9 @@ class SearchTracker:
         if run_id is None or result.get("final") or "epoch" not in result:
             return
         keys = ("loss", "ce", "kd", "gram", "xmodal", "accuracy", "epoch_seconds")
-        self._log_metrics(run_id, {f"curve/{k}": result[k] for k in keys if k in result}, step=int(result["epoch"]))
+        log_metrics(
+            self.client, run_id, {f"curve/{k}": result[k] for k in keys if k in result}, step=int(result["epoch"])
+        )
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
 
@@ -159,7 +158,7 @@ class SearchTracker:
             metrics.update(
                 {k.replace("corruption.", "corruption/"): v for k, v in result.items() if k.startswith("corruption.")}
             )
-            self._log_metrics(run_id, metrics)
+            log_metrics(self.client, run_id, metrics)
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
         self.client.set_tag(run_id, "status", status)
@@ -192,9 +191,9 @@ class SearchTracker:
                 for o, r in zip(document["objectives"], document["reference_point"], strict=True)
             }
         )
-        self._log_metrics(self.parent_id, metrics)
+        log_metrics(self.client, self.parent_id, metrics)
         for step, value in enumerate(history, start=1):
-            self._log_metrics(self.parent_id, {"hypervolume_history": value}, step=step)
+            log_metrics(self.client, self.parent_id, {"hypervolume_history": value}, step=step)
         self.client.log_artifacts(self.parent_id, str(artifacts))
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
@@ -285,29 +284,20 @@ def find_parent(uri: str, name: str) -> Any:
         raise ConfigError(f"no MLflow database at {uri.removeprefix('sqlite:///')} (pass --tracking-uri?)")
     client = client_for(uri)
     experiments = client.search_experiments()
-    ids = [e.experiment_id for e in experiments]
-    runs = (
-        client.search_runs(
+
+    def newest_search(ids: list[str], extra: str = "") -> list:
+        if not ids:
+            return []
+        return client.search_runs(
             ids,
-            filter_string=f"tags.`{TAG_KIND}` = 'search' and tags.`{TAG_SEARCH}` = '{name}'",
+            filter_string=f"tags.`{TAG_KIND}` = 'search'{extra}",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        if ids
-        else []
-    )
+
+    runs = newest_search([e.experiment_id for e in experiments], f" and tags.`{TAG_SEARCH}` = '{name}'")
     if not runs:
-        matching = [e.experiment_id for e in experiments if e.name == name]
-        runs = (
-            client.search_runs(
-                matching,
-                filter_string=f"tags.`{TAG_KIND}` = 'search'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if matching
-            else []
-        )
+        runs = newest_search([e.experiment_id for e in experiments if e.name == name])
     if not runs:
         raise ConfigError(f"no search or experiment named {name!r} in MLflow at {uri}")
     return runs[0]

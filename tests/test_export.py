@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import yaml
 
 from autogram.config import ConfigError, load_config
 from autogram.export import choose
-from tests.conftest import run_cli, tiny_raw
+from tests.conftest import run_cli, start_cli, tiny_raw
 
 OBJECTIVES = [
     {"name": "accuracy", "direction": "maximize"},
@@ -160,15 +158,7 @@ def test_train_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path:
     config = tmp_path / "long.yaml"
     config.write_text(yaml.safe_dump(raw))
     state = tmp_path / "long.checkpoints" / "last.json"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autogram", "train", str(config)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_cli("train", str(config), cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and not (state.is_file() and json.loads(state.read_text())["epoch"] >= 2):
         time.sleep(0.1)

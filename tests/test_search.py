@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autogram.pareto import pareto_front
-from tests.conftest import ROOT, run_cli, tiny_raw
+from tests.conftest import ROOT, run_cli, start_cli, tiny_raw
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = ["accuracy", "robustness", "cost"]
@@ -140,15 +139,7 @@ def _events(directory: Path) -> list[dict]:
 def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_path: Path, teacher_cache: Path) -> None:
     config = _config(tmp_path, teacher_cache, trials=6)
     directory = tmp_path / "runs" / "s"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "autogram", "search", str(config), "--out", str(tmp_path / "runs"), "--name", "s"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    driver = start_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 2:
         time.sleep(0.2)

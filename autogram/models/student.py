@@ -7,7 +7,7 @@ from torch import nn
 
 from autogram.config import StudentConfig
 from autogram.data.base import Modality
-from autogram.models.taps import Tap
+from autogram.models.taps import Tap, encoder_taps
 
 
 def _block1d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -82,28 +82,8 @@ class MultiModalCNN(nn.Module):
 
     def taps(self) -> list[Tap]:
         """Every encoder block's output, then the shared embedding, for each modality."""
-        taps = []
-        n = self.num_blocks
-        for modality in self.modalities:
-            for i in range(n):
-                taps.append(
-                    Tap(
-                        name=f"{modality.name}.block{i + 1}",
-                        modality=modality.name,
-                        depth=(i + 1) / (n + 1),
-                        module_path=f"encoders.{modality.name}.blocks.{i}",
-                        role="feature",
-                        layout="channels_first",
-                    )
-                )
-            taps.append(
-                Tap(
-                    name=f"{modality.name}.embed",
-                    modality=modality.name,
-                    depth=1.0,
-                    module_path=f"projections.{modality.name}",
-                    role="embedding",
-                    layout="vector",
-                )
-            )
-        return taps
+        return [
+            tap
+            for m in self.modalities
+            for tap in encoder_taps(m.name, self.num_blocks, "block", f"encoders.{m.name}.blocks", "channels_first")
+        ]

@@ -57,6 +57,33 @@ class TapPair:
         return f"{self.student.name}:{self.teacher.name}"
 
 
+def encoder_taps(modality: str, count: int, kind: str, path_prefix: str, layout: Layout) -> list[Tap]:
+    """``count`` block taps of one modality's encoder at depths i / (count + 1), then the
+    shared embedding (``projections.<modality>``) at depth 1: the layout both models share."""
+    taps = [
+        Tap(
+            name=f"{modality}.{kind}{i + 1}",
+            modality=modality,
+            depth=(i + 1) / (count + 1),
+            module_path=f"{path_prefix}.{i}",
+            role="feature",
+            layout=layout,
+        )
+        for i in range(count)
+    ]
+    taps.append(
+        Tap(
+            name=f"{modality}.embed",
+            modality=modality,
+            depth=1.0,
+            module_path=f"projections.{modality}",
+            role="embedding",
+            layout="vector",
+        )
+    )
+    return taps
+
+
 def canonical(output: object, layout: Layout) -> torch.Tensor:
     """Bring a hooked output to (B, C, P) for grids and sequences, (B, C) for vectors."""
     if isinstance(output, (tuple, list)):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from autogram.data.base import Modality
-from autogram.models.taps import Tap
+from autogram.models.taps import Tap, encoder_taps
 
 
 def _layer_list(model: nn.Module, num_layers: int) -> str:
@@ -88,30 +88,9 @@ class MultiModalTransformer(nn.Module):
 
     def taps(self) -> list[Tap]:
         """Every encoder block's output, then the shared embedding, for each modality."""
-        taps = []
         n = self.arch["num_layers"]
+        taps = []
         for modality in self.modalities:
-            encoder = self.encoders[modality.name]
-            layers = _layer_list(encoder, n)
-            for i in range(n):
-                taps.append(
-                    Tap(
-                        name=f"{modality.name}.layer{i + 1}",
-                        modality=modality.name,
-                        depth=(i + 1) / (n + 1),
-                        module_path=f"encoders.{modality.name}.{layers}.{i}",
-                        role="feature",
-                        layout="tokens_last",
-                    )
-                )
-            taps.append(
-                Tap(
-                    name=f"{modality.name}.embed",
-                    modality=modality.name,
-                    depth=1.0,
-                    module_path=f"projections.{modality.name}",
-                    role="embedding",
-                    layout="vector",
-                )
-            )
+            layers = _layer_list(self.encoders[modality.name], n)
+            taps += encoder_taps(modality.name, n, "layer", f"encoders.{modality.name}.{layers}", "tokens_last")
         return taps

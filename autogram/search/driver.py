@@ -298,10 +298,10 @@ def run_search(
     blob = handle.path.read_bytes()
     cache_dir = None
     if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
-        from autogram.models import build_teacher, resolved_taps
+        from autogram.models import resolved_taps
         from autogram.teacher_cache import ensure_cache
 
-        taps = resolved_taps(build_teacher(data, handle.model.arch), data)
+        taps = resolved_taps(handle.model, data)
         cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
     write_json(
         plan.directory / SPEC_FILE,
