@@ -11,7 +11,7 @@ from typing import Any
 from autogram.config import ConfigError, TrialConfig, load_config
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "run_trial", "train"]
+__all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "load_weights", "run_trial", "search", "train"]
 
 
 def run_trial(config: TrialConfig, report: Any = None) -> Any:
@@ -21,8 +21,31 @@ def run_trial(config: TrialConfig, report: Any = None) -> Any:
     return _run_trial(config, report)
 
 
-def train(config: TrialConfig, config_path: str = "train.yaml", resume: bool = False) -> Any:
-    """Full training from ``config``; see :func:`autogram.training.train`. Files go beside ``config_path``."""
-    from autogram.training import train as _train
+def search(config: Any, teacher: Any = None, student: Any = None, data: Any = None, **options: Any) -> Any:
+    """Run a search, optionally on in-memory models and data; see :func:`autogram.api.search`."""
+    from autogram.api import search as _search
 
-    return _train(config, config_path, resume=resume)
+    return _search(config, teacher=teacher, student=student, data=data, **options)
+
+
+def train(
+    config: Any,
+    teacher: Any = None,
+    student: Any = None,
+    data: Any = None,
+    config_path: str = "train.yaml",
+    **options: Any,
+) -> Any:
+    """Full training from ``config``; see :func:`autogram.api.train`. Files go beside ``config_path``."""
+    from autogram.api import train as _train
+
+    return _train(config, teacher=teacher, student=student, data=data, config_path=config_path, **options)
+
+
+def load_weights(model: Any, path: Any) -> None:
+    """Load safetensors or a ``torch.save``d state dict into ``model`` (refuses pickled code)."""
+    from pathlib import Path
+
+    from autogram.models.source import load_weights as _load
+
+    _load(model, Path(path))

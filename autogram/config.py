@@ -12,7 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from autogram.config_base import ConfigError
+from autogram.config_base import Strict as _Strict
+from autogram.config_search import (
+    EarlyStopping,
+    ObjectiveSpec,
+    Range,
+    Resources,
+    RuntimeEnv,
+    SearchConfig,
+    SpaceConfig,
+)
 
 __all__ = [
     "ConfigError",
@@ -27,6 +39,11 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "Range",
+    "EarlyStopping",
+    "ObjectiveSpec",
+    "Resources",
+    "RuntimeEnv",
+    "TapSpec",
     "load_config",
     "apply_overrides",
 ]
@@ -47,15 +64,6 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is one line naming the field or file."""
-
-
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
 class BuiltinDataConfig(_Strict):
     """Sizes of the built-in synthetic image + token data set."""
 
@@ -68,13 +76,30 @@ class BuiltinDataConfig(_Strict):
     seed: int = 0
 
 
+ModalityKindName = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector"]
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+
+
+def _import_path(value: str | None) -> str | None:
+    if value is not None and not _IMPORT_PATH.match(value):
+        raise ValueError(f"{value!r} is not an import path like 'package.module:function'")
+    return value
+
+
 class DataConfig(_Strict):
-    """Where the data comes from: the built-in generator (``path: null``) or an ``.npz`` file."""
+    """Where the data comes from: the built-in generator (the default), an ``.npz`` file
+    (``path``), a Hugging Face ``DatasetDict`` saved on disk (``hf``) or a Python factory."""
 
     path: Path | None = None
+    hf: Path | None = None
+    # {modality: column, label: column} of the Hugging Face dataset (default: label column
+    # "label", every other column a modality).
+    columns: dict[str, str] = {}
+    factory: str | None = None
+    kwargs: dict[str, Any] = {}
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     modalities: list[str] | None = None
-    modality_kinds: dict[str, Literal["image", "spectrogram", "tokens"]] = {}
+    modality_kinds: dict[str, ModalityKindName] = {}
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0
     max_train: int | None = Field(None, ge=10)
@@ -86,9 +111,90 @@ class DataConfig(_Strict):
             raise ValueError(f"data file not found: {value}")
         return value
 
+    @field_validator("hf")
+    @classmethod
+    def _hf_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"Hugging Face dataset folder not found: {value}")
+        return value
 
-class TeacherConfig(_Strict):
-    """Architecture and training of the multi-modal Transformer teacher."""
+    _factory_syntax = field_validator("factory")(classmethod(lambda cls, v: _import_path(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        chosen = [k for k in ("path", "hf", "factory") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one data source, not {' and '.join(chosen)}")
+        if self.columns and self.hf is None:
+            raise ValueError("columns: only for a Hugging Face dataset (data.hf)")
+        return self
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``npz``, ``hf`` or ``factory``."""
+        if self.path is not None:
+            return "npz"
+        if self.hf is not None:
+            return "hf"
+        return "factory" if self.factory is not None else "builtin"
+
+
+class TapSpec(_Strict):
+    """One tap named by hand: a module path of the model and the modality it belongs to."""
+
+    name: str
+    module_path: str
+    modality: str
+    # How the module's output is laid out: (B, C, ...) "channels_first", (B, L, D)
+    # "tokens_last", (B, D) "vector"; default: guessed from the module and the output.
+    layout: Literal["channels_first", "tokens_last", "vector"] | None = None
+
+
+class ModelSource(_Strict):
+    """Where a model comes from and how autogram calls it and reads its features.
+
+    ``factory`` unset: the built-in model. Otherwise ``"package.module:function"`` called
+    with ``kwargs`` (a student factory also gets a description of the data first).
+    """
+
+    factory: str | None = None
+    kwargs: dict[str, Any] = {}
+    # "dict": model({modality: tensor}); "kwargs": model(**{inputs[modality]: tensor}).
+    call: Literal["dict", "kwargs"] = "dict"
+    inputs: dict[str, str] = {}
+    # For token modalities under call: kwargs, the argument that gets the padding mask
+    # (token id 0 is padding); default "attention_mask" when the model's forward takes it.
+    attention_mask: dict[str, str] = {}
+    # null: the built-in model's own taps, or "auto" for a factory model.
+    taps: Literal["auto"] | list[TapSpec] | None = None
+    modality_of: dict[str, str] = {}
+    # {modality: module_path} for the cross-modal term (default: each modality's last tap).
+    embeddings: dict[str, str] = {}
+    # Set by the Python API for an in-memory model; a YAML file cannot name one.
+    python: str | None = None
+
+    _factory_syntax = field_validator("factory")(classmethod(lambda cls, v: _import_path(v)))
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``factory`` or ``python``."""
+        if self.python is not None:
+            return "python"
+        return "factory" if self.factory is not None else "builtin"
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the source in provenance and keys."""
+        if self.source == "builtin":
+            return {"source": "builtin"}
+        if self.source == "python":
+            return {"source": "python", "object": self.python}
+        return {"source": "factory", "factory": self.factory, "kwargs": self.kwargs}
+
+
+class TeacherConfig(ModelSource):
+    """The teacher: the built-in multi-modal Transformer (architecture and training below)
+    or a trained model of the user's (``factory``; ``checkpoint`` then optionally names
+    weights to load into it: safetensors, or a ``torch.save``d state dict)."""
 
     checkpoint: Path | None = None
     # When set (exported configs), the checkpoint must carry exactly this key.
@@ -132,8 +238,9 @@ class TeacherConfig(_Strict):
         return {k: getattr(self, k) for k in keys}
 
 
-class StudentConfig(_Strict):
-    """Size of the lightweight per-modality CNN student."""
+class StudentConfig(ModelSource):
+    """The student: the built-in per-modality CNN (sizes below) or the user's ``factory``,
+    called once per trial after seeding, so each trial starts from fresh, seeded weights."""
 
     width: int = Field(16, ge=2, le=512)
     num_blocks: int = Field(3, ge=2, le=6)
@@ -192,137 +299,6 @@ class EvalConfig(_Strict):
         if any(s <= 0 for s in value):
             raise ValueError(f"every severity must be > 0, got {value}")
         return value
-
-
-class Range(_Strict):
-    """A searched number: ``low``..``high``, optionally on a log scale; ``optional`` adds a
-    searched on/off flag (off means 0, e.g. a loss term switched off)."""
-
-    low: float
-    high: float
-    log: bool = False
-    optional: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low:g}) > high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
-        return self
-
-
-class SpaceConfig(_Strict):
-    """What the search varies; a plain number fixes a value, a ``Range`` searches it."""
-
-    w_ce: float | Range = 1.0
-    w_kd: float | Range = Range(low=0.1, high=10.0, log=True, optional=True)
-    w_gram: float | Range = Range(low=10.0, high=1e4, log=True, optional=True)
-    w_xmodal: float | Range = Range(low=0.1, high=100.0, log=True, optional=True)
-    temperature: float | Range = Range(low=1.0, high=8.0)
-    lr: float | Range = Range(low=1e-3, high=1e-2, log=True)
-    modality_dropout: float | Range = Range(low=0.0, high=0.4)
-    gram_kind: Literal["sample", "channel"] | list[Literal["sample", "channel"]] = "sample"
-    # Candidate tap pairs: "auto" (the default pairing) or "student_tap:teacher_tap" names.
-    pairs: Literal["auto"] | list[str] = "auto"
-    min_pairs: int = Field(1, ge=0)
-    max_pairs: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> SpaceConfig:
-        for name in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature", "lr", "modality_dropout"):
-            value = getattr(self, name)
-            low = value.low if isinstance(value, Range) else value
-            if low < 0 or (name in ("temperature", "lr") and low <= 0):
-                raise ValueError(f"{name}: must be {'> 0' if name in ('temperature', 'lr') else '>= 0'}, got {low:g}")
-        dropout = self.modality_dropout
-        if (dropout.high if isinstance(dropout, Range) else dropout) >= 1:
-            raise ValueError("modality_dropout: must be < 1")
-        if self.max_pairs is not None and self.max_pairs < self.min_pairs:
-            raise ValueError(f"max_pairs ({self.max_pairs}) < min_pairs ({self.min_pairs})")
-        return self
-
-
-class ObjectiveSpec(_Strict):
-    """One objective of the search and its direction."""
-
-    name: Literal["accuracy", "robustness", "cost"]
-    direction: Literal["maximize", "minimize"]
-
-
-_CONSTRAINT = re.compile(r"^\s*(accuracy|robustness|cost|train_seconds|train_gflops)\s*(<=|>=)\s*(\S+)\s*$")
-
-
-class EarlyStopping(_Strict):
-    """ASHA on one per-epoch metric; stopped trials are PRUNED and never on the front."""
-
-    metric: Literal["accuracy", "loss"] = "accuracy"
-    mode: Literal["max", "min"] = "max"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-
-
-class Resources(_Strict):
-    """Resources of one trial; fractions are allowed (GPU fractions only do accounting)."""
-
-    cpu: float = Field(1.0, gt=0.0)
-    gpu: float = Field(0.0, ge=0.0)
-
-
-class SearchConfig(_Strict):
-    """The search: space, objectives, constraints, sampler and execution."""
-
-    trials: int = Field(12, ge=1)
-    concurrency: int = Field(2, ge=1)
-    experiment: str | None = None  # MLflow experiment; default: the config's name
-    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
-    seed: int = 0
-    objectives: list[ObjectiveSpec] = Field(
-        default_factory=lambda: [
-            ObjectiveSpec(name="accuracy", direction="maximize"),
-            ObjectiveSpec(name="robustness", direction="maximize"),
-            ObjectiveSpec(name="cost", direction="minimize"),
-        ],
-        min_length=1,
-    )
-    # e.g. ["cost <= 800", "accuracy >= 0.5"]; a trial breaking one is infeasible.
-    constraints: list[str] = []
-    reference_point: dict[str, float] | None = None
-    resources: Resources = Resources()
-    max_failures: int = Field(1, ge=0)
-    early_stopping: EarlyStopping | None = None
-    space: SpaceConfig = SpaceConfig()
-
-    @field_validator("constraints")
-    @classmethod
-    def _constraint_syntax(cls, value: list[str]) -> list[str]:
-        for item in value:
-            match = _CONSTRAINT.match(item)
-            if not match:
-                raise ValueError(f"constraint {item!r} must look like 'cost <= 800' (metric <= or >= number)")
-            try:
-                float(match.group(3))
-            except ValueError:
-                raise ValueError(f"constraint {item!r}: {match.group(3)!r} is not a number") from None
-        return value
-
-    @model_validator(mode="after")
-    def _unique_objectives(self) -> SearchConfig:
-        names = [o.name for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise ValueError(f"objectives: each objective once, got {names}")
-        if self.reference_point is not None and set(self.reference_point) != set(names):
-            raise ValueError(f"reference_point: needs exactly the objectives {names}")
-        return self
-
-    def parsed_constraints(self) -> list[tuple[str, str, float]]:
-        """``(metric, op, bound)`` for each constraint."""
-        out = []
-        for item in self.constraints:
-            match = _CONSTRAINT.match(item)
-            assert match is not None  # validated above
-            out.append((match.group(1), match.group(2), float(match.group(3))))
-        return out
 
 
 class TrialConfig(_Strict):

@@ -22,7 +22,7 @@ from autogram.data.base import MultiModalData
 from autogram.features import capture
 from autogram.losses import ce_loss, cross_modal_gram_loss, gram_loss, kd_loss
 from autogram.models.taps import Tap, TapPair
-from autogram.runtime import accuracy, autocast, batch_indices, drop_modalities, to_tensors
+from autogram.runtime import DeviceSplit, autocast, batch_indices, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
 
 log = logging.getLogger("autogram")
@@ -199,10 +199,9 @@ def train_student(
     and scaled by the number of samples trained. ``hooks`` let a caller restore the loop's
     state before the first epoch (a resume) and checkpoint it after each epoch.
     """
-    train = to_tensors(data.splits["train"].inputs, device)
-    labels = torch.from_numpy(data.splits["train"].labels).to(device)
-    val = to_tensors(data.splits["val"].inputs, device)
-    val_labels = torch.from_numpy(data.splits["val"].labels).to(device)
+    train = DeviceSplit(data.splits["train"], device)
+    labels = train.labels
+    val = DeviceSplit(data.splits["val"], device)
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * math.ceil(len(labels) / cfg.batch_size)
@@ -221,7 +220,7 @@ def train_student(
         batches = 0
         for idx in batch_indices(len(labels), cfg.batch_size, generator):
             idx = idx.to(device)
-            clean = {k: v[idx] for k, v in train.items()}
+            clean = train.batch(idx)
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.
             inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
@@ -252,7 +251,7 @@ def train_student(
             log.warning("trial diverged: %s", outcome.reason)
             break
         metrics = {k: v / max(batches, 1) for k, v in sums.items()}
-        metrics["accuracy"] = accuracy(student, val, val_labels, 500, device)
+        metrics["accuracy"] = split_accuracy(student, val, 500, device)
         metrics["epoch_seconds"] = time.perf_counter() - start
         outcome.epochs = epoch
         outcome.history.append({"epoch": epoch, **metrics})

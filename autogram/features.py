@@ -14,17 +14,23 @@ from autogram.models.taps import Tap, canonical
 def capture(model: torch.nn.Module, taps: list[Tap], raw: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Hook every tap's module for the duration of the block; yields ``{tap name: feature}``.
 
-    Features are canonicalised to (B, C, P) / (B, C) unless ``raw``. Hooks are removed on
+    Features are canonicalised to (B, C, P) / (B, C) unless ``raw``; an embedding tap on a
+    sequence or grid is averaged over its positions to (B, C). Module paths are those of the
+    user's own model (``model.tap_root()`` when autogram wrapped it). Hooks are removed on
     exit even if the forward pass raises. With no taps, nothing is registered at all.
     """
     features: dict[str, torch.Tensor] = {}
     handles = []
+    root = model.tap_root() if hasattr(model, "tap_root") else model
     try:
         for tap in taps:
-            module = model.get_submodule(tap.module_path)
+            module = root.get_submodule(tap.module_path)
 
             def hook(_module: torch.nn.Module, _inputs: object, output: object, tap: Tap = tap) -> None:
-                features[tap.name] = canonical(output, "vector" if raw else tap.layout)
+                value = canonical(output, "vector" if raw else tap.layout)
+                if not raw and tap.role == "embedding" and value.dim() > 2:
+                    value = value.mean(dim=-1)
+                features[tap.name] = value
 
             handles.append(module.register_forward_hook(hook))
         yield features

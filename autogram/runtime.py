@@ -34,6 +34,48 @@ def to_tensors(inputs: dict[str, np.ndarray], device: torch.device) -> dict[str,
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
 
 
+class DeviceSplit:
+    """A split as a training loop reads it: in-memory arrays move to ``device`` once and a
+    batch is an index view; a lazy split (Arrow table, user dataset) is read batch by batch."""
+
+    def __init__(self, split: object, device: torch.device) -> None:
+        self.split = split
+        self.device = device
+        self.labels = torch.from_numpy(split.labels).to(device)  # type: ignore[attr-defined]
+        self.full = to_tensors(split.inputs, device) if split.in_memory else None  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inputs of samples ``idx`` on the device."""
+        if self.full is not None:
+            return {k: v[idx] for k, v in self.full.items()}
+        return to_tensors(self.split.rows(idx.cpu().numpy()), self.device)  # type: ignore[attr-defined]
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Consecutive ``(inputs, labels)`` chunks, in order."""
+        for start in range(0, len(self), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self)))
+            yield self.batch(idx.to(self.device) if self.full is not None else idx), self.labels[idx.to(self.device)]
+
+
+def split_accuracy(model: torch.nn.Module, split: DeviceSplit, batch_size: int, device: torch.device) -> float:
+    """Top-1 accuracy over a whole :class:`DeviceSplit`."""
+    if split.full is not None:
+        return accuracy(model, split.full, split.labels, batch_size, device)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for inputs, labels in split.chunks(batch_size):
+            with autocast(device):
+                logits = model(inputs)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+    model.train(was_training)
+    return correct / max(len(split), 1)
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """A seeded shuffle of ``range(n)`` cut into batches (the last may be smaller, never < 2)."""
     order = torch.randperm(n, generator=generator)

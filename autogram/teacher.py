@@ -14,13 +14,15 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from autogram.config import ConfigError, TeacherConfig
 from autogram.data.base import Modality, MultiModalData
+from autogram.models.taps import Tap
 
 log = logging.getLogger("autogram")
 FORMAT = "autogram-teacher/1"
@@ -28,13 +30,21 @@ FORMAT = "autogram-teacher/1"
 
 @dataclass
 class TeacherHandle:
-    """A loaded, frozen teacher and where it came from."""
+    """A resolved teacher: the frozen model (``None`` where a trial reads only its cache), its
+    taps with shapes, its key and where it came from. Driver, cache, trials and export take this."""
 
-    model: torch.nn.Module
-    path: Path
+    model: torch.nn.Module | None
+    path: Path | None
     key: str
     val_accuracy: float
     reused: bool
+    taps: list[Tap] = field(default_factory=list)
+    params: int = 0
+    source: dict[str, Any] = field(default_factory=lambda: {"source": "builtin"})
+
+    def info(self) -> dict[str, Any]:
+        """Provenance for results and MLflow."""
+        return {"path": str(self.path) if self.path else "", "key": self.key, "val_accuracy": self.val_accuracy}
 
 
 def teacher_key(cfg: TeacherConfig, data: MultiModalData) -> str:
@@ -122,8 +132,8 @@ def load_teacher(path: Path, data: MultiModalData) -> tuple[torch.nn.Module, dic
     return model, meta
 
 
-def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device) -> TeacherHandle:
-    """Load a checkpoint's bytes (shipped to a remote worker) into a frozen teacher."""
+def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device, taps: list[Tap]) -> TeacherHandle:
+    """Load a built-in checkpoint's bytes (shipped to a remote worker) into a frozen teacher."""
     from safetensors.torch import load as load_tensors
 
     from autogram.models import build_teacher
@@ -132,20 +142,21 @@ def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device) 
     meta = json.loads(blob[8 : 8 + header_size])["__metadata__"]
     model = build_teacher(data, json.loads(meta["arch"]))
     model.load_state_dict(load_tensors(blob))
-    return _frozen(model, device, Path("<bytes>"), meta["key"], float(meta["val_accuracy"]), True)
+    handle = _frozen(model, device, Path("<bytes>"), meta["key"], float(meta["val_accuracy"]), True)
+    handle.taps = list(taps)
+    return handle
 
 
 def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device) -> tuple[torch.nn.Module, float]:
     """Train the teacher on the train split (CE, AdamW, cosine schedule, modality dropout)."""
     from autogram.models import build_teacher
-    from autogram.runtime import accuracy, autocast, batch_indices, drop_modalities, to_tensors
+    from autogram.runtime import DeviceSplit, autocast, batch_indices, drop_modalities, split_accuracy
 
     torch.manual_seed(cfg.seed)
     model = build_teacher(data, cfg.architecture()).to(device)
-    train = to_tensors(data.splits["train"].inputs, device)
-    labels = torch.from_numpy(data.splits["train"].labels).to(device)
-    val = to_tensors(data.splits["val"].inputs, device)
-    val_labels = torch.from_numpy(data.splits["val"].labels).to(device)
+    train = DeviceSplit(data.splits["train"], device)
+    labels = train.labels
+    val = DeviceSplit(data.splits["val"], device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -160,9 +171,7 @@ def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device
         model.train()
         for idx in batch_indices(len(labels), cfg.batch_size, generator):
             idx = idx.to(device)
-            batch = drop_modalities(
-                {k: v[idx] for k, v in train.items()}, data.modalities, cfg.modality_dropout, generator
-            )
+            batch = drop_modalities(train.batch(idx), data.modalities, cfg.modality_dropout, generator)
             with autocast(device):
                 loss = torch.nn.functional.cross_entropy(model(batch).float(), labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -170,7 +179,7 @@ def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
-        val_acc = accuracy(model, val, val_labels, 500, device)
+        val_acc = split_accuracy(model, val, 500, device)
         log.info(
             "teacher epoch %d/%d  loss %.4f  val acc %.4f  (%.1fs)",
             epoch + 1,
@@ -185,7 +194,40 @@ def train_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device
 def ensure_teacher(
     cfg: TeacherConfig, data: MultiModalData, device: torch.device, retrain: bool = False
 ) -> TeacherHandle:
-    """Reuse the checkpoint for this config and data, or train and save one; frozen, eval mode."""
+    """The frozen teacher with its taps: the user's (factory or in-memory object, used as
+    given) or the built-in one (its checkpoint reused, or trained and saved)."""
+    if cfg.source != "builtin":
+        return user_teacher(cfg, data, device)
+    handle = _ensure_builtin(cfg, data, device, retrain)
+    from autogram.models import model_taps
+
+    handle.taps = model_taps(handle.model, cfg, data, "teacher")
+    return handle
+
+
+def user_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device) -> TeacherHandle:
+    """Build the user's trained teacher, identify it by source and weights, find its taps."""
+    from autogram.models import model_taps
+    from autogram.models.source import build_teacher_model, user_teacher_key
+    from autogram.runtime import DeviceSplit, split_accuracy
+
+    model = build_teacher_model(cfg, cfg.checkpoint, data.spec())
+    key = user_teacher_key(cfg, model)
+    if cfg.checkpoint_key is not None and key != cfg.checkpoint_key:
+        raise ConfigError(
+            f"teacher.checkpoint_key: the teacher from {cfg.factory or cfg.python} has key {key[:16]}, the config "
+            f"expects {cfg.checkpoint_key[:16]} (its weights or settings changed since this config was exported)"
+        )
+    handle = _frozen(model, device, cfg.checkpoint, key, float("nan"), True)
+    handle.source = {**cfg.describe(), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None}
+    handle.taps = model_taps(model, cfg, data, "teacher")
+    # The teacher's accuracy on this data's validation split: a wrong preprocessing shows here.
+    handle.val_accuracy = split_accuracy(model, DeviceSplit(data.splits["val"], device), 256, device)
+    log.info("teacher: %s (key %s), val accuracy %.4f", cfg.factory or cfg.python, key[:16], handle.val_accuracy)
+    return handle
+
+
+def _ensure_builtin(cfg: TeacherConfig, data: MultiModalData, device: torch.device, retrain: bool) -> TeacherHandle:
     key = teacher_key(cfg, data)
     path = checkpoint_path(cfg, key)
     if path.is_file() and not retrain:
@@ -229,9 +271,10 @@ def ensure_teacher(
 
 
 def _frozen(
-    model: torch.nn.Module, device: torch.device, path: Path, key: str, acc: float, reused: bool
+    model: torch.nn.Module, device: torch.device, path: Path | None, key: str, acc: float, reused: bool
 ) -> TeacherHandle:
     model = model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    return TeacherHandle(model=model, path=path, key=key, val_accuracy=acc, reused=reused)
+    params = sum(p.numel() for p in model.parameters())
+    return TeacherHandle(model=model, path=path, key=key, val_accuracy=acc, reused=reused, params=params)

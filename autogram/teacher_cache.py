@@ -88,7 +88,7 @@ def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
 
 def build_cache(
     model: torch.nn.Module,
-    inputs: dict[str, np.ndarray],
+    split: Any,
     taps: list[Tap],
     device: torch.device,
     directory: Path,
@@ -102,16 +102,14 @@ def build_cache(
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    n = len(next(iter(inputs.values())))
+    n = len(split)
     outputs: dict[str, np.ndarray] = {}
     model.eval()
     started = time.perf_counter()
     flops_per_sample = 0.0
     for start in range(0, n, batch_size):
-        batch = {
-            k: torch.from_numpy(np.ascontiguousarray(v[start : start + batch_size])).to(device)
-            for k, v in inputs.items()
-        }
+        rows = split.rows(np.arange(start, min(start + batch_size, n)))
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in rows.items()}
         with torch.no_grad(), autocast(device), capture(model, taps) as feats:
             if start == 0:  # the forward a live teacher would run per sample, for the cost objective
                 from torch.utils.flop_counter import FlopCounterMode
@@ -151,28 +149,39 @@ def build_cache(
     os.replace(tmp, directory)
     size = sum(e["bytes"] for e in manifest["arrays"].values())
     log.info(
-        "teacher cache: built %s (%d samples, %d arrays, %.0f MB, %.1fs)",
+        "teacher cache: built %s (%d samples, logits + %d taps, %.1f MB = %.1f kB per sample, %.1fs)",
         directory,
         n,
-        len(manifest["arrays"]),
+        len(manifest["arrays"]) - 1,
         size / 1e6,
+        size / max(n, 1) / 1e3,
         time.perf_counter() - started,
     )
 
 
+def cache_bytes(directory: Path) -> int:
+    """Bytes of every array of the cache in ``directory`` (from its manifest)."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return sum(e["bytes"] for e in manifest["arrays"].values())
+
+
 def ensure_cache(
-    model: torch.nn.Module, teacher_key: str, data: Any, taps: list[Tap], device: torch.device, root: Path
+    model: torch.nn.Module | None, teacher_key: str, data: Any, taps: list[Tap], device: torch.device, root: Path
 ) -> Path:
-    """The folder of a valid cache for this teacher, data and taps, built or rebuilt as needed."""
+    """The folder of a valid cache for this teacher, data and taps (only these taps are stored),
+    built or rebuilt as needed."""
     key = cache_key(teacher_key, data.fingerprint, taps, device)
     directory = root / key[:16]
     try:
         open_cache(directory, verify=True)
-        log.info("teacher cache: reusing %s", directory)
+        size = cache_bytes(directory)
+        log.info("teacher cache: reusing %s (%.1f MB, %d taps)", directory, size / 1e6, len(taps))
     except CacheInvalid as exc:
         if directory.exists():
             log.warning("teacher cache: %s; rebuilding", exc)
-        build_cache(model, data.splits["train"].inputs, taps, device, directory, key)
+        if model is None:
+            raise CacheInvalid(f"{directory}: no valid cache, and no teacher model here to build it") from None
+        build_cache(model, data.splits["train"], taps, device, directory, key)
     return directory
 
 

@@ -56,11 +56,14 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
 class Checkpointer:
     """Saves and restores the whole loop: weights, optimizer, schedule, RNG, history."""
 
-    def __init__(self, directory: Path, modules: dict[str, torch.nn.Module], resume: bool, run_id: str) -> None:
+    def __init__(
+        self, directory: Path, modules: dict[str, torch.nn.Module], resume: bool, run_id: str, epochs: int
+    ) -> None:
         self.directory = directory
         self.modules = modules
         self.resume = resume
         self.run_id = run_id
+        self.epochs = epochs
         self.resumed_from = 0
 
     def saved_run_id(self) -> str:
@@ -119,6 +122,7 @@ class Checkpointer:
             self.directory / STATE,
             {
                 "epoch": epoch,
+                "epochs": self.epochs,
                 "param_groups": optimizer["param_groups"],
                 "optimizer_params": list(optimizer["state"]),
                 "schedule": state.schedule.state_dict(),
@@ -167,10 +171,12 @@ def train(
     resume: bool = False,
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    data: Any = None,
 ) -> TrainResult:
     """Train the student of ``config`` for ``config.train.epochs``; see the module docstring.
 
     Files go beside ``config_path``: ``<stem>.student.safetensors`` and ``<stem>.checkpoints/``.
+    Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
     from autogram.distill import Objective, train_student
     from autogram.runtime import pick_device
@@ -184,17 +190,26 @@ def train(
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
     if not resume and (ckpt_dir / STATE).is_file():
         raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
+    for role, source in (("teacher", config.teacher), ("student", config.student)):
+        if source.source == "python" and source.python not in _registered():
+            raise ConfigError(
+                f"{role}.python: this config names an in-memory {role} ({source.python}); train it from Python with "
+                f"autogram.train(config, {role}=...)"
+            )
     device = pick_device(config.device)
-    parts = prepare(config, device)
+    parts = prepare(config, device, data)
     data, student = parts["data"], parts["student"]
     objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
     signals = None
     if objective.needs_teacher:
-        handle = ensure_teacher(config.teacher, data, device)
+        handle = parts["teacher"] or ensure_teacher(config.teacher, data, device)
+        handle.model.to(device)
         signals = LiveTeacher(handle.model, objective.teacher_taps, device)
     uri = resolve_uri(tracking_uri)
     experiment = experiment or (config.provenance or {}).get("experiment") or config.name
-    checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "")
+    checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)
+    if resume:  # refuse a finished or re-budgeted run before any MLflow run is reopened
+        _check_resumable(ckpt_dir, config.train.epochs)
     run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
     checkpointer.run_id = run_id
     client = client_for(uri)
@@ -237,7 +252,7 @@ def train(
     final.update({f"test_corruption/{k}": v for k, v in test_corr.items()})
     log_metrics(client, run_id, final)
     client.set_tag(run_id, "status", outcome.status)
-    result.model_uri = _log_model(student, data, uri, run_id, student_path)
+    result.model_uri = _log_model(student, data, uri, run_id, student_path, config)
     client.set_terminated(run_id, "FINISHED")
     log.info(
         "test accuracy %.4f, test robustness %.4f; student -> %s; MLflow run %s",
@@ -249,20 +264,59 @@ def train(
     return result
 
 
-def _log_model(student: torch.nn.Module, data: Any, uri: str, run_id: str, student_path: Path) -> str:
+def _registered() -> set[str]:
+    from autogram.models.source import PYTHON_OBJECTS
+
+    return set(PYTHON_OBJECTS)
+
+
+def _check_resumable(directory: Path, epochs: int) -> None:
+    path = directory / STATE
+    if not path.is_file():
+        return
+    meta = json.loads(path.read_text())
+    planned = meta.get("epochs")
+    if planned is not None and int(meta["epoch"]) >= int(planned):
+        raise ConfigError(
+            f"--resume: the run in {directory} already finished ({meta['epoch']}/{planned} epochs); "
+            "delete that folder to train again"
+        )
+    if planned is not None and int(planned) != epochs:
+        raise ConfigError(
+            f"--resume: the run in {directory} was planned for {planned} epochs, this config says {epochs} "
+            f"(its schedule depends on it); resume with train.epochs={planned}"
+        )
+
+
+def _log_model(
+    student: torch.nn.Module, data: Any, uri: str, run_id: str, student_path: Path, config: TrialConfig
+) -> str:
     """``mlflow.pytorch.log_model`` with an input example and a signature, plus the safetensors file.
 
     The student takes a dict of tensors, which MLflow's default 'pt2' (torch.export) format
     cannot describe, so the model is stored in MLflow's 'pickle' format. The safetensors file
-    beside the config is the pickle-free copy.
+    beside the config is the pickle-free copy. A user's student is logged as the user's own
+    module (called its own way), with the folder of its code as ``code_paths``.
     """
     import mlflow
+    import numpy as np
     from mlflow.models import infer_signature
 
+    from autogram.models.source import Adapted, code_roots
+
     student = student.cpu().eval()
-    example = {k: v[:2] for k, v in data.splits["val"].inputs.items()}
+    example = data.splits["val"].rows(np.arange(min(2, len(data.splits["val"]))))
     with torch.no_grad():
-        output = student({k: torch.from_numpy(v) for k, v in example.items()}).numpy()
+        output = student({k: torch.from_numpy(v) for k, v in example.items()}).float().numpy()
+    code_paths = None
+    if isinstance(student, Adapted):
+        from autogram.models.source import PYTHON_OBJECTS
+
+        source = config.student
+        code_paths = code_roots(source.factory or PYTHON_OBJECTS.get(source.python or "")) or None
+        # The logged module is the user's own: its input example names inputs its way.
+        example = {student.arguments[k]: v for k, v in example.items()}
+        student = student.tap_root()
     # MLflow warns that pyfunc serving takes no dict input; the PyTorch flavour loads fine.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, which child
@@ -277,6 +331,7 @@ def _log_model(student: torch.nn.Module, data: Any, uri: str, run_id: str, stude
                 input_example=example,
                 signature=infer_signature(example, output),
                 serialization_format="pickle",
+                code_paths=code_paths,
             )
             mlflow.log_artifact(str(student_path), "student")
             mlflow.set_tag("autogram.model_uri", info.model_uri)
@@ -291,7 +346,10 @@ def _log_model(student: torch.nn.Module, data: Any, uri: str, run_id: str, stude
 def _save_student(student: torch.nn.Module, path: Path, config: TrialConfig) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    from autogram.models.source import user_module
+
+    # A user's student is saved under its own parameter names, loadable without autogram.
+    state = {k: v.detach().cpu().contiguous() for k, v in user_module(student).state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(
         state,
@@ -299,7 +357,7 @@ def _save_student(student: torch.nn.Module, path: Path, config: TrialConfig) -> 
         metadata={
             "format": "autogram-student/1",
             "student": config.student.model_dump_json(),
-            "data_source": str(config.data.path or "builtin"),
+            "data_source": str(config.data.path or config.data.hf or config.data.factory or "builtin"),
         },
     )
     os.replace(tmp, path)
@@ -310,8 +368,9 @@ def load_student(path: str | Path, config: TrialConfig) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     from autogram.data import load_data
-    from autogram.models import build_student
+    from autogram.models import make_student
+    from autogram.models.source import user_module
 
-    model = build_student(load_data(config.data), config.student)
-    model.load_state_dict(load_file(str(path)))
+    model = make_student(config.student, load_data(config.data), config.seed)
+    user_module(model).load_state_dict(load_file(str(path)))
     return model.eval()

@@ -44,48 +44,93 @@ def evaluate_robustness(
     model: Any, data: Any, cfg: TrialConfig, device: Any, split: str = "val"
 ) -> tuple[float, dict[str, float]]:
     """Clean accuracy on ``split`` (validation by default) and the accuracy under each corruption."""
+    import numpy as np
     import torch
 
     from autogram.data.corruptions import corrupted_views
     from autogram.runtime import accuracy, to_tensors
 
-    val = data.splits[split]
-    labels = torch.from_numpy(val.labels).to(device)
-    clean = accuracy(model, to_tensors(val.inputs, device), labels, cfg.eval.batch_size, device)
-    scores = {
-        c.name: accuracy(model, to_tensors(view, device), labels, cfg.eval.batch_size, device)
-        for c, view in corrupted_views(val.inputs, data.modalities, cfg.eval.noise_severities, cfg.seed)
-    }
-    return clean, scores
+    part = data.splits[split]
+    severities, scale = cfg.eval.noise_severities, data.noise_scale
+    if part.in_memory:  # the whole split at once, as it always was: same draws, same scores
+        labels = torch.from_numpy(part.labels).to(device)
+        clean = accuracy(model, to_tensors(part.inputs, device), labels, cfg.eval.batch_size, device)
+        scores = {
+            c.name: accuracy(model, to_tensors(view, device), labels, cfg.eval.batch_size, device)
+            for c, view in corrupted_views(part.inputs, data.modalities, severities, cfg.seed, scale)
+        }
+        return clean, scores
+    # A lazy split is read chunk by chunk; each chunk is scored clean and under every corruption.
+    correct: dict[str, int] = {}
+    size = cfg.eval.batch_size
+    for number, start in enumerate(range(0, len(part), size)):
+        rows = part.rows(np.arange(start, min(start + size, len(part))))
+        labels = torch.from_numpy(part.labels[start : start + size]).to(device)
+        views = [
+            ("clean", rows),
+            *((c.name, v) for c, v in corrupted_views(rows, data.modalities, severities, cfg.seed, scale, number)),
+        ]
+        for name, view in views:
+            hits = accuracy(model, to_tensors(view, device), labels, size, device) * len(labels)
+            correct[name] = correct.get(name, 0) + round(hits)
+    total = max(len(part), 1)
+    clean = correct.pop("clean") / total
+    return clean, {name: hits / total for name, hits in correct.items()}
 
 
-def prepare(cfg: TrialConfig, device: Any, data: Any = None) -> dict[str, Any]:
-    """Load data, build the student and resolve taps and pairs (fails fast on a bad tap name)."""
-    import torch
+def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None) -> dict[str, Any]:
+    """Load data, build the student and resolve taps and pairs (fails fast on a bad tap name).
 
+    ``teacher`` (a :class:`~autogram.teacher.TeacherHandle`) gives the teacher's taps when
+    the caller has resolved it; otherwise a built-in teacher's taps come from an untrained
+    instance (so a wrong tap name fails before minutes of training) and a user's teacher is
+    loaded here (returned as ``parts["teacher"]``).
+    """
     from autogram.data import load_data
-    from autogram.models import build_student, build_teacher, embedding_taps, resolve_pairs, resolved_taps
-    from autogram.teacher import architecture_for
+    from autogram.models import build_teacher, embedding_taps, make_student, model_taps, resolve_pairs
 
     data = data if data is not None else load_data(cfg.data)
-    # Shapes are discovered on throwaway instances, so the trained models only ever carry
-    # the hooks their active loss terms need.
-    student_taps = resolved_taps(build_student(data, cfg.student), data)
-    torch.manual_seed(cfg.seed)
-    student = build_student(data, cfg.student)
-    # An untrained teacher of the same architecture is enough to know its taps and shapes,
-    # so a wrong tap name fails before minutes of teacher training.
-    teacher_taps = resolved_taps(build_teacher(data, architecture_for(cfg.teacher)), data)
+    # Seeded, so each trial starts from the same fresh weights; the tap search runs one
+    # forward pass in eval mode, which changes neither weights nor running statistics.
+    student = make_student(cfg.student, data, cfg.seed)
+    student_taps = model_taps(student, cfg.student, data, "student")
+    if teacher is not None:
+        teacher_taps = teacher.taps
+    elif cfg.teacher.source == "builtin":
+        from autogram.teacher import architecture_for
+
+        teacher_taps = model_taps(build_teacher(data, architecture_for(cfg.teacher)), cfg.teacher, data, "teacher")
+    else:
+        from autogram.teacher import ensure_teacher
+
+        teacher = ensure_teacher(cfg.teacher, data, device)
+        teacher_taps = teacher.taps
     pairs = resolve_pairs(cfg.distill.pairs, student_taps, teacher_taps)
     return {
         "data": data,
         "student": student.to(device),
         "student_taps": student_taps,
         "teacher_taps": teacher_taps,
+        "teacher": teacher,
         "pairs": pairs,
         "student_embeds": embedding_taps(student_taps),
         "teacher_embeds": embedding_taps(teacher_taps),
     }
+
+
+def cache_taps(cfg: TrialConfig, parts: dict[str, Any]) -> list[Any]:
+    """The teacher taps worth caching: those of the search's candidate pairs, of this trial's
+    pairs and of the cross-modal term, not every tap the teacher has."""
+    from autogram.models import resolve_pairs
+
+    try:
+        candidates = resolve_pairs(cfg.search.space.pairs, parts["student_taps"], parts["teacher_taps"])
+    except Exception:  # the space names taps of another model: this trial's own pairs suffice
+        candidates = []
+    wanted = {p.teacher.name for p in [*candidates, *parts["pairs"]]} | {
+        t.name for t in parts["teacher_embeds"].values()
+    }
+    return [t for t in parts["teacher_taps"] if t.name in wanted]
 
 
 def run_trial(
@@ -95,11 +140,11 @@ def run_trial(
 
     ``report(epoch, metrics)`` is called after each epoch. ``data`` and ``teacher`` (a
     :class:`~autogram.teacher.TeacherHandle`) may be passed in when the caller already has
-    them (a search loads them once); otherwise they are loaded, and the teacher trained if
-    no checkpoint matches. With ``teacher.cache`` on (the default) the teacher's signals are
-    read from a cache computed once (``cache_dir``, or found/built here) instead of running
-    the teacher every step. Returns a :class:`TrialResult`; a non-finite loss ends the trial
-    early with ``status="diverged"`` instead of raising.
+    them (a search resolves them once); otherwise they are loaded, and a built-in teacher
+    trained if no checkpoint matches. With ``teacher.cache`` on (the default) the teacher's
+    signals are read from a cache computed once (``cache_dir``, or found/built here) instead
+    of running the teacher every step; a handle without a model then suffices. Returns a
+    :class:`TrialResult`; a non-finite loss ends the trial early with ``status="diverged"``.
     """
     import torch
 
@@ -110,19 +155,17 @@ def run_trial(
     from autogram.teacher import ensure_teacher
 
     device = pick_device(config.device)
-    parts = prepare(config, device, data)
-    data = parts["data"]
+    parts = prepare(config, device, data, teacher)
+    data, teacher = parts["data"], parts["teacher"]
     objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
     teacher_info: dict[str, Any] = {}
     signals = None
     if objective.needs_teacher:
         handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
-        handle.model.to(device)
         teacher_info = {
-            "path": str(handle.path),
-            "key": handle.key,
-            "val_accuracy": handle.val_accuracy,
-            "params": parameter_count(handle.model),
+            **handle.info(),
+            "params": handle.params,
+            "model": handle.source,
             "source": "live",
         }
         if config.teacher.cache:
@@ -130,11 +173,19 @@ def run_trial(
 
             if cache_dir is None:
                 cache_dir = ensure_cache(
-                    handle.model, handle.key, data, parts["teacher_taps"], device, config.teacher.cache_dir / "signals"
+                    handle.model,
+                    handle.key,
+                    data,
+                    cache_taps(config, parts),
+                    device,
+                    config.teacher.cache_dir / "signals",
                 )
             signals = CachedTeacher(cache_dir, objective.teacher_taps, device)
             teacher_info.update(source="cache", cache=str(cache_dir))
         else:
+            if handle.model is None:
+                raise RuntimeError("a live teacher was asked for, but only the teacher's cache metadata was given")
+            handle.model.to(device)
             signals = LiveTeacher(handle.model, objective.teacher_taps, device)
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)

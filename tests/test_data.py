@@ -70,7 +70,7 @@ def test_npz_loader_errors_name_the_problem(tmp_path: Path) -> None:
         load_data(DataConfig(path=path, modality_kinds={"sound": "spectrogram"}))
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip")
-    with pytest.raises(ConfigError, match="cannot read as .npz"):
+    with pytest.raises(ConfigError, match="not an .npz archive"):
         load_data(DataConfig(path=garbage))
 
 

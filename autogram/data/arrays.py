@@ -21,30 +21,52 @@ def _detect_modalities(arrays: dict[str, np.ndarray], source: str) -> list[str]:
         if not key.startswith("train_") or key == "train_label":
             continue
         # 1-D arrays are per-sample scalars (ids, metadata), not modalities.
-        if array.ndim >= 2 and array.shape[0] == n:
+        if array.ndim >= 2:
+            if array.shape[0] != n:
+                raise ConfigError(f"{source}: {key} has {array.shape[0]} rows but train_label has {n}")
             names.append(key.removeprefix("train_"))
     if not names:
         raise ConfigError(f"{source}: no modality arrays (expected train_<name> with one row per sample)")
     return sorted(names)
 
 
-def _kind_of(name: str, array: np.ndarray, cfg: DataConfig, source: str) -> str:
-    if name in cfg.modality_kinds:
-        kind = cfg.modality_kinds[name]
-    elif array.ndim == 2 and np.issubdtype(array.dtype, np.integer):
-        kind = "tokens"
-    elif array.ndim == 3:
-        kind = "image"
-    else:
+def infer_kind(
+    name: str, sample_shape: tuple[int, ...], integer: bool, declared: str | None, where: str
+) -> tuple[str, tuple[int, ...]]:
+    """(kind, model-ready per-sample shape) of a modality from one sample's shape and dtype.
+
+    Integer 1-D: tokens. Float 1-D: a vector (or a declared waveform). 2-D: a grid (image, or
+    a declared spectrogram) that gets a channel axis, (1, H, W). 3-D: (C, H, W). 4-D: video.
+    """
+    dims = len(sample_shape)
+    if integer and dims == 1 and declared in (None, "tokens"):
+        return "tokens", sample_shape
+    if declared == "tokens":
+        raise ConfigError(f"{where}: data.modality_kinds.{name}: tokens need a 1-D integer array per sample")
+    default = {1: "vector", 2: "image", 3: "image", 4: "video"}.get(dims)
+    kind = declared or default
+    if kind is None:
+        raise ConfigError(f"{where}: modality {name!r} has per-sample shape {sample_shape}: expected 1 to 4 dimensions")
+    allowed = {"vector": (1,), "waveform": (1, 2), "image": (2, 3), "spectrogram": (2, 3), "video": (4,)}[kind]
+    if dims not in allowed:
         raise ConfigError(
-            f"{source}: array train_{name} has per-sample shape {array.shape[1:]} "
-            "(need 2-D grids or 1-D integer token sequences)"
+            f"{where}: data.modality_kinds.{name}: {kind} needs {' or '.join(f'{d}-D' for d in allowed)} "
+            f"samples, got shape {sample_shape}"
         )
-    if kind == "tokens" and (array.ndim != 2 or not np.issubdtype(array.dtype, np.integer)):
-        raise ConfigError(f"{source}: data.modality_kinds.{name}: tokens need a 1-D integer array per sample")
-    if kind != "tokens" and array.ndim != 3:
-        raise ConfigError(f"{source}: data.modality_kinds.{name}: {kind} needs a 2-D array per sample")
-    return kind
+    shape = (1, *sample_shape) if kind in ("image", "spectrogram") and dims == 2 else sample_shape
+    return kind, shape
+
+
+def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
+    """Refuse NaN or inf in a float modality: it would train silently into garbage."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad)) + offset
+            raise ConfigError(
+                f"{what} has NaN or inf values in {int(bad.sum())} sample(s) (first: sample {first}); "
+                "clean or drop them"
+            )
 
 
 def _carve(arrays: dict[str, np.ndarray], keys: list[str], fraction: float, seed: int, into: str) -> None:
@@ -91,7 +113,16 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             array = arrays.get(f"{split}_{name}")
             if array is None or array.shape[0] != len(splits[split]):
                 raise ConfigError(f"{source}: {split}_{name} is missing or its length differs from {split}_label")
-        kind = _kind_of(name, arrays[f"train_{name}"], cfg, source)
+        train_array = arrays[f"train_{name}"]
+        kind, shape = infer_kind(
+            name,
+            tuple(train_array.shape[1:]),
+            np.issubdtype(train_array.dtype, np.integer),
+            cfg.modality_kinds.get(name),
+            source,
+        )
+        for split in SPLITS:
+            check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
         if kind == "tokens":
             vocab = int(max(arrays[f"{s}_{name}"].max() for s in SPLITS)) + 1
             for split in SPLITS:
@@ -99,17 +130,22 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             modalities.append(Modality(name, "tokens", tuple(arrays[f"train_{name}"].shape[1:]), vocab))
         else:
             # Standardise with train statistics only, so val/test stay unseen.
-            train = arrays[f"train_{name}"].astype(np.float32)
+            train = train_array.astype(np.float32)
             mean, std = float(train.mean()), float(train.std()) or 1.0
             for split in SPLITS:
-                grid = (arrays[f"{split}_{name}"].astype(np.float32) - mean) / std
-                splits[split].inputs[name] = grid[:, None, :, :]
-            modalities.append(Modality(name, kind, (1, *train.shape[1:])))
+                values = (arrays[f"{split}_{name}"].astype(np.float32) - mean) / std
+                splits[split].inputs[name] = values.reshape(len(values), *shape)
+            modalities.append(Modality(name, kind, shape))
     return MultiModalData(modalities=modalities, num_classes=num_classes, splits=splits, source=source)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Read every array of an .npz without unpickling anything."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        # numpy would try it as a pickle and answer with a hint about allow_pickle.
+        raise ConfigError(f"{path}: not an .npz archive (numpy.savez writes one: a zip of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files if npz[key].dtype.kind in "biuf"}
@@ -117,8 +153,21 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: cannot read as .npz ({exc})") from None
 
 
-def load_data(cfg: DataConfig) -> MultiModalData:
-    """Load the configured data: the built-in set when ``path`` is null, else the .npz."""
+def load_data(cfg: DataConfig, python_data: dict | None = None) -> MultiModalData:
+    """Load the configured data: built-in, ``.npz`` (``path``), Hugging Face on disk (``hf``),
+    a factory, or ``python_data`` (``{"train": ds, ...}`` given to the Python API)."""
+    if python_data is not None:
+        from autogram.data.datasets import from_datasets
+
+        return from_datasets(python_data, cfg, "python data")
+    if cfg.source == "hf":
+        from autogram.data.hf import load_hf
+
+        return load_hf(cfg)
+    if cfg.source == "factory":
+        from autogram.data.datasets import load_factory
+
+        return load_factory(cfg)
     if cfg.path is None:
         from autogram.data.builtin import generate
 

@@ -1,16 +1,18 @@
 """The modality corruption suite that scores robustness.
 
-For every modality: ``missing`` (zeroed grid, or every token masked), Gaussian
-``noise`` at each configured severity, and one corruption specific to its kind:
+For every modality: ``missing`` (zeroed values, or every token masked), Gaussian
+``noise`` at each configured severity (any float modality: grids, waveforms, video clips,
+feature vectors), and for some kinds one corruption specific to it:
 
 - image: ``occlusion``, a square of half the side zeroed at a random place;
 - spectrogram: ``specmask``, one frequency band and one time band (a quarter each) zeroed;
 - tokens: ``dropout``, 30% of the tokens replaced by the mask token.
 
-Grids are standardised, so zero is the training mean and ``noise@s`` adds N(0, s^2) in
-units of the data's standard deviation. Integer token ids have no meaningful Gaussian
-noise, so for tokens ``noise@s`` substitutes each token with a uniformly random id with
-probability ``min(0.9, 0.2 * s)``: the same "more severity, less signal" ladder.
+Data autogram standardises (built-in, ``.npz``) has zero as its training mean and
+``noise@s`` adds N(0, s^2) in units of its standard deviation; data passed as stored (a
+Hugging Face dataset, a factory) gets N(0, (s * train std)^2), the same ladder. Integer
+token ids have no meaningful Gaussian noise, so for tokens ``noise@s`` substitutes each
+token with a uniformly random id with probability ``min(0.9, 0.2 * s)``: the same "more severity, less signal" ladder.
 
 Every corruption draws from its own generator seeded by (seed, its name): the suite is
 deterministic and one corruption's draws do not depend on which others run.
@@ -51,37 +53,41 @@ def suite(modalities: list[Modality], severities: list[float]) -> list[Corruptio
     for modality in modalities:
         out.append(Corruption(modality.name, "missing"))
         out.extend(Corruption(modality.name, "noise", s) for s in severities)
-        out.append(Corruption(modality.name, specific[modality.kind]))
+        if modality.kind in specific:
+            out.append(Corruption(modality.name, specific[modality.kind]))
     return out
 
 
-def _rng(seed: int, corruption: Corruption) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(corruption.name.encode())])
+def _rng(seed: int, corruption: Corruption, chunk: int | None) -> np.random.Generator:
+    # Whole splits in memory are corrupted at once; data read in chunks gets one stream per chunk.
+    parts = [seed, zlib.crc32(corruption.name.encode())] + ([] if chunk is None else [chunk])
+    return np.random.default_rng(parts)
 
 
-def _corrupt_grid(x: np.ndarray, c: Corruption, rng: np.random.Generator) -> np.ndarray:
-    n, _, height, width = x.shape
+def _corrupt_float(x: np.ndarray, c: Corruption, rng: np.random.Generator, scale: float) -> np.ndarray:
+    n = x.shape[0]
     if c.kind == "missing":
         return np.zeros_like(x)
     if c.kind == "noise":
-        return x + rng.normal(0.0, c.severity, size=x.shape).astype(x.dtype)
+        return x + rng.normal(0.0, c.severity * scale, size=x.shape).astype(x.dtype)
+    height, width = x.shape[-2:]  # grids: (..., H, W)
     out = x.copy()
     if c.kind == "occlusion":
         side_h, side_w = max(1, height // 2), max(1, width // 2)
         rows = rng.integers(0, height - side_h + 1, n)
         cols = rng.integers(0, width - side_w + 1, n)
         for i in range(n):
-            out[i, :, rows[i] : rows[i] + side_h, cols[i] : cols[i] + side_w] = 0.0
+            out[i, ..., rows[i] : rows[i] + side_h, cols[i] : cols[i] + side_w] = 0.0
         return out
     if c.kind == "specmask":  # layout (frequency, time), as log-mel spectrograms are stored
         band_f, band_t = max(1, height // 4), max(1, width // 4)
         f0 = rng.integers(0, height - band_f + 1, n)
         t0 = rng.integers(0, width - band_t + 1, n)
         for i in range(n):
-            out[i, :, f0[i] : f0[i] + band_f, :] = 0.0
-            out[i, :, :, t0[i] : t0[i] + band_t] = 0.0
+            out[i, ..., f0[i] : f0[i] + band_f, :] = 0.0
+            out[i, ..., :, t0[i] : t0[i] + band_t] = 0.0
         return out
-    raise ValueError(f"unknown grid corruption {c.kind!r}")
+    raise ValueError(f"unknown corruption {c.kind!r}")
 
 
 def _corrupt_tokens(x: np.ndarray, c: Corruption, vocab: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,22 +102,36 @@ def _corrupt_tokens(x: np.ndarray, c: Corruption, vocab: int, rng: np.random.Gen
 
 
 def apply(
-    inputs: dict[str, np.ndarray], modalities: list[Modality], corruption: Corruption, seed: int
+    inputs: dict[str, np.ndarray],
+    modalities: list[Modality],
+    corruption: Corruption,
+    seed: int,
+    scale: dict[str, float] | None = None,
+    chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Return ``inputs`` with one modality corrupted; the others are passed through unchanged."""
+    """Return ``inputs`` with one modality corrupted; the others are passed through unchanged.
+
+    ``scale`` is the noise unit per modality (default 1); ``chunk`` numbers a part of a split
+    read in chunks, so each part draws from its own seeded stream.
+    """
     modality = next(m for m in modalities if m.name == corruption.modality)
-    rng = _rng(seed, corruption)
+    rng = _rng(seed, corruption, chunk)
     x = inputs[modality.name]
     if modality.kind == "tokens":
         corrupted = _corrupt_tokens(x, corruption, modality.vocab_size or 2, rng)
     else:
-        corrupted = _corrupt_grid(x, corruption, rng)
+        corrupted = _corrupt_float(x, corruption, rng, (scale or {}).get(modality.name, 1.0))
     return {**inputs, modality.name: corrupted}
 
 
 def corrupted_views(
-    inputs: dict[str, np.ndarray], modalities: list[Modality], severities: list[float], seed: int
+    inputs: dict[str, np.ndarray],
+    modalities: list[Modality],
+    severities: list[float],
+    seed: int,
+    scale: dict[str, float] | None = None,
+    chunk: int | None = None,
 ) -> Iterator[tuple[Corruption, dict[str, np.ndarray]]]:
     """Yield each corruption of the suite with its corrupted copy of ``inputs``, one at a time."""
     for corruption in suite(modalities, severities):
-        yield corruption, apply(inputs, modalities, corruption, seed)
+        yield corruption, apply(inputs, modalities, corruption, seed, scale, chunk)

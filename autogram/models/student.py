@@ -21,7 +21,7 @@ def _block1d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class GridEncoder(nn.Module):
     """Conv-BN-ReLU blocks over a 1-channel image or spectrogram, widths doubling, stride 2 after the first."""
 
-    def __init__(self, cfg: StudentConfig) -> None:
+    def __init__(self, cfg: StudentConfig, in_channels: int = 1) -> None:
         from torchvision.ops.misc import Conv2dNormActivation
 
         super().__init__()
@@ -29,7 +29,7 @@ class GridEncoder(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 Conv2dNormActivation(c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2)
-                for i, (c_in, c_out) in enumerate(zip([1, *widths[:-1]], widths, strict=True))
+                for i, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True))
             ]
         )
         self.out_channels = widths[-1]
@@ -67,7 +67,7 @@ class MultiModalCNN(nn.Module):
         self.modalities = list(modalities)
         self.num_blocks = cfg.num_blocks
         self.encoders = nn.ModuleDict(
-            {m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg) for m in modalities}
+            {m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg, m.shape[0]) for m in modalities}
         )
         self.projections = nn.ModuleDict(
             {m.name: nn.Linear(self.encoders[m.name].out_channels, cfg.embed_dim) for m in modalities}

@@ -39,9 +39,9 @@ def _encoder(modality: Modality, arch: dict[str, int]) -> nn.Module:
             vocab_size=modality.vocab_size, max_position_embeddings=modality.shape[0], type_vocab_size=1, **common
         )
         return BertModel(config, add_pooling_layer=False)
-    _, height, width = modality.shape
+    channels, height, width = modality.shape
     patch = min(arch["patch_size"], height, width)
-    config = ViTConfig(image_size=(height, width), patch_size=patch, num_channels=1, **common)
+    config = ViTConfig(image_size=(height, width), patch_size=patch, num_channels=channels, **common)
     return ViTModel(config, add_pooling_layer=False)
 
 

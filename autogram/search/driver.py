@@ -36,6 +36,14 @@ class SearchPlan:
     name: str
     tracking_uri: str = ""
     experiment: str = ""
+    # Resolved while planning, reused by the run: the data and, for a user's teacher, the
+    # loaded teacher (a built-in one is trained or found when the search starts).
+    data: Any = None
+    teacher: Any = None
+    # In-memory objects of the Python API, by the names the config's ``python:`` fields hold.
+    python_objects: dict[str, Any] | None = None
+    # Other user objects whose code workers must import (the Python API's datasets).
+    code_targets: list[Any] | None = None
 
     @property
     def storage_url(self) -> str:
@@ -55,6 +63,7 @@ def plan_search(
     resume: bool,
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    data: Any = None,
 ) -> SearchPlan:
     """Validate the space against the real taps and the search directory; raises ConfigError."""
     from autogram.models import resolve_pairs
@@ -62,7 +71,7 @@ def plan_search(
     from autogram.trial import prepare
 
     space = cfg.search.space
-    parts = prepare(cfg, pick_device("cpu"))
+    parts = prepare(cfg, pick_device(cfg.device), data)
     try:
         pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
     except ConfigError as exc:
@@ -92,6 +101,8 @@ def plan_search(
         name=name,
         tracking_uri=resolve_uri(tracking_uri),
         experiment=experiment or cfg.search.experiment or cfg.name,
+        data=parts["data"],
+        teacher=parts["teacher"],
     )
 
 
@@ -159,12 +170,16 @@ class _Progress:
         )
 
 
-def _trainable(plan: SearchPlan, data: Any, blob: bytes, cache_dir: Path | None) -> Any:
+def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path | None, teacher: Any) -> Any:
+    from dataclasses import replace
+
     from ray import tune
 
     from autogram.search.worker import trainable
 
     resources = plan.config.search.resources
+    # Through the object store, once per worker: data, the built-in teacher's bytes, the
+    # teacher's taps and key (all a trial reading the cache needs), in-memory user objects.
     fn = tune.with_parameters(
         trainable,
         base=plan.base,
@@ -172,6 +187,8 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes, cache_dir: Path | None)
         candidates=plan.candidates,
         data=data,
         teacher_blob=blob,
+        teacher_meta=replace(teacher, model=None),
+        python_objects=plan.python_objects or {},
         cpus=resources.cpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
     )
@@ -260,8 +277,17 @@ def _space_summary(plan: SearchPlan) -> dict[str, Any]:
     return params
 
 
-def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teacher: Path) -> dict[int, dict]:
-    """A self-contained training config for each Pareto point (teacher pinned by path)."""
+def pin_teacher(raw: dict[str, Any], path: str, key: str) -> None:
+    """Pin the search's teacher in an exported config: a built-in one by its checkpoint file,
+    a user's by its key (its factory rebuilds it; changed weights are refused)."""
+    teacher = raw["teacher"]
+    if teacher.get("factory") is None and teacher.get("python") is None:
+        teacher["checkpoint"] = path
+    teacher["checkpoint_key"] = key or None
+
+
+def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teacher: Any) -> dict[int, dict]:
+    """A self-contained training config for each Pareto point (teacher pinned)."""
     from autogram.search.space import trial_config
 
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
@@ -269,9 +295,24 @@ def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teac
     for entry in document["trials"]:
         if entry["pareto"]:
             raw = trial_config(plan.base, params[entry["number"]], plan.config.search.space, plan.candidates)
-            raw["teacher"]["checkpoint"] = str(teacher)
+            pin_teacher(raw, str(teacher.path or ""), teacher.key)
             configs[entry["number"]] = raw
     return configs
+
+
+def _code_path(plan: SearchPlan, address: str | None) -> dict[str, str] | None:
+    """On a local Ray, workers inherit this process's environment: put the folders of the
+    user's factories and in-memory objects on their PYTHONPATH. Returns what to restore."""
+    from autogram.models.source import code_roots
+
+    cfg = plan.config
+    targets = [cfg.teacher.factory, cfg.student.factory, cfg.data.factory, *(plan.python_objects or {}).values()]
+    roots = code_roots(*targets, *(plan.code_targets or []))
+    if address is not None or not roots:
+        return None
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*roots, *([previous] if previous else [])])
+    return {"PYTHONPATH": previous or ""}
 
 
 def run_search(
@@ -292,16 +333,18 @@ def run_search(
 
     cfg = plan.config
     plan.directory.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg.data)
+    data = plan.data if plan.data is not None else load_data(cfg.data)
     device = pick_device(cfg.device)
-    handle = ensure_teacher(cfg.teacher, data, device)  # once, before any trial
-    blob = handle.path.read_bytes()
+    handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)  # once
+    handle.model.to(device)
+    blob = handle.path.read_bytes() if cfg.teacher.source == "builtin" else None
     cache_dir = None
     if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
-        from autogram.models import resolved_taps
         from autogram.teacher_cache import ensure_cache
 
-        taps = resolved_taps(handle.model, data)
+        # Only the taps a candidate pair or the cross-modal term can use.
+        wanted = {name.split(":")[1] for name in plan.candidates}
+        taps = [t for t in handle.taps if t.name in wanted or t.role == "embedding"]
         cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
     write_json(
         plan.directory / SPEC_FILE,
@@ -309,7 +352,9 @@ def run_search(
             "name": plan.name,
             "config": cfg.model_dump(mode="json"),
             "candidates": plan.candidates,
-            "teacher": str(handle.path),
+            "teacher": str(handle.path or ""),
+            "teacher_key": handle.key,
+            "teacher_source": handle.source,
             "storage": plan.storage_url,
             "tracking_uri": plan.tracking_uri,
             "experiment": plan.experiment,
@@ -320,7 +365,13 @@ def run_search(
     if tracker is not None:
         tracker.start_parent(
             _space_summary(plan),
-            {"optuna_storage": plan.storage_url, "host": host(), "teacher_checkpoint": str(handle.path)},
+            {
+                "optuna_storage": plan.storage_url,
+                "host": host(),
+                "teacher_checkpoint": str(handle.path or ""),
+                "teacher_key": handle.key,
+                "teacher_source": json.dumps(handle.source, default=str),
+            },
         )
     # Save the experiment state at every controller step, so a killed driver resumes
     # without rerunning a trial that had already finished.
@@ -332,9 +383,17 @@ def run_search(
     started = time.perf_counter()
     key = str(plan.directory)
     callbacks.register(key, [_Progress(plan, cfg.search.trials), *([tracker] if tracker else [])])
+    restore = _code_path(plan, address)
     try:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else None
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env,
+            )
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,
@@ -343,7 +402,7 @@ def run_search(
             cfg.search.sampler,
             plan.directory,
         )
-        trainable = _trainable(plan, data, blob, cache_dir)
+        trainable = _trainable(plan, data, blob, cache_dir, handle)
         if resume:
             tune_path = str(plan.directory / TUNE_DIR)
             if not tune.Tuner.can_restore(tune_path):
@@ -361,6 +420,11 @@ def run_search(
         callbacks.unregister(key)
         if address is None and ray.is_initialized():
             ray.shutdown()
+        for name, value in (restore or {}).items():
+            if value:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
     stale = _close_stale_trials(plan.storage_url, plan.name)
     if stale:
         log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
@@ -372,7 +436,7 @@ def run_search(
         return document
     artifacts = temp_artifacts()
     history = write_artifacts(
-        document, study, plan.candidates, _pareto_configs(plan, study, document, handle.path), artifacts
+        document, study, plan.candidates, _pareto_configs(plan, study, document, handle), artifacts
     )
     shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
     tracker.finish(document, history, artifacts)

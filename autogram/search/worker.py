@@ -55,6 +55,8 @@ def trainable(
     candidates: list[str] | None = None,
     data: Any = None,
     teacher_blob: bytes | None = None,
+    teacher_meta: Any = None,
+    python_objects: dict[str, Any] | None = None,
     cpus: float = 1.0,
     cache_dir: str | None = None,
 ) -> None:
@@ -62,11 +64,13 @@ def trainable(
     import torch
     from ray import tune
 
+    from autogram.models.source import PYTHON_OBJECTS
     from autogram.runtime import pick_device
     from autogram.teacher import teacher_from_bytes
     from autogram.trial import run_trial
 
     assert base is not None and space is not None and candidates is not None
+    PYTHON_OBJECTS.update(python_objects or {})
     logging.getLogger("autogram").setLevel(logging.WARNING)
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; size torch's pool to match on purpose.
     torch.set_num_threads(max(1, int(cpus)))
@@ -81,9 +85,12 @@ def trainable(
         tune.report(_infeasible(str(exc)))
         return
 
-    teacher = None
-    if teacher_blob is not None:
-        teacher = teacher_from_bytes(teacher_blob, data, pick_device(trial_cfg.device))
+    # With the cache, the teacher's key and taps are all a trial needs: no model is built.
+    # Without it, the built-in teacher loads from its bytes; a user's is built here by its
+    # factory (or comes from the object store) when the trial resolves its taps.
+    teacher = teacher_meta if cache_dir else None
+    if not cache_dir and teacher_blob is not None:
+        teacher = teacher_from_bytes(teacher_blob, data, pick_device(trial_cfg.device), teacher_meta.taps)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({**metrics, "epoch": epoch})

@@ -1,0 +1,240 @@
+"""Models from the user: factories named by import path, in-memory objects, the calling
+convention, and weights that are read without unpickling anything.
+
+A user's model is wrapped in :class:`Adapted`, which gives every model autogram's one
+convention (``model({modality: tensor}) -> logits``) while forward hooks still address the
+user's own module paths (``tap_root``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import pkgutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autogram.config import ConfigError, ModelSource
+
+# In-memory objects given to the Python API, by the name a config's ``python:`` field holds.
+# A worker process fills it from the object store before it runs a trial.
+PYTHON_OBJECTS: dict[str, Any] = {}
+
+
+def resolve_factory(path: str, field: str) -> Callable[..., Any]:
+    """The callable ``path`` names (``package.module:function``), or a one-line ConfigError."""
+    try:
+        target = pkgutil.resolve_name(path)
+    except Exception as exc:  # ImportError, AttributeError, ValueError: all mean "not found"
+        raise ConfigError(f"{field}: cannot import {path!r} ({type(exc).__name__}: {exc})") from None
+    if not callable(target):
+        raise ConfigError(f"{field}: {path!r} is a {type(target).__name__}, not a function or class")
+    return target
+
+
+def call_factory(fn: Callable[..., Any], field: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a user factory; whatever it raises becomes one line quoting its message."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split()) or "(no message)"
+        raise ConfigError(f"{field} {name!r} raised {type(exc).__name__}: {message}") from None
+
+
+def _module(value: Any, field: str, name: str) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise ConfigError(f"{field} {name!r} returned {type(value).__name__}, not a torch.nn.Module")
+    return value
+
+
+def logits_of(output: Any) -> torch.Tensor | None:
+    """The logits in a model's output: a tensor, ``.logits`` / ``["logits"]``, or a tuple's first element."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def describe_output(output: Any) -> str:
+    """A short description of an output that holds no logits, for the error message."""
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with keys {', '.join(map(str, output)) or '(none)'}"
+    return type(output).__name__
+
+
+class Adapted(nn.Module):
+    """A user model behind autogram's convention: ``forward({modality: tensor}) -> logits``."""
+
+    def __init__(self, model: nn.Module, cfg: ModelSource, modalities: list[Any], field: str) -> None:
+        super().__init__()
+        self.model = model
+        self.call = cfg.call
+        self.field = field
+        self.arguments = {m.name: cfg.inputs.get(m.name, m.name) for m in modalities}
+        self.masks = dict(cfg.attention_mask)
+        tokens = [m.name for m in modalities if m.kind == "tokens"]
+        if cfg.call == "kwargs" and not self.masks and len(tokens) == 1 and _takes(model, "attention_mask"):
+            self.masks = {tokens[0]: "attention_mask"}  # a Hugging Face text model needs its padding mask
+
+    def tap_root(self) -> nn.Module:
+        """The module whose paths taps name: the user's own model."""
+        return self.model
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Call the user's model its way and return its logits."""
+        if self.call == "dict":
+            output = self.model({self.arguments[k]: v for k, v in inputs.items()})
+        else:
+            kwargs = {self.arguments[k]: v for k, v in inputs.items()}
+            for modality, argument in self.masks.items():
+                kwargs[argument] = (inputs[modality] != 0).long()  # token id 0 is padding
+            output = self.model(**kwargs)
+        logits = logits_of(output)
+        if logits is None:
+            raise ConfigError(
+                f"{self.field}: the model's output has no logits (got {describe_output(output)}); return a tensor, "
+                "an object or dict with 'logits', or a tuple whose first element is the logits"
+            )
+        return logits
+
+
+def _takes(model: nn.Module, name: str) -> bool:
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def user_module(model: nn.Module) -> nn.Module:
+    """The user's own module inside an :class:`Adapted` (the model itself otherwise)."""
+    return model.tap_root() if isinstance(model, Adapted) else model
+
+
+def build_student_model(cfg: ModelSource, spec: Any, seed: int) -> nn.Module:
+    """A fresh student, seeded: the factory (or in-memory builder) gets the data spec and kwargs."""
+    torch.manual_seed(seed)
+    if cfg.source == "python":
+        fn = PYTHON_OBJECTS.get(cfg.python or "")
+        if fn is None:
+            raise ConfigError(f"student.python: {cfg.python!r} names no in-memory builder in this process")
+        if isinstance(fn, nn.Module):
+            raise ConfigError("student: pass a function that builds a fresh model, not a model instance")
+        name = cfg.python or "student"
+    else:
+        assert cfg.factory is not None
+        fn, name = resolve_factory(cfg.factory, "student.factory"), cfg.factory
+    model = _module(call_factory(fn, "student.factory", name, spec, **cfg.kwargs), "student.factory", name)
+    return Adapted(model, cfg, spec.modalities, "student")
+
+
+def build_teacher_model(cfg: ModelSource, checkpoint: Path | None, spec: Any) -> nn.Module:
+    """The user's trained teacher: factory (or in-memory object), then ``checkpoint`` loaded into it."""
+    if cfg.source == "python":
+        model = PYTHON_OBJECTS.get(cfg.python or "")
+        if model is None:
+            raise ConfigError(f"teacher.python: {cfg.python!r} names no in-memory teacher in this process")
+        model = _module(model, "teacher", cfg.python or "teacher")
+    else:
+        assert cfg.factory is not None
+        fn = resolve_factory(cfg.factory, "teacher.factory")
+        model = _module(call_factory(fn, "teacher.factory", cfg.factory, **cfg.kwargs), "teacher.factory", cfg.factory)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, "teacher.checkpoint")
+    return Adapted(model, cfg, spec.modalities, "teacher")
+
+
+def load_weights(model: nn.Module, path: Path, field: str = "checkpoint") -> None:
+    """Load a safetensors file or a ``torch.save``d state dict into ``model``; never unpickle code."""
+    import pickle
+
+    if not path.is_file():
+        raise ConfigError(f"{field}: {path} not found")
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    except Exception:  # not safetensors: try a plain state dict, with torch's weights-only reader
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ConfigError(
+                f"{field}: {path} is a pickled checkpoint that only torch.load(weights_only=False) can read, which "
+                "would run code from the file; save model.state_dict() with safetensors or torch.save instead"
+            ) from None
+        except Exception as exc:
+            raise ConfigError(f"{field}: {path} is neither safetensors nor a torch state dict ({exc})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{field}: {path} holds no state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ConfigError(f"{field}: {path} does not fit the model ({first})") from None
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over every state-dict tensor (name, dtype, shape, bytes): changed weights, new digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(user_module(model).state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def user_teacher_key(cfg: ModelSource, model: nn.Module) -> str:
+    """A user teacher's identity: its source (factory and kwargs), how it is called and a sha256
+    of its weights (the data enter the cache key, not the teacher's)."""
+    payload = {
+        "format": "autogram-user-teacher/1",
+        "source": cfg.describe(),
+        "call": cfg.call,
+        "inputs": cfg.inputs,
+        "attention_mask": cfg.attention_mask,
+        "weights": weights_digest(model),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_roots(*targets: Any) -> list[str]:
+    """Folders to put on ``sys.path`` so that these import paths / objects import elsewhere
+    (Ray workers): the folder holding each top-level package."""
+    import importlib.util
+    import sys
+
+    roots = []
+    for target in targets:
+        if target is None:
+            continue
+        module = target.split(":")[0] if isinstance(target, str) else getattr(target, "__module__", None)
+        if not module:
+            module = type(target).__module__
+        top = module.split(".")[0]
+        if top in sys.builtin_module_names or top == "__main__":
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+            continue
+        origin = Path(spec.origin)
+        root = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+        if "site-packages" not in root.parts and str(root) not in roots:
+            roots.append(str(root))
+    return roots
