@@ -12,9 +12,10 @@ from autogram.config import TrialConfig, load_config, validate
 def with_objects(config: str | Path | TrialConfig, teacher: Any = None, student: Any = None) -> TrialConfig:
     """The config with ``teacher.python`` / ``student.python`` naming the given objects, which
     are registered for this process (and shipped to workers by the search)."""
-    from autogram.models.source import PYTHON_OBJECTS
+    from autogram.models.source import PYTHON_OBJECTS, use_python_path
 
     cfg = config if isinstance(config, TrialConfig) else load_config(config)
+    use_python_path(cfg.python_path)
     raw = cfg.model_dump(mode="json")
     if teacher is not None:
         name = f"teacher:{type(teacher).__qualname__}"

@@ -58,7 +58,12 @@ def _config_command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config: str, overrides: tuple[str, ...], quiet: bool) -> TrialConfig:
     _setup_logging(quiet)
-    return load_config(config, list(overrides))
+    cfg = load_config(config, list(overrides))
+    if cfg.python_path:
+        from autogram.models.source import use_python_path
+
+        use_python_path(cfg.python_path)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,16 +117,16 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
     data = parts["data"]
     click.echo(f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}")
     for title, taps in (("teacher taps", parts["teacher_taps"]), ("student taps", parts["student_taps"])):
-        click.echo(f"\n{title} (name, relative depth, output shape per sample, module path):")
+        click.echo(f"\n{title} (name, modality, relative depth, output shape per sample, module path):")
         for tap in taps:
             click.echo(f"  {tap.describe()}")
     click.echo("\ndefault pairing (same modality, nearest relative depth):")
     for pair in auto:
-        click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
+        click.echo(f"  {pair.student.name:<20} -> {pair.teacher.name}")
     if cfg.distill.pairs != "auto":
         click.echo("\nconfigured pairs (distill.pairs):")
         for pair in parts["pairs"]:
-            click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
+            click.echo(f"  {pair.student.name:<20} -> {pair.teacher.name}")
     click.echo(
         "\ncross-modal term taps (embeddings entering fusion): "
         f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
@@ -145,20 +150,24 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
     data = load_data(cfg.data)
     handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device), retrain=retrain)
     info = {
-        "path": str(handle.path),
+        "path": str(handle.path or ""),
         "key": handle.key,
         "reused": handle.reused,
         "val_accuracy": handle.val_accuracy,
         "params": parameter_count(handle.model),
+        "source": handle.source,
+        "taps": len(handle.taps),
     }
     if as_json:
         click.echo(json.dumps(info))
-    else:
-        verb = "reused" if handle.reused else "trained"
-        click.echo(
-            f"teacher {verb}: {handle.path}  val accuracy {handle.val_accuracy:.4f}  "
-            f"params {info['params']:,}  key {handle.key[:16]}"
-        )
+        return
+    if cfg.teacher.source == "builtin":
+        where = f"{'reused' if handle.reused else 'trained'}: {handle.path}"
+    else:  # a user's teacher is used as its factory returns it: never trained here
+        where = f"from {cfg.teacher.factory or cfg.teacher.python} (used as given)"
+    click.echo(
+        f"teacher {where}  val accuracy {handle.val_accuracy:.4f}  params {info['params']:,}  key {handle.key[:16]}"
+    )
 
 
 @main.command()

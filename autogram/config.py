@@ -306,6 +306,8 @@ class TrialConfig(_Strict):
 
     name: str = "autogram"
     seed: int = 0
+    # Folders to import the factories' packages from (prepended to sys.path).
+    python_path: list[Path] = []
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cost: Literal["train_gflops", "train_seconds"] = "train_gflops"
     data: DataConfig = DataConfig()
@@ -315,6 +317,15 @@ class TrialConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     search: SearchConfig = SearchConfig()
+
+    @field_validator("python_path")
+    @classmethod
+    def _folders(cls, value: list[Path]) -> list[Path]:
+        for folder in value:
+            if not folder.is_dir():
+                raise ValueError(f"folder not found: {folder}")
+        return value
+
     # Where an exported config came from (search, trial, MLflow run, its scores); free-form.
     provenance: dict[str, Any] | None = None
 

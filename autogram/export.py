@@ -101,9 +101,14 @@ def export(
     space = SpaceConfig.model_validate(config["search"]["space"])
     base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
     raw = trial_config(base, chosen["params"], space, spec["candidates"])
-    teacher_path = Path(spec["teacher"])
-    raw["teacher"]["checkpoint"] = str(teacher_path)
-    raw["teacher"]["checkpoint_key"] = read_metadata(teacher_path)["key"] if teacher_path.is_file() else None
+    from autogram.search.driver import pin_teacher
+
+    # A built-in teacher is pinned by its checkpoint file, a user's by its key: `autogram
+    # train` rebuilds it through the same factory and refuses it if its weights changed.
+    key = spec.get("teacher_key")
+    if key is None and spec.get("teacher") and Path(spec["teacher"]).is_file():  # a search from before keys
+        key = read_metadata(Path(spec["teacher"]))["key"]
+    pin_teacher(raw, spec.get("teacher") or "", key or "")
     trial_epochs = raw["train"]["epochs"]
     if epochs is not None:
         raw["train"]["epochs"] = epochs  # the cosine schedule stretches over the new budget
@@ -116,6 +121,7 @@ def export(
         "objectives": chosen["values"],
         "trial_epochs": trial_epochs,
         "pick": "weights" if weights else pick,
+        "teacher_source": spec.get("teacher_source", {"source": "builtin"}),
         "where": list(where or []),
     }
     validate(raw, str(out))  # refuse to write a config that would not load

@@ -190,6 +190,8 @@ def train(
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
     if not resume and (ckpt_dir / STATE).is_file():
         raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
+    if resume:  # a finished or re-budgeted run is refused before anything loads
+        _check_resumable(ckpt_dir, config.train.epochs)
     for role, source in (("teacher", config.teacher), ("student", config.student)):
         if source.source == "python" and source.python not in _registered():
             raise ConfigError(
@@ -208,8 +210,6 @@ def train(
     uri = resolve_uri(tracking_uri)
     experiment = experiment or (config.provenance or {}).get("experiment") or config.name
     checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)
-    if resume:  # refuse a finished or re-budgeted run before any MLflow run is reopened
-        _check_resumable(ckpt_dir, config.train.epochs)
     run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
     checkpointer.run_id = run_id
     client = client_for(uri)

@@ -93,6 +93,10 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
     for name in cfg.modality_kinds:
         if name not in names:
             raise ConfigError(f"{source}: data.modality_kinds.{name}: unknown modality (have: {', '.join(names)})")
+    for name in names:  # before any split is carved, so a sample number is the file's row
+        for split in SPLITS:
+            if f"{split}_{name}" in arrays:
+                check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
     keys = [*names, "label"]
     for split, seed_offset in (("val", 0), ("test", 1)):
         if f"{split}_label" not in arrays:
@@ -121,8 +125,6 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             cfg.modality_kinds.get(name),
             source,
         )
-        for split in SPLITS:
-            check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
         if kind == "tokens":
             vocab = int(max(arrays[f"{s}_{name}"].max() for s in SPLITS)) + 1
             for split in SPLITS:

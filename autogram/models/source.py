@@ -26,6 +26,15 @@ from autogram.config import ConfigError, ModelSource
 PYTHON_OBJECTS: dict[str, Any] = {}
 
 
+def use_python_path(folders: list[Path]) -> None:
+    """Put the config's ``python_path`` folders first on ``sys.path`` (once each)."""
+    import sys
+
+    for folder in reversed([str(Path(f).resolve()) for f in folders]):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
 def resolve_factory(path: str, field: str) -> Callable[..., Any]:
     """The callable ``path`` names (``package.module:function``), or a one-line ConfigError."""
     try:

@@ -39,9 +39,10 @@ class Tap:
         return self.shape[0]
 
     def describe(self) -> str:
-        """One table row: name, depth, shape and module path."""
+        """One table row: name, modality, depth, shape and (when it differs from the name) module path."""
         dims = "x".join(str(d) for d in self.shape)
-        return f"{self.name:<16} depth {self.depth:.2f}  {dims:<10} {self.module_path}"
+        path = "" if self.module_path == self.name else self.module_path
+        return f"{self.name:<20} {self.modality:<12} depth {self.depth:.2f}  {dims:<10} {path}".rstrip()
 
 
 @dataclass(frozen=True)
