@@ -63,8 +63,7 @@ def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, flo
 def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
     """Median step time of each loss variant / the CE+KD step, teacher cached."""
     from autogram.distill import Objective, _step
-    from autogram.models import resolved_taps
-    from autogram.runtime import pick_device
+    from autogram.runtime import DeviceSplit, pick_device
     from autogram.teacher import ensure_teacher
     from autogram.teacher_cache import CachedTeacher, ensure_cache
     from autogram.trial import prepare
@@ -79,17 +78,16 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     cfg = validate(base)
     device = pick_device(cfg.device)
     handle = ensure_teacher(cfg.teacher, data, device)
-    taps = resolved_taps(handle.model, data)
-    cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
-    train = {k: torch.from_numpy(v).to(device) for k, v in data.splits["train"].inputs.items()}
-    labels = torch.from_numpy(data.splits["train"].labels).to(device)
+    cache_dir = ensure_cache(handle.model, handle.key, data, handle.taps, device, cfg.teacher.cache_dir / "signals")
+    train = DeviceSplit(data.splits["train"], device)
+    labels = train.labels
     batch = cfg.train.batch_size
     setups = {}
     for name, overrides in variants.items():
         raw = json.loads(json.dumps(base))
         raw["distill"].update(overrides)
         vcfg = validate(raw)
-        parts = prepare(vcfg, device, data)
+        parts = prepare(vcfg, device, data, teacher=handle)
         objective = Objective(vcfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
         objective = objective.to(device)
         signals = CachedTeacher(cache_dir, objective.teacher_taps, device) if objective.needs_teacher else None
@@ -100,7 +98,7 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     # Variants take turns step by step, so a change in machine load hits them all alike.
     for step in range(steps + 5):
         idx = torch.arange(step * batch, (step + 1) * batch) % len(labels)
-        inputs = {k: v[idx] for k, v in train.items()}
+        inputs = train.batch(idx.to(device))
         for name, (student, objective, signals, optimizer) in setups.items():
             start = time.perf_counter()
             _step(student, objective, signals, optimizer, device, idx, inputs, inputs, labels[idx])

@@ -125,3 +125,39 @@ def test_spectrogram_masking_blanks_a_band_in_each_axis() -> None:
     for sample in out[:, 0]:
         assert (sample == 0).all(axis=1).sum() == 2  # a 2-bin frequency band
         assert (sample == 0).all(axis=0).sum() == 2  # a 2-frame time band
+
+
+def test_every_float_modality_kind_gets_missing_and_noise() -> None:
+    from autogram.data.base import Modality
+
+    rng = np.random.default_rng(0)
+    modalities = [
+        Modality("feats", "vector", (12,)),
+        Modality("wave", "waveform", (200,)),
+        Modality("clip", "video", (3, 1, 6, 6)),
+        Modality("words", "tokens", (10,), vocab_size=30),
+    ]
+    inputs = {
+        "feats": rng.normal(size=(8, 12)).astype(np.float32),
+        "wave": rng.normal(size=(8, 200)).astype(np.float32),
+        "clip": rng.normal(size=(8, 3, 1, 6, 6)).astype(np.float32),
+        "words": rng.integers(1, 30, size=(8, 10)),
+    }
+    names = [c.name for c in suite(modalities, [0.5, 2.0])]
+    for name in ("feats", "wave", "clip"):
+        assert [n for n in names if n.startswith(f"{name}:")] == [
+            f"{name}:missing",
+            f"{name}:noise@0.5",
+            f"{name}:noise@2",
+        ]
+    assert "words:dropout" in names
+    for corruption in suite(modalities, [0.5, 2.0]):
+        out = apply(inputs, modalities, corruption, seed=0, scale={"wave": 3.0})
+        changed = out[corruption.modality]
+        assert changed.shape == inputs[corruption.modality].shape
+        assert not np.array_equal(changed, inputs[corruption.modality])
+        assert all(np.array_equal(out[k], v) for k, v in inputs.items() if k != corruption.modality)
+    # Noise is in units of the modality's scale: 3x the spread for a scale of 3.
+    wave = next(c for c in suite(modalities, [2.0]) if c.name == "wave:noise@2")
+    delta = apply(inputs, modalities, wave, seed=0, scale={"wave": 3.0})["wave"] - inputs["wave"]
+    assert abs(delta.std() - 6.0) < 0.3

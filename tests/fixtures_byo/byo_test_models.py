@@ -104,3 +104,15 @@ class PairDataset(torch.utils.data.Dataset):
 def make_datasets(n_train: int = 240) -> dict[str, PairDataset]:
     """The data factory: train, val and test datasets."""
     return {"train": PairDataset(n_train, 0), "val": PairDataset(80, 1), "test": PairDataset(80, 2)}
+
+
+def make_student_checked(data, width: int = 4) -> TinyStudent:  # noqa: ANN001
+    """A student factory that needs a setting shipped to Ray workers (``BYO_MARK``); the driver,
+    which builds one student to plan the search before Ray starts, needs none."""
+    import os
+
+    import ray
+
+    if ray.is_initialized() and os.environ.get("BYO_MARK") != "shipped":
+        raise RuntimeError(f"BYO_MARK is {os.environ.get('BYO_MARK')!r} in this process")
+    return make_student(data, width)

@@ -1,0 +1,194 @@
+"""The whole loop on the user's own models and data: a Hugging Face teacher and a torchvision
+student named by import path, AV-MNIST-shaped data in a Hugging Face dataset on disk, and
+the Python API with in-memory objects. Real local Ray, real sqlite stores, no built-in model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+EXAMPLE = ROOT / "examples" / "byo"
+FIXTURES = ROOT / "tests" / "fixtures_byo"
+sys.path[:0] = [str(EXAMPLE), str(FIXTURES)]
+TINY_ARCH = {"hidden": 32, "layers": 3, "heads": 2}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, with built-in models forbidden in every process it starts."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "AUTOGRAM_NO_BUILTIN_MODELS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def byo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's preparation: a DatasetDict on disk and a (briefly) trained teacher, then a config."""
+    from avmnist_byo.data import save_dataset, synthetic_arrays
+    from avmnist_byo.training import train_teacher
+
+    work = tmp_path_factory.mktemp("byo")
+    save_dataset(synthetic_arrays(n_train=300, n_test=80), work / "hf")
+    train_teacher(work / "hf", work / "teacher", epochs=2, arch=TINY_ARCH)
+    config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
+    config["python_path"] = [str(EXAMPLE)]
+    config["data"]["hf"] = str(work / "hf")
+    config["teacher"]["kwargs"] = {"folder": str(work / "teacher")}
+    config["teacher"]["cache_dir"] = str(work / "teachers")
+    config["student"]["kwargs"] = {"width": 8}
+    config["train"].update(epochs=2, batch_size=32)
+    config["search"].update(trials=3, concurrency=2)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+def test_layers_lists_the_user_models_taps_and_pairing(byo: Path) -> None:
+    proc = _cli("layers", "config.yaml", "--json", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    layers = json.loads(proc.stdout)
+    for modality in ("image", "audio"):
+        teacher = [t for t in layers["teacher"] if t["modality"] == modality and t["role"] == "feature"]
+        assert len(teacher) >= 3 and all(t["module_path"].startswith(f"{modality}.") for t in teacher)
+        assert all(len(t["shape"]) == 2 for t in teacher)  # (tokens, hidden) of the ViT / AST blocks
+        student = [t for t in layers["student"] if t["modality"] == modality and t["role"] == "feature"]
+        assert [t["module_path"] for t in student] == [f"branches.{modality}.{i}" for i in range(3)]
+    assert [t["module_path"] for t in layers["teacher"] if t["modality"] == "fused"] == ["fusion.layers.0"]
+    assert len(layers["default_pairs"]) == 6
+    assert all(p.split(":")[0].split(".")[1] == p.split(":")[1].split(".")[0] for p in layers["default_pairs"])
+
+
+def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> None:
+    proc = _cli("search", "config.yaml", "--out", "runs", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = byo / "runs" / "byo"
+    front = json.loads((folder / "front.json").read_text())
+    spec = json.loads((folder / "search.json").read_text())
+    assert len(front["trials"]) == 3 and {t["status"] for t in front["trials"]} == {"ok"}
+    assert any(t["pareto"] for t in front["trials"])
+    assert spec["teacher_source"]["factory"] == "avmnist_byo.models:load_teacher" and spec["teacher"] == ""
+    caches = list((byo / "teachers" / "signals").iterdir())
+    manifest = json.loads((caches[0] / "manifest.json").read_text())
+    # Only what a candidate pair or the cross-modal term can use: never the fused layer.
+    assert len(caches) == 1 and not any(name.startswith("fusion") for name in manifest["arrays"])
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{byo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("byo")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("autogram.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert parent[0].data.tags["teacher_key"] == spec["teacher_key"]
+
+    proc = _cli("export", "byo", "--pick", "knee", "-o", "best.yaml", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = yaml.safe_load((byo / "best.yaml").read_text())
+    assert exported["teacher"]["factory"] == "avmnist_byo.models:load_teacher"
+    assert exported["teacher"]["kwargs"] == {"folder": str(byo / "teacher")}
+    assert exported["teacher"]["checkpoint_key"] == spec["teacher_key"] and exported["teacher"]["checkpoint"] is None
+    assert exported["student"]["factory"] == "avmnist_byo.models:make_student"
+    trial = next(t for t in front["trials"] if t["number"] == exported["provenance"]["trial"])
+
+    proc = _cli("train", "best.yaml", "--json", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert abs(result["accuracy"] - trial["values"]["accuracy"]) <= 0.01
+    assert abs(result["robustness"] - trial["values"]["robustness"]) <= 0.01
+
+    # The safetensors copy carries the user's own parameter names; the MLflow model is the
+    # user's module, logged with its code, and predicts what the safetensors student predicts.
+    from avmnist_byo.models import AVStudent
+    from safetensors.torch import load_file
+
+    weights = load_file(str(byo / result["student_path"]))
+    assert "branches.image.0.0.weight" in weights
+    mlflow.set_tracking_uri(f"sqlite:///{byo / 'mlflow.db'}")
+    try:
+        logged = mlflow.pytorch.load_model(result["model_uri"])
+        model_dir = Path(mlflow.artifacts.download_artifacts(result["model_uri"], dst_path=str(byo / "model")))
+        assert (model_dir / "code" / "avmnist_byo" / "models.py").is_file()  # code_paths: loads without this repo
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert type(logged).__name__ == "AVStudent"
+    student = AVStudent(dict.fromkeys(logged.branches, 1), num_classes=4, width=8)  # the data's modality order
+    student.load_state_dict(weights)
+    batch = {"image": torch.randn(3, 1, 28, 28), "audio": torch.randn(3, 1, 32, 32)}
+    with torch.no_grad():
+        assert torch.allclose(logged.eval()(batch), student.eval()(batch))
+
+    again = _cli("train", "best.yaml", "--resume", cwd=byo)
+    assert again.returncode == 2 and "already finished" in again.stderr
+
+    # New teacher weights: a new key, so the exported config refuses the changed teacher.
+    from avmnist_byo.training import train_teacher
+
+    train_teacher(byo / "hf", byo / "teacher", epochs=1, arch=TINY_ARCH, seed=1)
+    (byo / "other.yaml").write_text((byo / "best.yaml").read_text())
+    changed = _cli("train", "other.yaml", cwd=byo)
+    assert changed.returncode == 2 and "teacher.checkpoint_key" in changed.stderr and "changed" in changed.stderr
+
+
+def test_python_api_with_in_memory_teacher_student_and_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import byo_test_models as user
+    import optuna
+
+    import autogram
+
+    monkeypatch.setenv("AUTOGRAM_NO_BUILTIN_MODELS", "1")  # inherited by the local Ray's workers
+    raw = {
+        "name": "api",
+        "device": "cpu",
+        "teacher": {"cache_dir": str(tmp_path / "teachers")},
+        "student": {"kwargs": {"width": 4}},
+        "train": {"epochs": 2, "batch_size": 32},
+        "search": {"trials": 3, "concurrency": 2},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    front = autogram.search(
+        tmp_path / "run.yaml",
+        teacher=user.make_teacher(),
+        student=user.make_student,
+        data=user.make_datasets(),
+        out=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert len(front["trials"]) == 3 and {t["status"] for t in front["trials"]} == {"ok"}
+    spec = json.loads((tmp_path / "runs" / "api" / "search.json").read_text())
+    assert spec["teacher_source"]["source"] == "python"
+    study = optuna.load_study(study_name="api", storage=f"sqlite:///{tmp_path / 'runs' / 'api' / 'optuna.db'}")
+    assert len(study.trials) == 3
+
+
+def test_runtime_env_reaches_every_trial(tmp_path: Path) -> None:
+    """The student factory refuses to build inside a Ray worker unless BYO_MARK arrived there
+    through ``search.runtime_env``; the driver's own environment does not have it."""
+    raw = {
+        "name": "env",
+        "device": "cpu",
+        "python_path": [str(FIXTURES)],
+        "data": {"factory": "byo_test_models:make_datasets"},
+        "teacher": {"factory": "byo_test_models:make_teacher", "cache_dir": str(tmp_path / "teachers")},
+        "student": {"factory": "byo_test_models:make_student_checked"},
+        "train": {"epochs": 1, "batch_size": 32},
+        "search": {"trials": 2, "concurrency": 2, "runtime_env": {"env_vars": {"BYO_MARK": "shipped"}}},
+    }
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
+    assert "BYO_MARK" not in os.environ
+    proc = _cli("search", "env.yaml", "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "runs" / "env" / "front.json").read_text())
+    assert [t["status"] for t in front["trials"]] == ["ok", "ok"]
