@@ -122,11 +122,11 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
             click.echo(f"  {tap.describe()}")
     click.echo("\ndefault pairing (same modality, nearest relative depth):")
     for pair in auto:
-        click.echo(f"  {pair.student.name:<20} -> {pair.teacher.name}")
+        click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
     if cfg.distill.pairs != "auto":
         click.echo("\nconfigured pairs (distill.pairs):")
         for pair in parts["pairs"]:
-            click.echo(f"  {pair.student.name:<20} -> {pair.teacher.name}")
+            click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
     click.echo(
         "\ncross-modal term taps (embeddings entering fusion): "
         f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
