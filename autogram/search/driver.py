@@ -21,7 +21,6 @@ log = logging.getLogger("autogram")
 TUNE_DIR = "tune"
 STUDY_FILE = "optuna.db"
 FRONT_FILE = "front.json"
-
 SPEC_FILE = "search.json"
 
 
@@ -114,6 +113,9 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path 
     from autogram.search.worker import trainable
 
     resources = plan.config.search.resources
+    shipped = dict(plan.python_objects or {})
+    if cache_dir is not None:  # trials read the cache: an in-memory teacher need not travel
+        shipped.pop(plan.config.teacher.python or "", None)
     # Through the object store, once per worker: data, the built-in teacher's bytes, the
     # teacher's taps and key (all a trial reading the cache needs), in-memory user objects.
     fn = tune.with_parameters(
@@ -124,7 +126,7 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path 
         data=data,
         teacher_blob=blob,
         teacher_meta=replace(teacher, model=None),
-        python_objects=plan.python_objects or {},
+        python_objects=shipped,
         cpus=resources.cpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
     )
