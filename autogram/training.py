@@ -302,7 +302,7 @@ def _log_model(
     import numpy as np
     from mlflow.models import infer_signature
 
-    from autogram.models.source import Adapted, code_roots
+    from autogram.models.source import Adapted, code_packages
 
     student = student.cpu().eval()
     example = data.splits["val"].rows(np.arange(min(2, len(data.splits["val"]))))
@@ -313,7 +313,7 @@ def _log_model(
         from autogram.models.source import PYTHON_OBJECTS
 
         source = config.student
-        code_paths = code_roots(source.factory or PYTHON_OBJECTS.get(source.python or "")) or None
+        code_paths = code_packages(source.factory or PYTHON_OBJECTS.get(source.python or "")) or None
         # The logged module is the user's own: its input example names inputs its way.
         example = {student.arguments[k]: v for k, v in example.items()}
         student = student.tap_root()

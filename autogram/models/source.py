@@ -223,10 +223,16 @@ def user_teacher_key(cfg: ModelSource, model: nn.Module) -> str:
 def code_roots(*targets: Any) -> list[str]:
     """Folders to put on ``sys.path`` so that these import paths / objects import elsewhere
     (Ray workers): the folder holding each top-level package."""
+    return sorted({str(Path(p).parent) for p in code_packages(*targets)}, key=lambda r: r)
+
+
+def code_packages(*targets: Any) -> list[str]:
+    """The top-level package folder (or single module file) of each import path / object that
+    is not installed in site-packages: what MLflow's ``code_paths`` copies beside a model."""
     import importlib.util
     import sys
 
-    roots = []
+    found = []
     for target in targets:
         if target is None:
             continue
@@ -243,7 +249,7 @@ def code_roots(*targets: Any) -> list[str]:
         if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
             continue
         origin = Path(spec.origin)
-        root = origin.parent.parent if origin.name == "__init__.py" else origin.parent
-        if "site-packages" not in root.parts and str(root) not in roots:
-            roots.append(str(root))
-    return roots
+        package = origin.parent if origin.name == "__init__.py" else origin
+        if "site-packages" not in package.parts and str(package) not in found:
+            found.append(str(package))
+    return found
