@@ -44,9 +44,10 @@ def byo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_teacher(work / "hf", work / "teacher", epochs=2, arch=TINY_ARCH)
     config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
     config["python_path"] = [str(EXAMPLE)]
-    config["data"]["hf"] = str(work / "hf")
-    config["teacher"]["kwargs"] = {"folder": str(work / "teacher")}
-    config["teacher"]["cache_dir"] = str(work / "teachers")
+    # Relative paths, as a user writes them: they must mean the same on every Ray worker.
+    config["data"]["hf"] = "hf"
+    config["teacher"]["kwargs"] = {"folder": "teacher"}
+    config["teacher"]["cache_dir"] = "teachers"
     config["student"]["kwargs"] = {"width": 8}
     config["train"].update(epochs=2, batch_size=32)
     config["search"].update(trials=3, concurrency=2)
@@ -96,7 +97,7 @@ def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     exported = yaml.safe_load((byo / "best.yaml").read_text())
     assert exported["teacher"]["factory"] == "avmnist_byo.models:load_teacher"
-    assert exported["teacher"]["kwargs"] == {"folder": str(byo / "teacher")}
+    assert exported["teacher"]["kwargs"] == {"folder": "teacher"}
     assert exported["teacher"]["checkpoint_key"] == spec["teacher_key"] and exported["teacher"]["checkpoint"] is None
     assert exported["student"]["factory"] == "avmnist_byo.models:make_student"
     trial = next(t for t in front["trials"] if t["number"] == exported["provenance"]["trial"])

@@ -22,6 +22,7 @@ TUNE_DIR = "tune"
 STUDY_FILE = "optuna.db"
 FRONT_FILE = "front.json"
 SPEC_FILE = "search.json"
+CHDIR_ENV = "RAY_CHDIR_TO_TRIAL_DIR"
 
 
 @dataclass
@@ -318,6 +319,9 @@ def run_search(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Per-epoch reports carry only the training curve; the objectives come in the final one.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Trials run in the driver's working directory, not one folder per trial: relative paths
+    # in the config (data, python_path, a factory's kwargs) mean the same on every worker.
+    os.environ.setdefault(CHDIR_ENV, "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     key = str(plan.directory)
@@ -326,6 +330,8 @@ def run_search(
     try:
         if not ray.is_initialized():
             runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else None
+            if runtime_env is not None:  # a cluster's workers do not inherit this process's environment
+                runtime_env["env_vars"] = {CHDIR_ENV: os.environ[CHDIR_ENV], **runtime_env.get("env_vars", {})}
             ray.init(
                 address=address,
                 include_dashboard=False,
