@@ -24,7 +24,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", type=Path, default=NPZ)
     parser.add_argument("--synthetic", action="store_true", help="a synthetic stand-in instead of AV-MNIST")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "work")
     args = parser.parse_args()
     if not args.synthetic and not args.npz.is_file():
