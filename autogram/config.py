@@ -256,6 +256,8 @@ class TrialConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     search: SearchConfig = SearchConfig()
+    # Where an exported config came from (search, trial, MLflow run, its scores); free-form.
+    provenance: dict[str, Any] | None = None
 
     @field_validator("python_path")
     @classmethod
@@ -264,9 +266,6 @@ class TrialConfig(_Strict):
             if not folder.is_dir():
                 raise ValueError(f"folder not found: {folder}")
         return value
-
-    # Where an exported config came from (search, trial, MLflow run, its scores); free-form.
-    provenance: dict[str, Any] | None = None
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -56,23 +56,17 @@ class DeviceSplit:
     def chunks(self, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Consecutive ``(inputs, labels)`` chunks, in order."""
         for start in range(0, len(self), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self)))
-            yield self.batch(idx.to(self.device) if self.full is not None else idx), self.labels[idx.to(self.device)]
+            idx = torch.arange(start, min(start + batch_size, len(self)), device=self.device)
+            yield self.batch(idx), self.labels[idx]
 
 
 def split_accuracy(model: torch.nn.Module, split: DeviceSplit, batch_size: int, device: torch.device) -> float:
     """Top-1 accuracy over a whole :class:`DeviceSplit`."""
     if split.full is not None:
         return accuracy(model, split.full, split.labels, batch_size, device)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for inputs, labels in split.chunks(batch_size):
-            with autocast(device):
-                logits = model(inputs)
-            correct += int((logits.argmax(dim=1) == labels).sum())
-    model.train(was_training)
+    correct = sum(
+        correct_count(model, inputs, labels, batch_size, device) for inputs, labels in split.chunks(batch_size)
+    )
     return correct / max(len(split), 1)
 
 
@@ -106,6 +100,26 @@ def drop_modalities(
 
 
 @torch.no_grad()
+def correct_count(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> int:
+    """How many of ``labels`` ``model`` gets right (top-1, eval mode; its train/eval mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, labels.shape[0], batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        with autocast(device):
+            logits = model(batch)
+        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct
+
+
 def accuracy(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
@@ -114,14 +128,4 @@ def accuracy(
     device: torch.device,
 ) -> float:
     """Top-1 accuracy of ``model`` in eval mode, restoring its train/eval mode afterwards."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    n = labels.shape[0]
-    for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-        with autocast(device):
-            logits = model(batch)
-        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / n
+    return correct_count(model, inputs, labels, batch_size, device) / labels.shape[0]

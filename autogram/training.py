@@ -192,8 +192,10 @@ def train(
         raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
     if resume:  # a finished or re-budgeted run is refused before anything loads
         _check_resumable(ckpt_dir, config.train.epochs)
+    from autogram.models.source import PYTHON_OBJECTS
+
     for role, source in (("teacher", config.teacher), ("student", config.student)):
-        if source.source == "python" and source.python not in _registered():
+        if source.source == "python" and source.python not in PYTHON_OBJECTS:
             raise ConfigError(
                 f"{role}.python: this config names an in-memory {role} ({source.python}); train it from Python with "
                 f"autogram.train(config, {role}=...)"
@@ -262,12 +264,6 @@ def train(
         run_id,
     )
     return result
-
-
-def _registered() -> set[str]:
-    from autogram.models.source import PYTHON_OBJECTS
-
-    return set(PYTHON_OBJECTS)
 
 
 def _check_resumable(directory: Path, epochs: int) -> None:

@@ -48,7 +48,7 @@ def evaluate_robustness(
     import torch
 
     from autogram.data.corruptions import corrupted_views
-    from autogram.runtime import accuracy, to_tensors
+    from autogram.runtime import accuracy, correct_count, to_tensors
 
     part = data.splits[split]
     severities, scale = cfg.eval.noise_severities, data.noise_scale
@@ -71,8 +71,8 @@ def evaluate_robustness(
             *((c.name, v) for c, v in corrupted_views(rows, data.modalities, severities, cfg.seed, scale, number)),
         ]
         for name, view in views:
-            hits = accuracy(model, to_tensors(view, device), labels, size, device) * len(labels)
-            correct[name] = correct.get(name, 0) + round(hits)
+            hits = correct_count(model, to_tensors(view, device), labels, size, device)
+            correct[name] = correct.get(name, 0) + hits
     total = max(len(part), 1)
     clean = correct.pop("clean") / total
     return clean, {name: hits / total for name, hits in correct.items()}

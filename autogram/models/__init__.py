@@ -90,17 +90,11 @@ def model_taps(model: torch.nn.Module, cfg: StudentConfig | TeacherConfig, data:
     if cfg.taps is None and hasattr(model, "taps"):
         return resolved_taps(model, data)
     from autogram.models.discover import find_taps
-    from autogram.models.source import Adapted
 
+    # The tap search's first forward pass is the model's first real call: an output without
+    # logits fails there, named (``Adapted.forward``).
     device = next(iter(model.parameters()), None)
     example = {k: v.to(device.device if device is not None else "cpu") for k, v in example_inputs(data, 8).items()}
-    if isinstance(model, Adapted):  # the first real call: a missing-logits output fails here, named
-        was_training = model.training
-        import torch
-
-        with torch.no_grad():
-            model.eval()(example)
-        model.train(was_training)
     return find_taps(model, cfg, example, role, [m.name for m in data.modalities])
 
 

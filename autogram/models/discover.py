@@ -12,7 +12,6 @@ changes with two or more is ``fused`` (after the modalities meet). ``modality_of
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -166,15 +165,13 @@ def find_taps(
             taps.append(Tap(name, modality, (i + 1) / len(members), path, "feature", layout, shape))
     for modality in modalities:
         path = cfg.embeddings.get(modality)
-        if path is None:
-            last = [t for t in taps if t.modality == modality]
-            if not last:
-                continue
-            path, layout = last[-1].module_path, last[-1].layout
-        else:
-            shape = tuple(base[path].shape[1:]) if base.get(path) is not None else ()
-            layout = _guess_layout(root.get_submodule(path), shape)
+        last = [t for t in taps if t.modality == modality]
+        if path is None and not last:
+            continue
+        named = path is not None
+        path = path if named else last[-1].module_path  # default: the modality's last tap
         shape = tuple(base[path].shape[1:]) if base.get(path) is not None else ()
+        layout = _guess_layout(root.get_submodule(path), shape) if named else last[-1].layout
         taps.append(Tap(f"{modality}.embed", modality, 1.0, path, "embedding", layout, shape))
     names = [t.name for t in taps]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -185,4 +182,4 @@ def find_taps(
             f"{role}: no taps found in {what} (no ModuleList/Sequential child returns a 3-D or 4-D tensor); "
             f"name them with {role}.taps: [{{name, module_path, modality}}]"
         )
-    return [replace(t) for t in taps]
+    return taps

@@ -223,7 +223,7 @@ def user_teacher_key(cfg: ModelSource, model: nn.Module) -> str:
 def code_roots(*targets: Any) -> list[str]:
     """Folders to put on ``sys.path`` so that these import paths / objects import elsewhere
     (Ray workers): the folder holding each top-level package."""
-    return sorted({str(Path(p).parent) for p in code_packages(*targets)}, key=lambda r: r)
+    return sorted({str(Path(p).parent) for p in code_packages(*targets)})
 
 
 def code_packages(*targets: Any) -> list[str]:
