@@ -12,7 +12,9 @@ machine, on the built-in data at the quickstart config's default sizes (unless n
 - ``orchestration_overhead``: a small search's wall time / (sum of its trial times /
   concurrency) - 1;
 - ``hv_sampler`` vs ``hv_random``: median hypervolume after N trials over several seeds, for
-  the configured sampler and for random search, with one shared reference point.
+  the configured sampler and for random search, with one shared reference point;
+- ``gpu_*``: trials per hour, GPU busy fraction, peak memory and per-trial overhead of the
+  same trials packed 1, 4 and 8 to a GPU (:mod:`autogram.bench_gpu`; null without CUDA).
 """
 
 from __future__ import annotations
@@ -95,13 +97,18 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
         optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
         setups[name] = (student, objective, signals, optimizer)
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    # A step queues GPU work without waiting for it: wait before reading the clock.
+    settle = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     # Variants take turns step by step, so a change in machine load hits them all alike.
     for step in range(steps + 5):
         idx = torch.arange(step * batch, (step + 1) * batch) % len(labels)
-        inputs = train.batch(idx.to(device))
+        on_device = idx.to(device)
+        inputs = train.batch(on_device, idx)
         for name, (student, objective, signals, optimizer) in setups.items():
+            settle()
             start = time.perf_counter()
-            _step(student, objective, signals, optimizer, device, idx, inputs, inputs, labels[idx])
+            _step(student, objective, signals, optimizer, device, idx, inputs, inputs, labels[on_device])
+            settle()
             if step >= 5:  # warm-up steps excluded
                 samples[name].append(time.perf_counter() - start)
     times = {name: statistics.median(values) for name, values in samples.items()}
@@ -139,6 +146,7 @@ def _search(raw: dict[str, Any], root: Path, name: str) -> dict[str, Any]:
     document = run_search(plan, track=False)
     events = [json.loads(line) for line in (plan.directory / "trials.jsonl").read_text().splitlines()]
     document["trial_seconds"] = [e["seconds"] for e in events if e["event"] == "complete" and e.get("seconds")]
+    document["events"] = events
     return document
 
 
@@ -193,6 +201,7 @@ def efficiency(base: dict[str, Any], root: Path, trials: int, seeds: int, epochs
 
 def run_bench(cfg: TrialConfig, quick: bool = False) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks the searches (fewer trials, epochs and seeds)."""
+    from autogram.bench_gpu import gpu_figures
     from autogram.data import load_data
 
     base = cfg.model_dump(mode="json")
@@ -200,19 +209,21 @@ def run_bench(cfg: TrialConfig, quick: bool = False) -> dict[str, Any]:
     data = load_data(cfg.data)
     started = time.perf_counter()
     out: dict[str, Any] = {}
-    log.info("bench 1/5: trial wall time, teacher cached vs live")
+    log.info("bench 1/6: trial wall time, teacher cached vs live")
     out.update(cache_speedup(base, data, epochs=2 if quick else base["train"]["epochs"]))
-    log.info("bench 2/5: training-step time per loss variant")
+    log.info("bench 2/6: training-step time per loss variant")
     out["step_ratio"] = step_ratios(base, data)
-    log.info("bench 3/5: Gram GFLOP/s vs matmul")
+    log.info("bench 3/6: Gram GFLOP/s vs matmul")
     out.update(gram_throughput())
     with tempfile.TemporaryDirectory(prefix="autogram-bench-") as tmp:
         root = Path(tmp)
-        log.info("bench 4/5: search orchestration overhead")
+        log.info("bench 4/6: search orchestration overhead")
         out.update(orchestration(base, root, trials=4, concurrency=2, epochs=1 if quick else 6))
-        log.info("bench 5/5: search efficiency, %s vs random", base["search"]["sampler"])
+        log.info("bench 5/6: search efficiency, %s vs random", base["search"]["sampler"])
         small = json.loads(json.dumps(base))
         small["data"]["builtin"].update(n_train=1000, n_val=400)  # many searches: keep each short
         out.update(efficiency(small, root, trials=6 if quick else 12, seeds=3, epochs=2 if quick else 4))
+        log.info("bench 6/6: GPU throughput of packed trials (null without CUDA)")
+        out.update(gpu_figures(base, root, trials=8 if quick else 32, search=_search))
     out["bench_seconds"] = time.perf_counter() - started
     return out

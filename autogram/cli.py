@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,10 @@ log = logging.getLogger("autogram")
 
 
 def _setup_logging(quiet: bool) -> None:
+    # MLflow's per-download progress bar says nothing a user needs (exports read one file).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Its database set-up lines ("Creating initial MLflow database tables") need no action.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[autogram] %(message)s"))
     log.handlers[:] = [handler]
@@ -43,9 +48,14 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _quiet_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--quiet`` / ``-q``: every command takes it."""
+    return click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")(fn)
+
+
 def _config_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Shared CONFIG argument, ``--set`` overrides and ``--quiet`` for commands taking a config."""
-    fn = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")(fn)
+    fn = _quiet_option(fn)
     fn = click.option(
         "--set",
         "overrides",
@@ -239,10 +249,11 @@ def search(
 @click.argument("name")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON (front.json's shape).")
+@_quiet_option
 @_user_errors
-def front(name: str, tracking_uri: str | None, as_json: bool) -> None:
+def front(name: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
     """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
-    _setup_logging(quiet=True)
+    _setup_logging(quiet)
     from autogram.search.front import format_front
     from autogram.tracking import read_front
     from autogram.tracking import tracking_uri as resolve_uri
@@ -268,6 +279,7 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="YAML file to write.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs of the full run (default: the trial's budget).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@_quiet_option
 @_user_errors
 def export(
     source: str,
@@ -277,11 +289,12 @@ def export(
     output: str,
     epochs: int | None,
     tracking_uri: str | None,
+    quiet: bool,
 ) -> None:
     """Write a training config for one point of a search's front (SOURCE: search, experiment or folder)."""
     from pathlib import Path
 
-    _setup_logging(quiet=False)
+    _setup_logging(quiet)
     from autogram.export import export as run_export
 
     raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri)
@@ -328,11 +341,12 @@ def train_command(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--quick", is_flag=True, help="Smaller searches (fewer trials and epochs): a rough look in less time.")
 @click.option("--json", "as_json", is_flag=True, help="Print all figures as one JSON object.")
+@_quiet_option
 @_user_errors
-def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool) -> None:
+def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, quiet: bool) -> None:
     """Measure, side by side: teacher cache speed-up, loss-term step costs, Gram GFLOP/s,
     search orchestration overhead and search efficiency (sampler vs random)."""
-    cfg = _load(config, overrides, quiet=False)
+    cfg = _load(config, overrides, quiet)
     from autogram.bench import run_bench
 
     result = run_bench(cfg, quick=quick)
@@ -356,6 +370,19 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool) -
         f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
         f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
     )
+    if result["gpu_trials_per_hour"] is None:
+        click.echo("GPU figures: none (no CUDA device)")
+        return
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    click.echo("trials packed on one GPU:  concurrency  trials/hour  GPU busy  peak MB/trial  overhead/trial")
+    for key, per_hour in result["gpu_trials_per_hour"].items():
+        click.echo(
+            f"  {key:>24}  {fmt(per_hour, '11.0f')}  {fmt(result['gpu_busy_fraction'][key], '8.1%')}  "
+            f"{fmt(result['gpu_peak_memory_mb'][key], '13.0f')}  {fmt(result['gpu_trial_overhead'][key], '14.1%')}"
+        )
 
 
 if __name__ == "__main__":

@@ -324,12 +324,17 @@ def _is_union_tag(part: object) -> bool:
     return isinstance(part, str) and ("[" in part or part[:1].isupper() or part in {"float", "int", "str", "bool"})
 
 
-def _format_error(source: str, exc: ValidationError) -> str:
+def _main_error(exc: ValidationError) -> tuple[dict[str, Any], str]:
     errors = exc.errors()
     # For a union (a number or a range), the branch that matched the input's shape says more
     # than "not a valid number": prefer value errors over type mismatches.
     err = next((e for e in errors if e["type"] not in _TYPE_ERRORS), errors[0])
-    loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+    return err, ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    errors = exc.errors()
+    err, loc = _main_error(exc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -367,5 +372,14 @@ def validate(raw: dict[str, Any], source: str = "<config>") -> TrialConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
     """Load and validate a trial config from YAML, applying ``dotted.key=value`` overrides."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), list(overrides or []))
-    return validate(raw, str(path))
+    overrides = list(overrides or [])
+    raw = apply_overrides(read_yaml(path), overrides)
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        # A bad value given with --set is named as the override, not as the file.
+        _, loc = _main_error(exc)
+        key_of = {item: item.split("=", 1)[0].strip() for item in overrides}
+        culprit = [i for i, k in key_of.items() if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+        source = f"--set {culprit[-1]}" if culprit else str(path)
+        raise ConfigError(_format_error(source, exc)) from None

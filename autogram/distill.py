@@ -22,7 +22,7 @@ from autogram.data.base import MultiModalData
 from autogram.features import capture
 from autogram.losses import ce_loss, cross_modal_gram_loss, gram_loss, kd_loss
 from autogram.models.taps import Tap, TapPair
-from autogram.runtime import DeviceSplit, autocast, batch_indices, drop_modalities, split_accuracy
+from autogram.runtime import autocast, batch_indices, device_split, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
 
 log = logging.getLogger("autogram")
@@ -168,17 +168,52 @@ def _step(
     inputs: dict[str, torch.Tensor],
     labels: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns the terms and ``loss``. A non-finite loss is not applied."""
+    """One optimisation step; returns the terms and ``loss``, still on the device.
+
+    Nothing here reads a value back to the host (that would stall a GPU every step): the
+    loop checks the losses for non-finite values every few steps and ends a diverged trial.
+    """
     signals = teacher(idx, clean) if teacher is not None else None
     with autocast(device), capture(student, objective.student_taps) as feats:
         logits = student(inputs)
     terms = objective(logits, feats, labels, signals)
     loss = objective.total(terms)
-    if torch.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
     return {**terms, "loss": loss}
+
+
+# Steps whose losses stay on the device before the loop reads them (one sync per this many):
+# a diverged trial is noticed at most this many steps late.
+SYNC_EVERY = 32
+
+
+def _drain(
+    pending: list[tuple[int, dict[str, torch.Tensor]]], sums: dict[str, float], outcome: TrainOutcome, epoch: int
+) -> bool:
+    """Read the pending steps' terms in one transfer, add them to ``sums`` and ``outcome``;
+    returns True (and marks ``outcome`` diverged) at the first non-finite loss."""
+    if not pending:
+        return False
+    keys = list(pending[0][1])
+    table = torch.stack([torch.stack([terms[k].detach().float() for k in keys]) for _, terms in pending]).tolist()
+    pending_sizes = [size for size, _ in pending]
+    pending.clear()
+    loss_at = keys.index("loss")
+    for size, row in zip(pending_sizes, table, strict=True):
+        if not math.isfinite(row[loss_at]):
+            bad = [k for k, v in zip(keys, row, strict=True) if k != "loss" and not math.isfinite(v)]
+            outcome.status = "diverged"
+            outcome.reason = f"non-finite loss ({row[loss_at]}) at epoch {epoch} step {outcome.steps + 1}" + (
+                f"; non-finite terms: {', '.join(bad)}" if bad else "; every term finite, the weighted sum overflowed"
+            )
+            return True
+        outcome.steps += 1
+        outcome.samples += size
+        for key, value in zip(keys, row, strict=True):
+            sums[key] = sums.get(key, 0.0) + value
+    return False
 
 
 def train_student(
@@ -199,9 +234,10 @@ def train_student(
     and scaled by the number of samples trained. ``hooks`` let a caller restore the loop's
     state before the first epoch (a resume) and checkpoint it after each epoch.
     """
-    train = DeviceSplit(data.splits["train"], device)
+    # Kept on the device for the next trial of this process (a search worker runs many).
+    train = device_split(data, "train", device)
     labels = train.labels
-    val = DeviceSplit(data.splits["val"], device)
+    val = device_split(data, "val", device)
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * math.ceil(len(labels) / cfg.batch_size)
@@ -217,37 +253,29 @@ def train_student(
     for epoch in range(first_epoch, cfg.epochs + 1):
         start = time.perf_counter()
         sums: dict[str, float] = {}
-        batches = 0
-        for idx in batch_indices(len(labels), cfg.batch_size, generator):
-            idx = idx.to(device)
-            clean = train.batch(idx)
+        steps_before = outcome.steps
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        diverged = False
+        for host_idx, idx in batch_indices(len(labels), cfg.batch_size, generator, device):
+            clean = train.batch(idx, host_idx)
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.
             inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
-            args = (student, objective, teacher, optimizer, device, idx, clean, inputs, labels[idx])
-            if outcome.steps == 0:
+            args = (student, objective, teacher, optimizer, device, host_idx, clean, inputs, labels[idx])
+            if outcome.steps == 0 and not pending:
                 flops, step_terms = _count_flops(_step, *args)
-                outcome.flops_per_sample = flops / len(idx)
+                outcome.flops_per_sample = flops / len(host_idx)
             else:
                 step_terms = _step(*args)
-            loss_value = float(step_terms["loss"].detach())
-            if not math.isfinite(loss_value):
-                bad = [k for k, v in step_terms.items() if k != "loss" and not torch.isfinite(v)]
-                outcome.status = "diverged"
-                outcome.reason = f"non-finite loss ({loss_value}) at epoch {epoch} step {outcome.steps + 1}" + (
-                    f"; non-finite terms: {', '.join(bad)}"
-                    if bad
-                    else "; every term finite, the weighted sum overflowed"
-                )
-                break
             schedule.step()
-            outcome.steps += 1
-            outcome.samples += len(idx)
-            batches += 1
-            for k, v in step_terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            pending.append((len(host_idx), step_terms))
+            if len(pending) >= SYNC_EVERY and _drain(pending, sums, outcome, epoch):
+                diverged = True
+                break
+        diverged = diverged or _drain(pending, sums, outcome, epoch)
+        batches = outcome.steps - steps_before
         outcome.seconds += time.perf_counter() - start
-        if outcome.status != "ok":
+        if diverged:
             log.warning("trial diverged: %s", outcome.reason)
             break
         metrics = {k: v / max(batches, 1) for k, v in sums.items()}

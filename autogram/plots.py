@@ -215,8 +215,11 @@ def save_figures(figures: dict[str, Any], directory: Path, png: bool = True) -> 
             pio.write_images(list(figures.values()), paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
             written.extend(paths)
         except Exception as exc:  # kaleido needs a Chromium; the HTML files are still there
+            # kaleido's message starts with blank lines: its first real line says why.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             log.warning(
-                "PNG plots skipped (%s): install Chromium (e.g. Debian's chromium) for them",
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                "PNG plots skipped (%s); the HTML plots are written. For PNG copies install Chromium "
+                "(e.g. Debian's chromium)",
+                lines[0] if lines else type(exc).__name__,
             )
     return written

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The share of its GPU this process may use (``resources.gpu`` of a packed trial), set once
+# per worker process by :func:`limit_gpu_memory`.
+_GPU_FRACTION = 1.0
+
+
+def limit_gpu_memory(device: torch.device, fraction: float) -> None:
+    """Cap this process's GPU memory at ``fraction`` of the device, so trials packed on one GPU
+    (``resources.gpu`` < 1) cannot take each other's memory; an allocation beyond it fails in
+    this trial alone."""
+    global _GPU_FRACTION
+    if device.type == "cuda" and 0 < fraction < 1:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        _GPU_FRACTION = fraction
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes of GPU memory this process may allocate (its share of the device)."""
+    return int(torch.cuda.get_device_properties(device).total_memory * _GPU_FRACTION)
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; nothing on CPU, where fp32 keeps trials bit-for-bit repeatable."""
     if device.type == "cuda":
@@ -32,6 +54,38 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def to_tensors(inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Move a split's arrays to ``device`` once, so batches are cheap index views."""
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a small host tensor goes to a GPU through pinned memory without
+    blocking, so the training loop never waits for the GPU to drain its queue."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+# Splits already moved to a device, kept for the next trial of the same worker process: a
+# search's trials share one data set, so each worker copies it to its GPU once, not per trial.
+# Keyed by data fingerprint, split and device; a few entries at most (bounded memory).
+_RESIDENT: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+RESIDENT_ENTRIES = 6
+
+
+def resident(key: tuple[str, str, str], build: Callable[[], Any]) -> Any:
+    """The value kept under ``key`` in this process, built by ``build()`` on first use."""
+    if key in _RESIDENT:
+        _RESIDENT.move_to_end(key)
+        return _RESIDENT[key]
+    value = build()
+    _RESIDENT[key] = value
+    while len(_RESIDENT) > RESIDENT_ENTRIES:
+        _RESIDENT.popitem(last=False)
+    return value
+
+
+def device_split(data: Any, name: str, device: torch.device) -> DeviceSplit:
+    """``data.splits[name]`` as a :class:`DeviceSplit`, reused across trials in one process."""
+    return resident((data.fingerprint, name, str(device)), lambda: DeviceSplit(data.splits[name], device))
 
 
 class DeviceSplit:
@@ -47,11 +101,13 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The inputs of samples ``idx`` on the device."""
+    def batch(self, idx: torch.Tensor, host_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The inputs of samples ``idx`` (on the device; ``host_idx``: the same on the host, which
+        spares a lazy split a device-to-host copy) on the device."""
         if self.full is not None:
             return {k: v[idx] for k, v in self.full.items()}
-        return to_tensors(self.split.rows(idx.cpu().numpy()), self.device)  # type: ignore[attr-defined]
+        rows = (host_idx if host_idx is not None else idx.cpu()).numpy()
+        return to_tensors(self.split.rows(rows), self.device)  # type: ignore[attr-defined]
 
     def chunks(self, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Consecutive ``(inputs, labels)`` chunks, in order."""
@@ -70,13 +126,18 @@ def split_accuracy(model: torch.nn.Module, split: DeviceSplit, batch_size: int, 
     return correct / max(len(split), 1)
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """A seeded shuffle of ``range(n)`` cut into batches (the last may be smaller, never < 2)."""
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded shuffle of ``range(n)`` cut into batches (the last may be smaller, never < 2),
+    each as ``(host indices, the same on device)``: the epoch's order moves to the device
+    in one copy, not one per step."""
     order = torch.randperm(n, generator=generator)
+    on_device = to_device(order, device) if device is not None else order
     for start in range(0, n, batch_size):
         chunk = order[start : start + batch_size]
         if chunk.numel() >= 2:  # BatchNorm and B x B Grams need two samples
-            yield chunk
+            yield chunk, on_device[start : start + batch_size]
 
 
 def drop_modalities(
@@ -90,10 +151,11 @@ def drop_modalities(
     keep_one = torch.randint(len(modalities), (n,), generator=generator)
     all_dropped = drop.all(dim=1)
     drop[all_dropped, keep_one[all_dropped]] = False
+    drop = to_device(drop, next(iter(inputs.values())).device)  # one copy per batch
     out = {}
     for j, modality in enumerate(modalities):
         x = inputs[modality.name]
-        mask = drop[:, j].to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        mask = drop[:, j].view(-1, *([1] * (x.dim() - 1)))
         blank = torch.full_like(x, MASK_TOKEN) if modality.kind == "tokens" else torch.zeros_like(x)
         out[modality.name] = torch.where(mask, blank, x)
     return out
@@ -110,14 +172,15 @@ def correct_count(
     """How many of ``labels`` ``model`` gets right (top-1, eval mode; its train/eval mode is restored)."""
     was_training = model.training
     model.eval()
-    correct = 0
+    # Counted on the device and read once: no host-device sync per batch.
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for start in range(0, labels.shape[0], batch_size):
         batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
         with autocast(device):
             logits = model(batch)
-        correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum()
     model.train(was_training)
-    return correct
+    return int(correct)
 
 
 def accuracy(

@@ -153,14 +153,16 @@ class SearchTracker:
             status, state = "pruned", "KILLED"
         else:
             status, state = str(result.get("status", "ok")), "FINISHED"
-            keys = ("accuracy", "robustness", "cost", "train_seconds", "train_gflops")
-            metrics = {k: result[k] for k in keys if k in result}
+            keys = ("accuracy", "robustness", "cost", "train_seconds", "train_gflops", "eval_seconds", "gpu_peak_mb")
+            metrics = {k: result[k] for k in keys if result.get(k) is not None}
             metrics.update(
                 {k.replace("corruption.", "corruption/"): v for k, v in result.items() if k.startswith("corruption.")}
             )
             log_metrics(self.client, run_id, metrics)
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
+        if result.get("device"):
+            self.client.set_tag(run_id, "device", str(result["device"]))
         self.client.set_tag(run_id, "status", status)
         self.client.set_terminated(run_id, state)
 

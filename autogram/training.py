@@ -315,6 +315,13 @@ def _log_model(
         student = student.tap_root()
     # MLflow warns that pyfunc serving takes no dict input; the PyTorch flavour loads fine.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    # Its warning about the pickle format names no reason and no alternative: ours does.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    log.info(
+        "mlflow: the student is logged in MLflow's pickle format (it takes a dict of tensors, which the "
+        "pickle-free 'pt2' format cannot describe); the pickle-free copy is %s (also logged under student/)",
+        student_path,
+    )
     # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, which child
     # processes would inherit; put the caller's environment back afterwards.
     previous = os.environ.get("MLFLOW_TRACKING_URI")

@@ -6,6 +6,7 @@ Imports neither Ray nor MLflow: a trial runs and tests on its own.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class TrialResult:
     teacher: dict[str, Any] = field(default_factory=dict)
     student_params: int = 0
     device: str = "cpu"
+    eval_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -48,17 +50,26 @@ def evaluate_robustness(
     import torch
 
     from autogram.data.corruptions import corrupted_views
-    from autogram.runtime import accuracy, correct_count, to_tensors
+    from autogram.runtime import accuracy, correct_count, resident, to_tensors
 
     part = data.splits[split]
     severities, scale = cfg.eval.noise_severities, data.noise_scale
     if part.in_memory:  # the whole split at once, as it always was: same draws, same scores
-        labels = torch.from_numpy(part.labels).to(device)
-        clean = accuracy(model, to_tensors(part.inputs, device), labels, cfg.eval.batch_size, device)
-        scores = {
-            c.name: accuracy(model, to_tensors(view, device), labels, cfg.eval.batch_size, device)
-            for c, view in corrupted_views(part.inputs, data.modalities, severities, cfg.seed, scale)
-        }
+
+        def views() -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[str, dict[str, torch.Tensor]]]]:
+            corrupted = corrupted_views(part.inputs, data.modalities, severities, cfg.seed, scale)
+            return (
+                torch.from_numpy(part.labels).to(device),
+                to_tensors(part.inputs, device),
+                [(c.name, to_tensors(view, device)) for c, view in corrupted],
+            )
+
+        # The corrupted copies are the same for every trial of a search: a worker keeps them
+        # on its device instead of corrupting and copying the split again for each trial.
+        key = (data.fingerprint, f"eval:{split}:{cfg.seed}:{severities}:{scale}", str(device))
+        labels, inputs, corrupted = resident(key, views)
+        clean = accuracy(model, inputs, labels, cfg.eval.batch_size, device)
+        scores = {name: accuracy(model, view, labels, cfg.eval.batch_size, device) for name, view in corrupted}
         return clean, scores
     # A lazy split is read chunk by chunk; each chunk is scored clean and under every corruption.
     correct: dict[str, int] = {}
@@ -189,7 +200,9 @@ def run_trial(
             signals = LiveTeacher(handle.model, objective.teacher_taps, device)
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
+    eval_started = time.perf_counter()
     clean, corruptions = evaluate_robustness(parts["student"], data, config, device)
+    eval_seconds = time.perf_counter() - eval_started
     robustness = sum(corruptions.values()) / len(corruptions)
     flops_per_sample = outcome.flops_per_sample
     if teacher_info.get("source") == "cache":
@@ -217,6 +230,7 @@ def run_trial(
         teacher=teacher_info,
         student_params=parameter_count(parts["student"]),
         device=str(device),
+        eval_seconds=eval_seconds,
     )
     log.info(
         "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",

@@ -71,6 +71,11 @@ def plan_search(
     from autogram.trial import prepare
 
     space = cfg.search.space
+    if cfg.device == "cuda" and cfg.search.resources.gpu == 0:
+        raise ConfigError(
+            "search.resources.gpu: 0, but device is cuda: give each trial a share of a GPU "
+            "(e.g. 0.25 packs four trials on one GPU)"
+        )
     parts = prepare(cfg, pick_device(cfg.device), data)
     try:
         pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
@@ -129,6 +134,7 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path 
         teacher_meta=replace(teacher, model=None),
         python_objects=shipped,
         cpus=resources.cpu,
+        gpus=resources.gpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
     )
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
@@ -254,6 +260,35 @@ def _code_path(plan: SearchPlan, address: str | None) -> dict[str, str] | None:
     return {"PYTHONPATH": previous or ""}
 
 
+TOKEN_WARNING = "ray._private.authentication.authentication_token_setup"
+
+
+def _init_ray(address: str | None, runtime_env: dict[str, Any] | None) -> None:
+    """``ray.init``, with Ray's token-auth notice replaced by one line that says what it means."""
+    import ray
+
+    # Ray warns at every start that it turned token authentication on; that needs no action
+    # on one machine, so one line of ours says what it means instead.
+    notice = logging.getLogger(TOKEN_WARNING)
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+        )
+    finally:
+        notice.setLevel(level)
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        log.info(
+            "ray: token authentication is on (only processes holding this cluster's token can join it or run "
+            "code on it); nothing to do on one machine, see the README's Clusters section for more nodes"
+        )
+
+
 def run_search(
     plan: SearchPlan, resume: bool = False, address: str | None = None, track: bool = True
 ) -> dict[str, Any]:
@@ -275,6 +310,11 @@ def run_search(
     plan.directory.mkdir(parents=True, exist_ok=True)
     data = plan.data if plan.data is not None else load_data(cfg.data)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and cfg.search.resources.gpu == 0:
+        log.info(
+            "trials run on the CPU: search.resources.gpu is 0 (the teacher and its cache use the GPU); "
+            "set it to pack trials on the GPU, e.g. --set search.resources.gpu=0.25"
+        )
     handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)  # once
     handle.model.to(device)
     blob = handle.path.read_bytes() if cfg.teacher.source == "builtin" else None
@@ -322,6 +362,10 @@ def run_search(
     # Trials run in the driver's working directory, not one folder per trial: relative paths
     # in the config (data, python_path, a factory's kwargs) mean the same on every worker.
     os.environ.setdefault(CHDIR_ENV, "0")
+    # Results go to Optuna, MLflow and trials.jsonl; Ray's default loggers (TensorBoard, CSV,
+    # JSON per trial) add nothing but files and, for metric names like ``noise@0.5``, one
+    # "Summary name ... is illegal" warning per metric per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     key = str(plan.directory)
@@ -332,13 +376,7 @@ def run_search(
             runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else None
             if runtime_env is not None:  # a cluster's workers do not inherit this process's environment
                 runtime_env["env_vars"] = {CHDIR_ENV: os.environ[CHDIR_ENV], **runtime_env.get("env_vars", {})}
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env=runtime_env,
-            )
+            _init_ray(address, runtime_env)
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,

@@ -18,9 +18,13 @@ class Progress:
         self.plan = plan
         self.total = total
         self.events = plan.directory / EVENTS_FILE
-        self.best: dict[str, float] = {}
+        # Best value per objective and the Optuna number of the trial it came from.
+        self.best: dict[str, tuple[float, Any]] = {}
         self.running: set[str] = set()
         previous = [json.loads(line) for line in self.events.read_text().splitlines()] if self.events.exists() else []
+        # Ray's trial ids mean nothing to a user: lines name trials by Optuna's number, as the
+        # front table and MLflow do (a resumed search learns earlier numbers from the event log).
+        self.numbers: dict[str, Any] = {e["trial"]: e.get("number") for e in previous if e["event"] == "start"}
         self.counts = {
             "done": sum(e["event"] == "complete" for e in previous),
             "failed": sum(e.get("status") == "failed" for e in previous),
@@ -33,6 +37,7 @@ class Progress:
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         """Record the start."""
         self.running.add(trial_id)
+        self.numbers[trial_id] = config.get("trial_number")
         self._event("start", trial_id, number=config.get("trial_number"))
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -49,22 +54,33 @@ class Progress:
         else:
             status = str(result.get("status", "ok"))
         self.counts["done"] += 1
-        self._event("complete", trial_id, status=status, seconds=result.get("time_total_s"))
+        number = self.numbers.get(trial_id)
+        self._event(
+            "complete",
+            trial_id,
+            number=number,
+            status=status,
+            seconds=result.get("time_total_s"),
+            train_seconds=result.get("train_seconds"),
+            eval_seconds=result.get("eval_seconds"),
+            gpu_peak_mb=result.get("gpu_peak_mb"),
+        )
         values = ""
         if status == "ok":
             for objective in self.plan.objectives:
-                value = float(result[objective["name"]])
-                better = max if objective["direction"] == "maximize" else min
-                self.best[objective["name"]] = better(self.best.get(objective["name"], value), value)
+                name, value = objective["name"], float(result[objective["name"]])
+                sign = 1 if objective["direction"] == "maximize" else -1
+                if name not in self.best or sign * value > sign * self.best[name][0]:
+                    self.best[name] = (value, number)
             values = "  " + "  ".join(f"{o['name']} {float(result[o['name']]):.4g}" for o in self.plan.objectives)
         elif status == "pruned":
             values = f"  stopped after epoch {result.get('epoch', '?')}"
         elif result.get("reason"):
             values = f"  ({result['reason']})"
-        best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
+        best = ", ".join(f"{k} {v:.4g} (trial {n})" for k, (v, n) in self.best.items()) or "-"
         log.info(
             "trial %s %s%s | done %d/%d, running %d, failed %d | best so far: %s",
-            trial_id,
+            number if number is not None else trial_id,
             status,
             values,
             self.counts["done"],

@@ -2,7 +2,9 @@
 
 Data and the teacher's checkpoint bytes arrive once per worker through
 ``tune.with_parameters`` (the object store), never through the config: trials run no
-teacher training and need no shared disk.
+teacher training and need no shared disk. Ray reuses a worker process for the next
+trial, and what a trial moved to its device (data splits, corrupted evaluation copies,
+the teacher or its cached signals) stays there for it (:func:`autogram.runtime.resident`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def _flat_result(result: Any) -> dict[str, Any]:
         "status": result.status,
         "reason": result.reason,
         "epochs_done": result.epochs,
+        "eval_seconds": result.eval_seconds,
+        "device": result.device,
         FINAL: True,
     }
     out.update({f"corruption.{name}": acc for name, acc in result.corruptions.items()})
@@ -58,6 +62,7 @@ def trainable(
     teacher_meta: Any = None,
     python_objects: dict[str, Any] | None = None,
     cpus: float = 1.0,
+    gpus: float = 0.0,
     cache_dir: str | None = None,
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
@@ -65,7 +70,7 @@ def trainable(
     from ray import tune
 
     from autogram.models.source import PYTHON_OBJECTS
-    from autogram.runtime import pick_device
+    from autogram.runtime import limit_gpu_memory, resident
     from autogram.teacher import teacher_from_bytes
     from autogram.trial import run_trial
 
@@ -81,21 +86,44 @@ def trainable(
         return
     try:
         trial_cfg = validate(trial_config(base, config, space, candidates), "search trial")
+        device = _trial_device(trial_cfg.device, gpus)
     except ConfigError as exc:
         tune.report(_infeasible(str(exc)))
         return
 
+    trial_cfg = trial_cfg.model_copy(update={"device": device.type})
+    limit_gpu_memory(device, gpus)
     # With the cache, the teacher's key and taps are all a trial needs: no model is built.
-    # Without it, the built-in teacher loads from its bytes; a user's is built here by its
-    # factory (or comes from the object store) when the trial resolves its taps.
+    # Without it, the built-in teacher loads from its bytes once per worker process; a user's
+    # is built here by its factory (or comes from the object store) when the trial resolves its taps.
     teacher = teacher_meta if cache_dir else None
     if not cache_dir and teacher_blob is not None:
-        teacher = teacher_from_bytes(teacher_blob, data, pick_device(trial_cfg.device), teacher_meta.taps)
+        teacher = resident(
+            (teacher_meta.key, "teacher", str(device)),
+            lambda: teacher_from_bytes(teacher_blob, data, device, teacher_meta.taps),
+        )
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({**metrics, "epoch": epoch})
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     # The teacher cache is on local (or shared) disk, built by the driver before any trial.
     cache = Path(cache_dir) if cache_dir else None
     result = run_trial(trial_cfg, report=report, data=data, teacher=teacher, cache_dir=cache)
-    tune.report(_flat_result(result))
+    final = _flat_result(result)
+    final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    tune.report(final)
+
+
+def _trial_device(requested: str, gpus: float) -> Any:
+    """The device a trial trains on: the GPU Ray assigned it (``resources.gpu`` > 0; Ray sets
+    CUDA_VISIBLE_DEVICES, so it is ``cuda``), else the CPU (``auto``)."""
+    import ray
+    import torch
+
+    if gpus > 0 and ray.get_gpu_ids():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise ConfigError("device: cuda, but Ray assigned this trial no GPU (set search.resources.gpu > 0)")
+    return torch.device("cpu")
