@@ -143,6 +143,7 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path 
 def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     import optuna
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from autogram.search.callbacks import DriverCallback
     from autogram.search.optuna_search import AutogramOptunaSearch, make_sampler
@@ -183,7 +184,9 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
             name=TUNE_DIR,
             storage_path=str(plan.directory),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[DriverCallback(str(plan.directory))],
+            # Only Ray's JSON logger (its result grid reads result.json): with the default set,
+            # the TensorBoard logger warns "Summary name ... is illegal" for names like noise@0.5.
+            callbacks=[DriverCallback(str(plan.directory)), JsonLoggerCallback()],
             verbose=0,
         ),
     )
@@ -245,50 +248,6 @@ def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teac
     return configs
 
 
-def _code_path(plan: SearchPlan, address: str | None) -> dict[str, str] | None:
-    """On a local Ray, workers inherit this process's environment: put the folders of the
-    user's factories and in-memory objects on their PYTHONPATH. Returns what to restore."""
-    from autogram.models.source import code_roots
-
-    cfg = plan.config
-    targets = [cfg.teacher.factory, cfg.student.factory, cfg.data.factory, *(plan.python_objects or {}).values()]
-    roots = code_roots(*targets, *(plan.code_targets or []))
-    if address is not None or not roots:
-        return None
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([*roots, *([previous] if previous else [])])
-    return {"PYTHONPATH": previous or ""}
-
-
-TOKEN_WARNING = "ray._private.authentication.authentication_token_setup"
-
-
-def _init_ray(address: str | None, runtime_env: dict[str, Any] | None) -> None:
-    """``ray.init``, with Ray's token-auth notice replaced by one line that says what it means."""
-    import ray
-
-    # Ray warns at every start that it turned token authentication on; that needs no action
-    # on one machine, so one line of ours says what it means instead.
-    notice = logging.getLogger(TOKEN_WARNING)
-    level = notice.level
-    notice.setLevel(logging.ERROR)
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            runtime_env=runtime_env,
-        )
-    finally:
-        notice.setLevel(level)
-    if os.environ.get("RAY_AUTH_MODE") == "token":
-        log.info(
-            "ray: token authentication is on (only processes holding this cluster's token can join it or run "
-            "code on it); nothing to do on one machine, see the README's Clusters section for more nodes"
-        )
-
-
 def run_search(
     plan: SearchPlan, resume: bool = False, address: str | None = None, track: bool = True
 ) -> dict[str, Any]:
@@ -303,6 +262,7 @@ def run_search(
     from autogram.search import callbacks
     from autogram.search.front import build_front, write_json
     from autogram.search.progress import Progress
+    from autogram.search.ray_setup import code_path, init_ray
     from autogram.teacher import ensure_teacher
     from autogram.tracking import SearchTracker, host, temp_artifacts, write_artifacts
 
@@ -362,21 +322,20 @@ def run_search(
     # Trials run in the driver's working directory, not one folder per trial: relative paths
     # in the config (data, python_path, a factory's kwargs) mean the same on every worker.
     os.environ.setdefault(CHDIR_ENV, "0")
-    # Results go to Optuna, MLflow and trials.jsonl; Ray's default loggers (TensorBoard, CSV,
-    # JSON per trial) add nothing but files and, for metric names like ``noise@0.5``, one
-    # "Summary name ... is illegal" warning per metric per trial.
+    # Results go to Optuna, MLflow and trials.jsonl; of Ray's default loggers only the JSON one
+    # is kept (see _tuner): TensorBoard's warns once per metric per trial on names like noise@0.5.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     key = str(plan.directory)
     callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])])
-    restore = _code_path(plan, address)
+    restore = code_path(plan, address)
     try:
         if not ray.is_initialized():
             runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else None
             if runtime_env is not None:  # a cluster's workers do not inherit this process's environment
                 runtime_env["env_vars"] = {CHDIR_ENV: os.environ[CHDIR_ENV], **runtime_env.get("env_vars", {})}
-            _init_ray(address, runtime_env)
+            init_ray(address, runtime_env)
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,
