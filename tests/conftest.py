@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 AVMNIST = ROOT.parent / "shared" / "data" / "avmnist" / "avmnist.npz"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``cuda`` on a machine without a CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_raw(cache_dir: Path) -> dict:
     """A config whose trial runs in a few seconds: small data, small teacher, 2 epochs."""
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -60,6 +61,21 @@ def test_search_writes_front_and_a_loadable_study(tmp_path: Path, teacher_cache:
     assert front["hypervolume"] > 0
     assert all(set(t) >= {"number", "status", "params", "values", "pareto"} for t in front["trials"])
     _check_front_flags(front)
+
+    # The log a user reads: trials named by Optuna's number (as in the front and MLflow), the
+    # best values with the trial they come from, no traceback and no warning needing no action.
+    log = proc.stderr
+    assert "is illegal" not in log and "Traceback" not in log, log
+    assert not list((tmp_path / "runs" / "s" / "tune").rglob("events.out.tfevents*"))  # no TensorBoard logger
+    assert not [line for line in log.splitlines() if " WARNING " in line], log
+    assert log.count("token authentication is on") <= 1 and "Token authentication is enabled" not in log
+    progress = [line for line in log.splitlines() if re.match(r"\[autogram\] trial \d+ ok ", line)]
+    assert sorted(int(line.split()[2]) for line in progress) == [t["number"] for t in front["trials"]]
+    best = re.findall(r"(accuracy|robustness|cost) [\d.e+-]+ \(trial (\d+)\)", progress[-1])
+    by_objective = {name: int(number) for name, number in best}
+    values = {t["number"]: t["values"] for t in front["trials"]}
+    assert values[by_objective["accuracy"]]["accuracy"] == max(v["accuracy"] for v in values.values())
+    assert values[by_objective["cost"]]["cost"] == min(v["cost"] for v in values.values())
 
     study = _study(tmp_path)
     assert len(study.trials) == 5

@@ -1,0 +1,77 @@
+"""What a user reads: ``-q`` on every command, errors that name what was wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, tiny_raw
+
+# Every command, with arguments that make it stop at its first check (exit 2).
+COMMANDS = {
+    "layers": ["layers", "missing.yaml"],
+    "teacher": ["teacher", "missing.yaml"],
+    "trial": ["trial", "missing.yaml"],
+    "search": ["search", "missing.yaml"],
+    "front": ["front", "nosuch"],
+    "export": ["export", "nosuch", "-o", "out.yaml"],
+    "train": ["train", "missing.yaml"],
+    "bench": ["bench", "missing.yaml"],
+}
+
+
+def test_every_command_is_listed_here() -> None:
+    from autogram.cli import main
+
+    assert set(main.commands) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_takes_quiet(command: str, tmp_path: Path) -> None:
+    for flag in ("-q", "--quiet"):
+        proc = run_cli(*COMMANDS[command], flag, cwd=tmp_path)
+        assert "No such option" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and proc.stderr.startswith("autogram: error: "), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_quiet_trial_prints_no_progress(tmp_path: Path, teacher_cache: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    loud = run_cli("trial", "tiny.yaml", "--set", "train.epochs=1", cwd=tmp_path)
+    quiet = run_cli("trial", "tiny.yaml", "--set", "train.epochs=1", "-q", cwd=tmp_path)
+    assert loud.returncode == 0 and quiet.returncode == 0, quiet.stderr
+    assert "[autogram] epoch 1/1" in loud.stderr
+    assert "[autogram]" not in quiet.stderr
+    assert quiet.stdout.splitlines()[:3] == loud.stdout.splitlines()[:3]  # status, accuracy, robustness
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=abc", "autogram: error: --set train.epochs=abc: train.epochs: Input should be a valid integer"),
+        ("teacher.hidden_size=31", "autogram: error: --set teacher.hidden_size=31: teacher: hidden_size (31) must be"),
+        ("train.nope=1", "autogram: error: --set train.nope=1: train.nope: unknown key"),
+    ],
+)
+def test_a_bad_override_is_named_not_the_file(
+    tmp_path: Path, teacher_cache: Path, override: str, expected: str
+) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    proc = run_cli("trial", "tiny.yaml", "--set", override, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(expected), proc.stderr
+    # A bad value in the file itself is still named by the file.
+    raw = tiny_raw(teacher_cache)
+    raw["train"]["epochs"] = "abc"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("trial", "bad.yaml", "--set", "train.lr=0.01", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("autogram: error: bad.yaml: train.epochs:"), proc.stderr
+
+
+def test_a_cuda_search_without_a_gpu_share_is_refused(tmp_path: Path, teacher_cache: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    proc = run_cli("search", "tiny.yaml", "--set", "device=cuda", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("autogram: error: search.resources.gpu: 0"), proc.stderr
+    assert not (tmp_path / "autogram-runs").exists() or not any((tmp_path / "autogram-runs").iterdir())

@@ -1,0 +1,204 @@
+"""Device placement, GPU sizing and the GPU bench figures.
+
+Without a GPU, the ``meta`` device stands in for CUDA: a model on ``meta`` fed a CPU tensor
+fails exactly as a CUDA model fed a CPU tensor does ("Input type (torch.FloatTensor) and
+weight type (torch.cuda.FloatTensor) should be the same"), so every path that feeds a
+model must pass its inputs on the model's own device to get through these tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autogram.config import TrialConfig, load_config
+from autogram.models import build_student, build_teacher, example_inputs, model_taps, parameter_count, resolved_taps
+from autogram.runtime import batch_indices, correct_count
+from autogram.signals import LiveTeacher
+from autogram.teacher import ensure_teacher, teacher_from_bytes
+from autogram.trial import prepare
+from tests.conftest import ROOT
+
+META = torch.device("meta")
+CPU = torch.device("cpu")
+
+
+def test_a_meta_model_fed_host_tensors_fails_like_a_cuda_model(tiny_config: TrialConfig) -> None:
+    """The stand-in is sound: the mistake that crashed the search on CUDA fails here too."""
+    data = prepare(tiny_config, CPU)["data"]
+    teacher = build_teacher(data, tiny_config.teacher.architecture()).to(META)
+    with pytest.raises(RuntimeError, match="not on the expected device"):
+        teacher(example_inputs(data))
+
+
+def test_the_drivers_teacher_and_tap_paths_feed_each_model_on_its_own_device(tiny_config: TrialConfig) -> None:
+    data = prepare(tiny_config, CPU)["data"]
+    trained = ensure_teacher(tiny_config.teacher, data, CPU)  # trains (or reuses) the checkpoint on the CPU
+    on_cpu = [(t.name, t.shape) for t in trained.taps]
+
+    # What the search driver does before the first trial: load the teacher onto the search's
+    # device and list its taps with shapes (the call that crashed on CUDA).
+    handle = ensure_teacher(tiny_config.teacher, data, META)
+    assert next(handle.model.parameters()).device == META
+    assert [(t.name, t.shape) for t in handle.taps] == on_cpu
+    assert [(t.name, t.shape) for t in resolved_taps(handle.model, data)] == on_cpu
+
+    # What a trial does: its student and taps on the trial's device, the teacher from bytes.
+    parts = prepare(tiny_config, META, data, teacher=handle)
+    assert next(parts["student"].parameters()).device == META
+    worker = teacher_from_bytes(trained.path.read_bytes(), data, META, handle.taps)
+    assert next(worker.model.parameters()).device == META
+
+    # The student's taps on a student that already sits on the device.
+    student = build_student(data, tiny_config.student).to(META)
+    assert len(model_taps(student, tiny_config.student, data, "student")) == len(parts["student_taps"])
+
+    # The live teacher and the evaluation get batches from the device they run on.
+    batch = {k: v.to(META) for k, v in example_inputs(data, 4).items()}
+    signals = LiveTeacher(handle.model, handle.taps[:2], META)(torch.arange(4), batch)
+    assert signals.logits.device == META and all(f.device == META for f in signals.features.values())
+    with pytest.raises(RuntimeError, match="meta"):  # counts run on the device; reading one back is the only exit
+        correct_count(student, batch, torch.zeros(4, dtype=torch.long, device=META), 2, META)
+
+
+def test_batch_indices_give_the_same_order_on_the_host_and_the_device() -> None:
+    generator = torch.Generator().manual_seed(3)
+    pairs = list(batch_indices(10, 4, generator, CPU))
+    assert [len(h) for h, _ in pairs] == [4, 4, 2]
+    assert all(torch.equal(h, d) for h, d in pairs)
+    assert sorted(torch.cat([h for h, _ in pairs]).tolist()) == list(range(10))
+    again = [h for h, _ in batch_indices(10, 4, torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a, h) for a, (h, _) in zip(again, pairs, strict=True))
+
+
+def test_gpu_config_is_sized_for_a_gpu() -> None:
+    cfg = load_config(ROOT / "search_spaces" / "gpu.yaml", ["data.builtin.n_train=200", "data.builtin.n_val=100"])
+    from autogram.data import load_data
+
+    data = load_data(cfg.data)
+    with torch.device("meta"):  # sizes only: nothing is allocated
+        teacher = build_teacher(data, cfg.teacher.architecture())
+        student = build_student(data, cfg.student)
+    assert parameter_count(teacher) >= 20_000_000
+    assert parameter_count(student) >= 1_000_000
+    assert cfg.train.batch_size >= 256 and cfg.device == "cuda"
+    assert cfg.search.resources.gpu == pytest.approx(1 / cfg.search.concurrency)
+    assert cfg.search.trials == 32
+
+
+def test_gpu_bench_figures_are_null_without_cuda(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the cuda tests cover the figures")
+    from autogram.bench_gpu import GPU_KEYS, gpu_figures
+
+    def never(*_: object) -> dict:
+        raise AssertionError("no search runs without CUDA")
+
+    assert gpu_figures({}, tmp_path, trials=8, search=never) == dict.fromkeys(GPU_KEYS)
+
+
+def test_trial_overhead_counts_only_trials_after_the_first_wave() -> None:
+    from autogram.bench_gpu import trial_overheads
+
+    events = [
+        {"event": "start", "trial": "a", "time": 0.0},
+        {"event": "start", "trial": "b", "time": 0.5},
+        {"event": "complete", "trial": "a", "time": 10.0, "status": "ok", "train_seconds": 5, "eval_seconds": 1},
+        {"event": "start", "trial": "c", "time": 10.0},
+        {"event": "complete", "trial": "b", "time": 10.5, "status": "ok", "train_seconds": 9, "eval_seconds": 0.5},
+        {"event": "start", "trial": "d", "time": 10.5},
+        {"event": "complete", "trial": "c", "time": 14.0, "status": "ok", "train_seconds": 3, "eval_seconds": 0.6},
+        {"event": "complete", "trial": "d", "time": 14.5, "status": "failed"},
+    ]
+    assert trial_overheads(events, first_wave=2) == [pytest.approx(0.1)]
+    assert trial_overheads(events, first_wave=0)[0] == pytest.approx(0.4)
+
+
+# --- on a GPU (skipped elsewhere) -------------------------------------------------------
+
+
+def _gpu_raw(teacher_cache: Path) -> dict:
+    from tests.conftest import tiny_raw
+
+    raw = tiny_raw(teacher_cache)
+    raw["device"] = "cuda"
+    return raw
+
+
+@pytest.mark.cuda
+def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: Path) -> None:
+    from autogram.config import validate
+    from autogram.teacher_cache import CachedTeacher, ensure_cache
+    from autogram.trial import run_trial
+
+    cfg = validate(_gpu_raw(teacher_cache))
+    result = run_trial(cfg)
+    assert result.status == "ok" and result.device.startswith("cuda") and result.teacher["source"] == "cache"
+    cuda = torch.device("cuda")
+    data = prepare(cfg, cuda)["data"]
+    handle = ensure_teacher(cfg.teacher, data, cuda)
+    assert next(handle.model.parameters()).is_cuda
+    directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, tmp_path / "signals")
+    cached = CachedTeacher(directory, handle.taps, cuda)
+    assert cached.on_device is not None  # resident on the GPU: a batch is an index there
+    out = cached(torch.tensor([0, 5, 9]), {})
+    assert out.logits.is_cuda and out.logits.shape[0] == 3
+
+
+@pytest.mark.cuda
+def test_cuda_training_steps_never_wait_for_the_gpu(teacher_cache: Path) -> None:
+    from autogram.config import validate
+    from autogram.distill import Objective, _step
+    from autogram.runtime import device_split, drop_modalities
+    from autogram.teacher_cache import CachedTeacher, ensure_cache
+
+    cfg = validate(_gpu_raw(teacher_cache))
+    cuda = torch.device("cuda")
+    parts = prepare(cfg, cuda)
+    data = parts["data"]
+    handle = ensure_teacher(cfg.teacher, data, cuda)
+    directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, cfg.teacher.cache_dir / "signals")
+    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(cuda)
+    signals = CachedTeacher(directory, objective.teacher_taps, cuda)
+    student = parts["student"].train()
+    optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
+    train = device_split(data, "train", cuda)
+    generator = torch.Generator().manual_seed(0)
+    batches = list(batch_indices(len(train), 50, generator, cuda))[:4]
+    _step(student, objective, signals, optimizer, cuda, batches[0][0], {}, train.batch(batches[0][1]), train.labels[:1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync below raises
+    try:
+        for host_idx, idx in batches[1:]:
+            clean = train.batch(idx, host_idx)
+            inputs = drop_modalities(clean, data.modalities, 0.2, generator)
+            _step(student, objective, signals, optimizer, cuda, host_idx, clean, inputs, train.labels[idx])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_search_packs_four_trials_on_one_gpu_then_export_and_train(teacher_cache: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from tests.conftest import run_cli
+
+    raw = _gpu_raw(teacher_cache)
+    raw["search"] = {"trials": 4, "concurrency": 4, "resources": {"cpu": 1, "gpu": 0.25}}
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", "gpu.yaml", "--name", "g", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "autogram-runs" / "g" / "front.json").read_text())
+    assert [t["status"] for t in front["trials"]] == ["ok"] * 4
+    events = [json.loads(line) for line in (tmp_path / "autogram-runs" / "g" / "trials.jsonl").read_text().splitlines()]
+    done = [e for e in events if e["event"] == "complete"]
+    assert all(e["gpu_peak_mb"] and e["gpu_peak_mb"] > 0 for e in done)
+    proc = run_cli("export", "g", "-o", "best.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("train", "best.yaml", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["status"] == "ok"
