@@ -59,7 +59,7 @@ def search(
 
     cfg = with_objects(config, teacher, student)
     loaded = load_data(cfg.data, data) if data is not None else None
-    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, data=loaded)
+    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, data=loaded, address=address)
     plan.python_objects = _objects(cfg)
     plan.code_targets = list((data or {}).values())
     return run_search(plan, resume=resume, address=address)

@@ -241,7 +241,7 @@ def search(
     from autogram.search import plan_search, run_search
     from autogram.search.front import format_front
 
-    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment)
+    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address)
     click.echo(format_front(run_search(plan, resume=resume, address=address)))
 
 

@@ -75,3 +75,14 @@ def test_a_cuda_search_without_a_gpu_share_is_refused(tmp_path: Path, teacher_ca
     proc = run_cli("search", "tiny.yaml", "--set", "device=cuda", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("autogram: error: search.resources.gpu: 0"), proc.stderr
     assert not (tmp_path / "autogram-runs").exists() or not any((tmp_path / "autogram-runs").iterdir())
+
+
+def test_a_gpu_share_on_a_machine_without_cuda_is_refused(tmp_path: Path, teacher_cache: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    proc = run_cli("search", "tiny.yaml", "--set", "search.resources.gpu=0.25", cwd=tmp_path)
+    assert proc.returncode == 2 and "search.resources.gpu: 0.25, but this machine has no CUDA device" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -64,8 +64,12 @@ def plan_search(
     tracking_uri: str | None = None,
     experiment: str | None = None,
     data: Any = None,
+    address: str | None = None,
 ) -> SearchPlan:
-    """Validate the space against the real taps and the search directory; raises ConfigError."""
+    """Validate the space against the real taps and the search directory; raises ConfigError.
+
+    ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
+    """
     from autogram.models import resolve_pairs
     from autogram.runtime import pick_device
     from autogram.trial import prepare
@@ -76,6 +80,14 @@ def plan_search(
             "search.resources.gpu: 0, but device is cuda: give each trial a share of a GPU "
             "(e.g. 0.25 packs four trials on one GPU)"
         )
+    if address is None and cfg.search.resources.gpu > 0:
+        import torch
+
+        if not torch.cuda.is_available():  # a local Ray would wait forever for a GPU
+            raise ConfigError(
+                f"search.resources.gpu: {cfg.search.resources.gpu:g}, but this machine has no CUDA device "
+                "(set it to 0, or join a cluster with GPUs with --address)"
+            )
     parts = prepare(cfg, pick_device(cfg.device), data)
     try:
         pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
