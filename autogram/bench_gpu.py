@@ -43,11 +43,12 @@ class UtilisationSampler:
     def __enter__(self) -> UtilisationSampler:
         try:
             import pynvml
-        except ImportError:  # nvidia-ml-py missing: the figure is null, the rest still runs
-            log.warning("bench: nvidia-ml-py is not installed; GPU busy fraction not measured")
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+        except Exception as exc:  # no nvidia-ml-py or no NVIDIA driver: this figure is null
+            log.info("bench: GPU utilisation not sampled (%s)", type(exc).__name__)
             return self
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
 
         def sample() -> None:
             while not self._stop.wait(self.interval):
@@ -95,6 +96,42 @@ def trial_overheads(events: list[dict[str, Any]], first_wave: int) -> list[float
     return shares
 
 
+def packed_run(
+    base: dict[str, Any],
+    root: Path,
+    trials: int,
+    concurrency: int,
+    search: Callable[[dict[str, Any], Path, str], dict[str, Any]],
+    device: str = "cuda",
+) -> dict[str, float | None]:
+    """One search of ``trials`` trials, ``concurrency`` at a time (on CUDA each with 1/concurrency
+    of the GPU): trials per hour, GPU busy fraction, peak MB per trial, median overhead share.
+
+    ``search(raw, root, name)`` runs one untracked search and returns its front document with
+    the driver's ``events``.
+    """
+    raw = json.loads(json.dumps(base))
+    raw["device"] = device
+    raw["search"].update(
+        trials=trials, concurrency=concurrency, sampler="random", seed=0, early_stopping=None, constraints=[]
+    )
+    share = 1.0 / concurrency if device == "cuda" else 0.0
+    raw["search"]["resources"] = {**raw["search"].get("resources", {}), "gpu": share}
+    log.info("bench gpu: %d trials at concurrency %d (%.3g GPU each)", trials, concurrency, share)
+    with UtilisationSampler(visible_gpu_index()) as sampler:
+        document = search(raw, root, f"bench-packed-{device}-{concurrency}")
+    events = document["events"]
+    done = [e for e in events if e["event"] == "complete" and e.get("status") == "ok"]
+    peaks = [e["gpu_peak_mb"] for e in done if e.get("gpu_peak_mb") is not None]
+    shares = trial_overheads(events, first_wave=concurrency)
+    return {
+        "gpu_trials_per_hour": len(done) / document["wall_seconds"] * 3600,
+        "gpu_busy_fraction": sampler.mean,
+        "gpu_peak_memory_mb": max(peaks) if peaks else None,
+        "gpu_trial_overhead": statistics.median(shares) if shares else None,
+    }
+
+
 def gpu_figures(
     base: dict[str, Any],
     root: Path,
@@ -102,33 +139,13 @@ def gpu_figures(
     search: Callable[[dict[str, Any], Path, str], dict[str, Any]],
     concurrencies: tuple[int, ...] = CONCURRENCIES,
 ) -> dict[str, Any]:
-    """Throughput, GPU busy time, peak memory and overhead of packed trials (``null`` without CUDA).
-
-    ``search(raw, root, name)`` runs one untracked search and returns its front document with
-    the driver's ``events``.
-    """
+    """:func:`packed_run` at each concurrency, by key then concurrency (all ``null`` without CUDA)."""
     import torch
 
     if not torch.cuda.is_available():
         return dict.fromkeys(GPU_KEYS)
     out: dict[str, dict[str, float | None]] = {key: {} for key in GPU_KEYS}
     for concurrency in concurrencies:
-        raw = json.loads(json.dumps(base))
-        raw["device"] = "cuda"
-        raw["search"].update(
-            trials=trials, concurrency=concurrency, sampler="random", seed=0, early_stopping=None, constraints=[]
-        )
-        raw["search"]["resources"] = {**raw["search"].get("resources", {}), "gpu": 1.0 / concurrency}
-        log.info("bench gpu: %d trials at concurrency %d (%.3g GPU each)", trials, concurrency, 1.0 / concurrency)
-        with UtilisationSampler(visible_gpu_index()) as sampler:
-            document = search(raw, root, f"bench-gpu-{concurrency}")
-        events = document["events"]
-        done = [e for e in events if e["event"] == "complete" and e.get("status") == "ok"]
-        key = str(concurrency)
-        out["gpu_trials_per_hour"][key] = len(done) / document["wall_seconds"] * 3600
-        out["gpu_busy_fraction"][key] = sampler.mean
-        peaks = [e["gpu_peak_mb"] for e in done if e.get("gpu_peak_mb") is not None]
-        out["gpu_peak_memory_mb"][key] = max(peaks) if peaks else None
-        shares = trial_overheads(events, first_wave=concurrency)
-        out["gpu_trial_overhead"][key] = statistics.median(shares) if shares else None
+        for key, value in packed_run(base, root, trials, concurrency, search).items():
+            out[key][str(concurrency)] = value
     return out

@@ -117,6 +117,28 @@ def test_trial_overhead_counts_only_trials_after_the_first_wave() -> None:
     assert trial_overheads(events, first_wave=0)[0] == pytest.approx(0.4)
 
 
+@pytest.mark.slow
+def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path: Path, teacher_cache: Path) -> None:
+    """The GPU bench's measurement, run on the CPU (a real local Ray search; no NVML there)."""
+    from autogram.bench import _search
+    from autogram.bench_gpu import GPU_KEYS, packed_run
+    from autogram.config import validate
+    from tests.conftest import tiny_raw
+
+    raw = tiny_raw(teacher_cache)
+    raw["train"]["epochs"] = 1
+    base = validate(raw).model_dump(mode="json")
+    figures = packed_run(base, tmp_path, trials=4, concurrency=2, search=_search, device="cpu")
+    assert set(figures) == set(GPU_KEYS)
+    assert figures["gpu_trials_per_hour"] > 0
+    assert figures["gpu_busy_fraction"] is None and figures["gpu_peak_memory_mb"] is None
+    assert 0 <= figures["gpu_trial_overhead"] < 1
+    events = [json.loads(line) for line in (tmp_path / "bench-packed-cpu-2" / "trials.jsonl").read_text().splitlines()]
+    done = [e for e in events if e["event"] == "complete"]
+    assert len(done) == 4 and all(e["train_seconds"] > 0 and e["eval_seconds"] > 0 for e in done)
+    assert sorted(e["number"] for e in done) == [0, 1, 2, 3]
+
+
 # --- on a GPU (skipped elsewhere) -------------------------------------------------------
 
 

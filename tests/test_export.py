@@ -110,6 +110,7 @@ def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
 ) -> None:
     proc = run_cli("export", "exp", "--pick", "accuracy", "-o", "best.yaml", cwd=searched)
     assert proc.returncode == 0, proc.stderr
+    assert "Downloading artifacts" not in proc.stderr  # MLflow's progress bar says nothing here
     config = load_config(searched / "best.yaml")
     provenance = config.provenance
     assert provenance["search"] == "exp" and provenance["mlflow_run_id"] and provenance["trial_epochs"] == 3
@@ -121,6 +122,9 @@ def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
 
     proc = run_cli("train", "best.yaml", "--json", cwd=searched)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # One line of ours on the pickle format, saying why and where the safetensors copy is.
+    assert "Saving pytorch model by Pickle" not in proc.stderr
+    assert "the pickle-free copy is best.student.safetensors" in proc.stderr
     result = json.loads(proc.stdout)
     assert abs(result["accuracy"] - trial["values"]["accuracy"]) <= 0.01
     assert abs(result["robustness"] - trial["values"]["robustness"]) <= 0.01

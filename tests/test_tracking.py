@@ -134,6 +134,7 @@ def test_front_command_agrees_with_front_json(sqlite_search: dict) -> None:
     tmp_path, front = sqlite_search["tmp"], sqlite_search["front"]
     proc = run_cli("front", "tracked", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no MLflow download bar, no log lines: only the JSON, on stdout
     from_mlflow = json.loads(proc.stdout)
     assert from_mlflow["hypervolume"] == pytest.approx(front["hypervolume"])
     assert from_mlflow["reference_point"] == pytest.approx(front["reference_point"])
