@@ -83,6 +83,11 @@ def resident(key: tuple[str, str, str], build: Callable[[], Any]) -> Any:
     return value
 
 
+def is_resident(key: tuple[str, str, str]) -> bool:
+    """Whether this process already keeps a value under ``key``."""
+    return key in _RESIDENT
+
+
 def device_split(data: Any, name: str, device: torch.device) -> DeviceSplit:
     """``data.splits[name]`` as a :class:`DeviceSplit`, reused across trials in one process."""
     return resident((data.fingerprint, name, str(device)), lambda: DeviceSplit(data.splits[name], device))

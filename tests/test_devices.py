@@ -137,6 +137,13 @@ def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path
     done = [e for e in events if e["event"] == "complete"]
     assert len(done) == 4 and all(e["train_seconds"] > 0 and e["eval_seconds"] > 0 for e in done)
     assert sorted(e["number"] for e in done) == [0, 1, 2, 3]
+    # Ray reused the two worker processes, and a reused worker still held the data: the
+    # trials after the first wave started with nothing to load.
+    assert len({e["worker_pid"] for e in done}) == 2
+    starts = sorted((e for e in events if e["event"] == "start"), key=lambda e: e["time"])
+    later = {e["trial"] for e in starts[2:]}
+    assert [e["warm_start"] for e in done if e["trial"] in later] == [True, True]
+    assert not any(e["warm_start"] for e in done if e["trial"] not in later)
 
 
 # --- on a GPU (skipped elsewhere) -------------------------------------------------------

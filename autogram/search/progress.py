@@ -64,6 +64,8 @@ class Progress:
             train_seconds=result.get("train_seconds"),
             eval_seconds=result.get("eval_seconds"),
             gpu_peak_mb=result.get("gpu_peak_mb"),
+            worker_pid=result.get("worker_pid"),
+            warm_start=result.get("warm_start"),
         )
         values = ""
         if status == "ok":

@@ -10,6 +10,7 @@ the teacher or its cached signals) stays there for it (:func:`autogram.runtime.r
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def trainable(
     from ray import tune
 
     from autogram.models.source import PYTHON_OBJECTS
-    from autogram.runtime import limit_gpu_memory, resident
+    from autogram.runtime import is_resident, limit_gpu_memory, resident
     from autogram.teacher import teacher_from_bytes
     from autogram.trial import run_trial
 
@@ -106,6 +107,8 @@ def trainable(
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({**metrics, "epoch": epoch})
 
+    # Whether this worker process kept the data from an earlier trial (Ray reuses workers).
+    warm = data is not None and is_resident((data.fingerprint, "train", str(device)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # The teacher cache is on local (or shared) disk, built by the driver before any trial.
@@ -113,6 +116,7 @@ def trainable(
     result = run_trial(trial_cfg, report=report, data=data, teacher=teacher, cache_dir=cache)
     final = _flat_result(result)
     final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    final.update(worker_pid=os.getpid(), warm_start=warm)
     tune.report(final)
 
 
