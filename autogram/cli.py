@@ -216,6 +216,11 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
 )
 @click.option("--resume", is_flag=True, help="Continue the search NAME after a crash or Ctrl-C.")
 @click.option("--address", help="Address of an existing Ray cluster ('auto' finds a local one).")
+@click.option(
+    "--storage",
+    help="Optuna RDB URL for the study, e.g. postgresql+psycopg://user@host/db (default: search.storage, "
+    "else sqlite in the search folder). Keep the password in PGPASSWORD.",
+)
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--experiment", help="MLflow experiment (default: search.experiment, else the config's name).")
 @_user_errors
@@ -229,6 +234,7 @@ def search(
     out: str,
     resume: bool,
     address: str | None,
+    storage: str | None,
     tracking_uri: str | None,
     experiment: str | None,
 ) -> None:
@@ -237,6 +243,7 @@ def search(
 
     extra = [f"search.trials={trials}"] if trials else []
     extra += [f"search.concurrency={concurrency}"] if concurrency else []
+    extra += [f"search.storage={storage}"] if storage else []
     cfg = _load(config, (*overrides, *extra), quiet)
     from autogram.search import plan_search, run_search
     from autogram.search.front import format_front

@@ -122,6 +122,9 @@ class SearchConfig(_Strict):
     space: SpaceConfig = SpaceConfig()
     # User code and settings for workers; factories named by import path resolve there.
     runtime_env: RuntimeEnv | None = None
+    # The Optuna study's RDB URL (e.g. postgresql+psycopg://user@db:5432/optuna); default: an
+    # sqlite file in the search's folder. A password in it is moved to PGPASSWORD, never written.
+    storage: str | None = None
 
     @field_validator("constraints")
     @classmethod

@@ -161,8 +161,9 @@ class SearchTracker:
             log_metrics(self.client, run_id, metrics)
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
-        if result.get("device"):
-            self.client.set_tag(run_id, "device", str(result["device"]))
+        for key, tag in (("device", "device"), ("node_id", "ray_node_id")):
+            if result.get(key):
+                self.client.set_tag(run_id, tag, str(result[key]))
         self.client.set_tag(run_id, "status", status)
         self.client.set_terminated(run_id, state)
 

@@ -22,7 +22,6 @@ TUNE_DIR = "tune"
 STUDY_FILE = "optuna.db"
 FRONT_FILE = "front.json"
 SPEC_FILE = "search.json"
-CHDIR_ENV = "RAY_CHDIR_TO_TRIAL_DIR"
 
 
 @dataclass
@@ -47,8 +46,9 @@ class SearchPlan:
 
     @property
     def storage_url(self) -> str:
-        """The Optuna RDB storage of this search."""
-        return f"sqlite:///{(self.directory / STUDY_FILE).resolve()}"
+        """The Optuna RDB storage of this search: ``search.storage`` (its password, if any, moved
+        to the environment while planning), else an sqlite file in the search's folder."""
+        return self.config.search.storage or f"sqlite:///{(self.directory / STUDY_FILE).resolve()}"
 
     @property
     def objectives(self) -> list[dict[str, str]]:
@@ -72,22 +72,17 @@ def plan_search(
     """
     from autogram.models import resolve_pairs
     from autogram.runtime import pick_device
+    from autogram.search.cluster import check_execution
     from autogram.trial import prepare
 
+    spec = (out / (name or cfg.name or "") / SPEC_FILE).resolve()
+    if resume and not cfg.search.storage and spec.is_file():  # resume against the study's own database
+        recorded = json.loads(spec.read_text()).get("config", {}).get("search", {}).get("storage")
+        if recorded:
+            cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": recorded})})
+    # Devices, storage and cluster first: a bad one fails in seconds, before models are built.
+    cfg = check_execution(cfg, out, address)
     space = cfg.search.space
-    if cfg.device == "cuda" and cfg.search.resources.gpu == 0:
-        raise ConfigError(
-            "search.resources.gpu: 0, but device is cuda: give each trial a share of a GPU "
-            "(e.g. 0.25 packs four trials on one GPU)"
-        )
-    if address is None and cfg.search.resources.gpu > 0:
-        import torch
-
-        if not torch.cuda.is_available():  # a local Ray would wait forever for a GPU
-            raise ConfigError(
-                f"search.resources.gpu: {cfg.search.resources.gpu:g}, but this machine has no CUDA device "
-                "(set it to 0, or join a cluster with GPUs with --address)"
-            )
     parts = prepare(cfg, pick_device(cfg.device), data)
     try:
         pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
@@ -108,6 +103,7 @@ def plan_search(
     elif directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
     base = cfg.model_dump(mode="json", exclude={"search"})
+    from autogram.credentials import tracking_url
     from autogram.tracking import tracking_uri as resolve_uri
 
     return SearchPlan(
@@ -116,7 +112,7 @@ def plan_search(
         candidates=candidates,
         directory=directory,
         name=name,
-        tracking_uri=resolve_uri(tracking_uri),
+        tracking_uri=tracking_url(resolve_uri(tracking_uri)),
         experiment=experiment or cfg.search.experiment or cfg.name,
         data=parts["data"],
         teacher=parts["teacher"],
@@ -274,7 +270,7 @@ def run_search(
     from autogram.search import callbacks
     from autogram.search.front import build_front, write_json
     from autogram.search.progress import Progress
-    from autogram.search.ray_setup import code_path, init_ray
+    from autogram.search.ray_setup import CHDIR_ENV, code_path, init_ray, ray_runtime_env
     from autogram.teacher import ensure_teacher
     from autogram.tracking import SearchTracker, host, temp_artifacts, write_artifacts
 
@@ -343,11 +339,8 @@ def run_search(
     callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])])
     restore = code_path(plan, address)
     try:
-        if not ray.is_initialized():
-            runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else None
-            if runtime_env is not None:  # a cluster's workers do not inherit this process's environment
-                runtime_env["env_vars"] = {CHDIR_ENV: os.environ[CHDIR_ENV], **runtime_env.get("env_vars", {})}
-            init_ray(address, runtime_env)
+        if not ray.is_initialized():  # a cluster (--address) was joined while planning
+            init_ray(address, ray_runtime_env(cfg, address))
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,

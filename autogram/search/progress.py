@@ -66,6 +66,7 @@ class Progress:
             gpu_peak_mb=result.get("gpu_peak_mb"),
             worker_pid=result.get("worker_pid"),
             warm_start=result.get("warm_start"),
+            node_id=result.get("node_id"),
         )
         values = ""
         if status == "ok":

@@ -54,3 +54,16 @@ def init_ray(address: str | None, runtime_env: dict[str, Any] | None) -> None:
             "ray: token authentication is on (only processes holding this cluster's token can join it or run "
             "code on it); nothing to do on one machine, see the README's Clusters section for more nodes"
         )
+
+
+CHDIR_ENV = "RAY_CHDIR_TO_TRIAL_DIR"
+
+
+def ray_runtime_env(cfg: Any, address: str | None = None) -> dict[str, Any] | None:
+    """``search.runtime_env`` as Ray takes it. On a cluster (``address``) trials also get, through
+    it, what a local Ray's workers inherit: they run in the driver's working directory."""
+    if cfg.search.runtime_env is None and address is None:
+        return None
+    runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else {}
+    runtime_env["env_vars"] = {CHDIR_ENV: os.environ.get(CHDIR_ENV, "0"), **runtime_env.get("env_vars", {})}
+    return runtime_env

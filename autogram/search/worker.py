@@ -67,6 +67,7 @@ def trainable(
     cache_dir: str | None = None,
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
+    import ray
     import torch
     from ray import tune
 
@@ -116,7 +117,7 @@ def trainable(
     result = run_trial(trial_cfg, report=report, data=data, teacher=teacher, cache_dir=cache)
     final = _flat_result(result)
     final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    final.update(worker_pid=os.getpid(), warm_start=warm)
+    final.update(worker_pid=os.getpid(), warm_start=warm, node_id=ray.get_runtime_context().get_node_id())
     tune.report(final)
 
 

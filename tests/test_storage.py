@@ -1,0 +1,147 @@
+"""The Optuna study on a real PostgreSQL: a search, a resume after SIGKILL, and no password in
+any file the search writes or in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT, tiny_raw
+from tests.servers import Postgres, postgres_bin, start_postgres
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    if postgres_bin() is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's postgresql package and root (to run it as user postgres)")
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PGPASSWORD")}
+    full.update({"PYTHONWARNINGS": "ignore", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "autogram", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=900
+    )
+
+
+def _leaks(root: Path, secret: str) -> list[str]:
+    """Every file under ``root`` whose bytes contain ``secret``."""
+    needle = secret.encode()
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def _events(directory: Path) -> list[dict]:
+    path = directory / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_search_and_resume_on_postgresql_write_no_password(
+    postgres: Postgres, tmp_path: Path, teacher_cache: Path
+) -> None:
+    postgres.create_database("study")
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {"trials": 5, "concurrency": 1}
+    (tmp_path / "pg.yaml").write_text(yaml.safe_dump(raw))
+    directory = tmp_path / "runs" / "pg"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["search", "pg.yaml", "--out", "runs", "--name", "pg", "--storage", postgres.url("study")]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "autogram", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 2:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the controller save its state after that completion
+    os.killpg(driver.pid, signal.SIGKILL)
+    out, err = driver.communicate()
+    finished_before = {e["trial"] for e in _events(directory) if e["event"] == "complete"}
+    assert 2 <= len(finished_before) < 5, "the driver must be killed mid-search for the test to mean anything"
+    assert not (directory / "optuna.db").exists()  # the study lives in PostgreSQL
+
+    # The resume names no storage: it is read from search.json; the password from PGPASSWORD.
+    proc = _cli(
+        "search",
+        "pg.yaml",
+        "--out",
+        "runs",
+        "--name",
+        "pg",
+        "--resume",
+        cwd=tmp_path,
+        env={"PGPASSWORD": postgres.password},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="pg", storage=postgres.url("study"))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 5 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 5
+    front = json.loads((directory / "front.json").read_text())
+    assert sum(t["status"] == "ok" for t in front["trials"]) == 5
+    spec = json.loads((directory / "search.json").read_text())
+    assert spec["storage"] == postgres.url("study", with_password=False)
+
+    # The password is in no file of the search (Tune's pickles included), the MLflow store,
+    # its artifacts or the output.
+    assert _leaks(tmp_path, postgres.password) == []
+    for text in (out, err, proc.stdout, proc.stderr):
+        assert postgres.password not in text
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("autogram").experiment_id], max_results=1000)
+    for run in runs:
+        blob = json.dumps([run.data.params, run.data.tags])
+        assert postgres.password not in blob
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("not a url", "search.storage: 'not a url' is not a database URL"),
+        ("mysql+pymysql://u:secret@127.0.0.1/db", "only PostgreSQL URLs may carry one"),
+        ("postgresql+psycopg://postgres:wrong@127.0.0.1:{port}/postgres", "search.storage: cannot connect to"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/postgres", "search.storage: cannot connect to"),
+    ],
+)
+def test_bad_storage_is_one_line_exit_2_and_writes_nothing(
+    postgres: Postgres, tmp_path: Path, teacher_cache: Path, storage: str, expected: str
+) -> None:
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    before = sorted(tmp_path.rglob("*"))
+    proc = _cli("search", "s.yaml", "--storage", storage.format(port=postgres.port), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "secret" not in proc.stderr and ":wrong@" not in proc.stderr  # masked
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_quickstart_still_uses_sqlite_in_the_search_folder() -> None:
+    from autogram.config import load_config
+
+    assert load_config(ROOT / "search_spaces" / "quickstart.yaml").search.storage is None
