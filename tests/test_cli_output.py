@@ -86,3 +86,27 @@ def test_a_gpu_share_on_a_machine_without_cuda_is_refused(tmp_path: Path, teache
     proc = run_cli("search", "tiny.yaml", "--set", "search.resources.gpu=0.25", cwd=tmp_path)
     assert proc.returncode == 2 and "search.resources.gpu: 0.25, but this machine has no CUDA device" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--address", "127.0.0.1:{port}"], "--address 127.0.0.1:{port}: no Ray cluster answers there"),
+        (["--address", "nohost:notaport"], "--address 'nohost:notaport': expected host:port"),
+        (["--set", "search.runtime_env={{pip: [numpy]}}"], "search.runtime_env.pip: unknown key"),
+        (["--storage", "postgresql+psycopg://u@127.0.0.1:{port}/db"], "search.storage: cannot connect to"),
+    ],
+)
+def test_bad_cluster_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, teacher_cache: Path, args: list[str], expected: str
+) -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    before = sorted(tmp_path.rglob("*"))
+    proc = run_cli("search", "tiny.yaml", *[a.format(port=port) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected.format(port=port) in lines[0], proc.stderr
+    assert sorted(tmp_path.rglob("*")) == before

@@ -49,7 +49,7 @@ def init_ray(address: str | None, runtime_env: dict[str, Any] | None) -> None:
         )
     finally:
         notice.setLevel(level)
-    if os.environ.get("RAY_AUTH_MODE") == "token":
+    if address is None and os.environ.get("RAY_AUTH_MODE") == "token":  # a cluster's owner set up its token
         log.info(
             "ray: token authentication is on (only processes holding this cluster's token can join it or run "
             "code on it); nothing to do on one machine, see the README's Clusters section for more nodes"
