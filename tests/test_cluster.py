@@ -90,7 +90,7 @@ def _events(directory: Path) -> list[dict]:
 def test_search_runs_trials_on_both_nodes_with_the_users_code(cluster: RayCluster, tmp_path: Path) -> None:
     worker = cluster.start_node()
     head = cluster.nodes[0]
-    config = _user_config(tmp_path, trials=4, epochs=1, n_train=240)
+    config = _user_config(tmp_path, trials=4, epochs=4, n_train=3000)  # as the node-kill test: wall times compare
     proc = subprocess.run(
         _search_command(config, cluster, tmp_path / "runs"),
         cwd=tmp_path,
