@@ -348,18 +348,26 @@ def train_command(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--quick", is_flag=True, help="Smaller searches (fewer trials and epochs): a rough look in less time.")
 @click.option("--json", "as_json", is_flag=True, help="Print all figures as one JSON object.")
+@click.option("--gpu-only", is_flag=True, help="Only the GPU figures (trials packed 1, 4 and 8 to a GPU).")
 @_quiet_option
 @_user_errors
-def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, quiet: bool) -> None:
+def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, gpu_only: bool, quiet: bool) -> None:
     """Measure, side by side: teacher cache speed-up, loss-term step costs, Gram GFLOP/s,
-    search orchestration overhead and search efficiency (sampler vs random)."""
+    search orchestration overhead, search efficiency (sampler vs random) and, on a GPU, the
+    throughput of trials packed on it."""
     cfg = _load(config, overrides, quiet)
     from autogram.bench import run_bench
 
-    result = run_bench(cfg, quick=quick)
+    result = run_bench(cfg, quick=quick, gpu_only=gpu_only)
     if as_json:
         click.echo(json.dumps(result))
         return
+    if not gpu_only:
+        _print_bench(result)
+    _print_gpu_bench(result)
+
+
+def _print_bench(result: dict[str, Any]) -> None:
     click.echo(
         f"teacher cache: trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached']:.1f}s "
         f"cached -> speed-up {result['cache_speedup']:.2f}x"
@@ -377,6 +385,9 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, q
         f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
         f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
     )
+
+
+def _print_gpu_bench(result: dict[str, Any]) -> None:
     if result["gpu_trials_per_hour"] is None:
         click.echo("GPU figures: none (no CUDA device)")
         return

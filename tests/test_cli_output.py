@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli, tiny_raw
+from tests.conftest import ROOT, run_cli, tiny_raw
 
 # Every command, with arguments that make it stop at its first check (exit 2).
 COMMANDS = {
@@ -110,3 +110,18 @@ def test_bad_cluster_input_is_one_line_exit_2_and_writes_nothing(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected.format(port=port) in lines[0], proc.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_bench_json_has_the_gpu_keys(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    proc = run_cli("bench", str(ROOT / "search_spaces" / "gpu.yaml"), "--gpu-only", "--json", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    keys = ("gpu_trials_per_hour", "gpu_busy_fraction", "gpu_peak_memory_mb", "gpu_trial_overhead")
+    if torch.cuda.is_available():
+        assert all(set(result[k]) == {"1", "4", "8"} for k in keys)
+    else:
+        assert {k: result[k] for k in keys} == dict.fromkeys(keys)
