@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from autogram.config import ConfigError
+from autogram.config_base import ConfigError, first_line
 
 MASK = "***"
 
@@ -77,23 +77,18 @@ def _check_reachable(url: str, field: str) -> None:
             "(for PostgreSQL: pip install 'autogram[postgres]')"
         ) from None
     except Exception as exc:  # sqlalchemy raises several types for a bad dialect or option
-        raise ConfigError(f"{field}: {masked(url)}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ConfigError(f"{field}: {masked(url)}: {type(exc).__name__}: {first_line(exc)}") from None
     try:
         with engine.connect():
             pass
     except Exception as exc:
-        raise ConfigError(f"{field}: cannot connect to {masked(url)} ({_first_line(exc)})") from None
+        raise ConfigError(f"{field}: cannot connect to {masked(url)} ({first_line(exc)})") from None
     finally:
         engine.dispose()
 
 
 def _timeout(url: str) -> dict[str, int]:
     return {"connect_timeout": 10} if url.startswith("postgresql") else {}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def tracking_url(url: str) -> str:

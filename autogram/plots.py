@@ -215,11 +215,12 @@ def save_figures(figures: dict[str, Any], directory: Path, png: bool = True) -> 
             pio.write_images(list(figures.values()), paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
             written.extend(paths)
         except Exception as exc:  # kaleido needs a Chromium; the HTML files are still there
+            from autogram.config_base import first_line
+
             # kaleido's message starts with blank lines: its first real line says why.
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             log.warning(
                 "PNG plots skipped (%s); the HTML plots are written. For PNG copies install Chromium "
                 "(e.g. Debian's chromium)",
-                lines[0] if lines else type(exc).__name__,
+                first_line(exc),
             )
     return written

@@ -88,9 +88,14 @@ def is_resident(key: tuple[str, str, str]) -> bool:
     return key in _RESIDENT
 
 
+def split_key(data: Any, name: str, device: torch.device) -> tuple[str, str, str]:
+    """The key :func:`device_split` keeps ``data.splits[name]`` under on ``device``."""
+    return (data.fingerprint, name, str(device))
+
+
 def device_split(data: Any, name: str, device: torch.device) -> DeviceSplit:
     """``data.splits[name]`` as a :class:`DeviceSplit`, reused across trials in one process."""
-    return resident((data.fingerprint, name, str(device)), lambda: DeviceSplit(data.splits[name], device))
+    return resident(split_key(data, name, device), lambda: DeviceSplit(data.splits[name], device))
 
 
 class DeviceSplit:

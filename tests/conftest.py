@@ -60,25 +60,37 @@ def tiny_config(teacher_cache: Path) -> TrialConfig:
     return validate(tiny_raw(teacher_cache))
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a CLI subprocess gets: this one without the stores and credentials each
+    test picks itself (the default store: sqlite in the test's working folder), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PGPASSWORD")}
+    return {**env, "PYTHONWARNINGS": "ignore", **(extra or {})}
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m autogram ARGS`` as a user would and capture its output."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    # Each test picks its MLflow store itself (the default: sqlite in its working folder).
-    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "autogram", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "autogram", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start ``python -m autogram ARGS`` in its own session, so a test can SIGKILL it whole."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def start_cli(*args: str, cwd: Path, capture: bool = False) -> subprocess.Popen:
+    """Start ``python -m autogram ARGS`` in its own session, so a test can SIGKILL it whole;
+    ``capture`` keeps its output (text) for ``communicate()``."""
+    stream = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "autogram", *args],
         cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+        stdout=stream,
+        stderr=stream,
+        text=True,
         start_new_session=True,
     )

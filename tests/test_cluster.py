@@ -65,6 +65,12 @@ def _search_command(config: Path, cluster: RayCluster, out: Path) -> list[str]:
     return [sys.executable, "-m", "autogram", "search", str(config), "--address", cluster.address, "--out", str(out)]
 
 
+def _run_search(config: Path, cluster: RayCluster, out: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``autogram search CONFIG --address ... --out OUT`` as a user on the cluster runs it."""
+    command = _search_command(config, cluster, out)
+    return subprocess.run(command, cwd=cwd, env=_env(cluster), capture_output=True, text=True, timeout=900)
+
+
 def _env(cluster: RayCluster) -> dict[str, str]:
     env = dict(cluster.env)
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -91,14 +97,7 @@ def test_search_runs_trials_on_both_nodes_with_the_users_code(cluster: RayCluste
     worker = cluster.start_node()
     head = cluster.nodes[0]
     config = _user_config(tmp_path, trials=4, epochs=4, n_train=3000)  # as the node-kill test: wall times compare
-    proc = subprocess.run(
-        _search_command(config, cluster, tmp_path / "runs"),
-        cwd=tmp_path,
-        env=_env(cluster),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _run_search(config, cluster, tmp_path / "runs", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     front = json.loads((tmp_path / "runs" / "cluster" / "front.json").read_text())
     assert [t["status"] for t in front["trials"]] == ["ok"] * 4
@@ -173,14 +172,7 @@ def test_an_out_folder_a_node_cannot_see_fails_before_any_trial(cluster: RayClus
         ]
     )
     config = _user_config(tmp_path, trials=2, epochs=1, n_train=240)
-    proc = subprocess.run(
-        _search_command(config, cluster, hidden / "runs"),
-        cwd=tmp_path,
-        env=_env(cluster),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _run_search(config, cluster, hidden / "runs", tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"autogram: error: --out {hidden / 'runs'}: not visible from"), lines

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, tiny_raw
+from tests.conftest import ROOT, run_cli, start_cli, tiny_raw
 from tests.servers import Postgres, postgres_bin, start_postgres
 
 pytestmark = pytest.mark.slow
@@ -32,14 +30,6 @@ def postgres() -> Iterator[Postgres]:
         yield server
     finally:
         server.stop()
-
-
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PGPASSWORD")}
-    full.update({"PYTHONWARNINGS": "ignore", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "autogram", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=900
-    )
 
 
 def _leaks(root: Path, secret: str) -> list[str]:
@@ -61,18 +51,8 @@ def test_search_and_resume_on_postgresql_write_no_password(
     raw["search"] = {"trials": 5, "concurrency": 1}
     (tmp_path / "pg.yaml").write_text(yaml.safe_dump(raw))
     directory = tmp_path / "runs" / "pg"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     args = ["search", "pg.yaml", "--out", "runs", "--name", "pg", "--storage", postgres.url("study")]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "autogram", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    driver = start_cli(*args, cwd=tmp_path, capture=True)
     deadline = time.time() + 300
     while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 2:
         time.sleep(0.2)
@@ -84,7 +64,7 @@ def test_search_and_resume_on_postgresql_write_no_password(
     assert not (directory / "optuna.db").exists()  # the study lives in PostgreSQL
 
     # The resume names no storage: it is read from search.json; the password from PGPASSWORD.
-    proc = _cli(
+    proc = run_cli(
         "search",
         "pg.yaml",
         "--out",
@@ -93,6 +73,7 @@ def test_search_and_resume_on_postgresql_write_no_password(
         "pg",
         "--resume",
         cwd=tmp_path,
+        timeout=900,
         env={"PGPASSWORD": postgres.password},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -133,7 +114,7 @@ def test_bad_storage_is_one_line_exit_2_and_writes_nothing(
 ) -> None:
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
     before = sorted(tmp_path.rglob("*"))
-    proc = _cli("search", "s.yaml", "--storage", storage.format(port=postgres.port), cwd=tmp_path)
+    proc = run_cli("search", "s.yaml", "--storage", storage.format(port=postgres.port), cwd=tmp_path, timeout=900)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr

@@ -13,15 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from autogram.config import ConfigError
+from autogram.config_base import ConfigError, first_line
 
 log = logging.getLogger("autogram")
 PROBE_PREFIX = ".autogram-probe-"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -49,7 +44,7 @@ def join(address: str, runtime_env: dict[str, Any] | None) -> None:
     try:
         init_ray(address, runtime_env)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, auth errors, ...
-        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({_first_line(exc)})") from None
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first_line(exc)})") from None
 
 
 def _read_probe(path: str) -> str | None:

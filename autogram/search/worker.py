@@ -72,7 +72,7 @@ def trainable(
     from ray import tune
 
     from autogram.models.source import PYTHON_OBJECTS
-    from autogram.runtime import is_resident, limit_gpu_memory, resident
+    from autogram.runtime import is_resident, limit_gpu_memory, resident, split_key
     from autogram.teacher import teacher_from_bytes
     from autogram.trial import run_trial
 
@@ -109,7 +109,7 @@ def trainable(
         tune.report({**metrics, "epoch": epoch})
 
     # Whether this worker process kept the data from an earlier trial (Ray reuses workers).
-    warm = data is not None and is_resident((data.fingerprint, "train", str(device)))
+    warm = data is not None and is_resident(split_key(data, "train", device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # The teacher cache is on local (or shared) disk, built by the driver before any trial.
