@@ -67,7 +67,9 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     from autogram.distill import Objective, _step
     from autogram.runtime import DeviceSplit, pick_device
     from autogram.teacher import ensure_teacher
-    from autogram.teacher_cache import CachedTeacher, ensure_cache
+    from autogram.cache_plan import layout_for
+    from autogram.cache_reader import CachedTeacher
+    from autogram.teacher_cache import ensure_cache
     from autogram.trial import prepare
 
     variants = {
@@ -80,7 +82,6 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     cfg = validate(base)
     device = pick_device(cfg.device)
     handle = ensure_teacher(cfg.teacher, data, device)
-    cache_dir = ensure_cache(handle.model, handle.key, data, handle.taps, device, cfg.teacher.cache_dir / "signals")
     train = DeviceSplit(data.splits["train"], device)
     labels = train.labels
     batch = cfg.train.batch_size
@@ -92,7 +93,11 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
         parts = prepare(vcfg, device, data, teacher=handle)
         objective = Objective(vcfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
         objective = objective.to(device)
-        signals = CachedTeacher(cache_dir, objective.teacher_taps, device) if objective.needs_teacher else None
+        signals = None
+        if objective.needs_teacher:  # each variant's cache at the configured sketch size and precision
+            layout = layout_for(vcfg, handle.taps, objective.teacher_uses)
+            cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, cfg.teacher.cache_dir / "signals")
+            signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
         student = parts["student"].train()
         optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
         setups[name] = (student, objective, signals, optimizer)

@@ -141,6 +141,13 @@ class TeacherConfig(ModelSource):
     cache_dir: Path = Path("autogram-runs/teachers")
     # Compute the frozen teacher's outputs once (under cache_dir/signals) instead of every step.
     cache: bool = True
+    # Sample-Gram taps are cached as seeded k-dimensional random projections (0: exact
+    # features); the error shrinks as 1/sqrt(k), see autogram/sketch.py and the README.
+    cache_sketch: int = Field(512, ge=0)
+    # How cached features are stored (logits stay float32); they are read back as float32.
+    cache_precision: Literal["float32", "float16", "bfloat16"] = "float16"
+    # A cache estimated larger than this is refused before anything is built.
+    cache_max_gb: float = Field(20.0, gt=0)
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(3, ge=1, le=24)
     num_heads: int = Field(4, ge=1)

@@ -20,7 +20,7 @@ from torch import nn
 from autogram.config import DistillConfig, TrainConfig
 from autogram.data.base import MultiModalData
 from autogram.features import capture
-from autogram.losses import ce_loss, cross_modal_gram_loss, gram_loss, kd_loss
+from autogram.losses import ce_loss, channel_gram_loss, cross_modal_gram_loss, kd_loss, sample_gram_losses
 from autogram.models.taps import Tap, TapPair
 from autogram.runtime import autocast, batch_indices, device_split, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
@@ -84,22 +84,38 @@ class Objective(nn.Module):
         if "kd" in self.weights:
             terms["kd"] = kd_loss(logits, teacher.logits, self.temperature)
         if "gram" in self.weights:
-            values = [
-                gram_loss(
-                    feats[p.student.name].float(),
-                    teacher.features[p.teacher.name],
-                    self.gram_kind,
-                    self.projections[str(i)] if str(i) in self.projections else None,
-                )
-                for i, p in enumerate(self.pairs)
-            ]
-            terms["gram"] = torch.stack(values).mean()
+            terms["gram"] = self._gram(feats, teacher)
         if "xmodal" in self.weights:
             terms["xmodal"] = cross_modal_gram_loss(
                 {m: feats[t.name].float() for m, t in self.student_embeds.items()},
                 {m: teacher.features[t.name] for m, t in self.teacher_embeds.items()},
             )
         return terms
+
+    def _gram(self, feats: dict[str, torch.Tensor], teacher: TeacherOutput) -> torch.Tensor:
+        """Mean Gram loss over the pairs (all sample-Gram pairs in one batched computation)."""
+        if self.gram_kind == "sample":
+            students = [feats[p.student.name].float() for p in self.pairs]
+            return sample_gram_losses(students, [teacher.for_sample_gram(p.teacher.name) for p in self.pairs]).mean()
+        values = []
+        for i, pair in enumerate(self.pairs):
+            projection = self.projections[str(i)] if str(i) in self.projections else None
+            weight = projection.weight[:, :, 0] if projection is not None else None
+            name = pair.teacher.name
+            served_gram = name in teacher.grams
+            target = teacher.grams[name] if served_gram else teacher.features[name]
+            values.append(channel_gram_loss(feats[pair.student.name].float(), target, weight, served_gram))
+        return torch.stack(values).mean()
+
+    @property
+    def teacher_uses(self) -> dict[str, set[str]]:
+        """What each hooked teacher tap is read for: ``sample``/``channel`` Gram, ``xmodal``."""
+        uses: dict[str, set[str]] = {}
+        for pair in self.pairs:
+            uses.setdefault(pair.teacher.name, set()).add(self.gram_kind)
+        for tap in self.teacher_embeds.values():
+            uses.setdefault(tap.name, set()).add("xmodal")
+        return uses
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """``sum(weight * term)``."""

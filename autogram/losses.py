@@ -12,11 +12,20 @@ The trainer sums ``weight * term`` over the named terms; it knows nothing else a
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ce_loss", "kd_loss", "gram_loss", "channel_gram", "cross_modal_gram_loss"]
+__all__ = [
+    "ce_loss",
+    "kd_loss",
+    "gram_loss",
+    "channel_gram",
+    "channel_gram_loss",
+    "sample_gram_losses",
+    "cross_modal_gram_loss",
+]
 
 
 def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,6 +91,113 @@ def gram_loss(
             )
         return (channel_gram(student) - channel_gram(teacher_feat)).pow(2).mean()
     raise ValueError(f"unknown Gram kind {kind!r} (expected 'sample' or 'channel')")
+
+
+class _Gram(torch.autograd.Function):
+    """``x @ x^T`` over the last two dims, with a backward of one matmul instead of two
+    (autograd would differentiate through both operands separately)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x)
+        return x @ x.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        return (grad + grad.transpose(-1, -2)) @ x
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """``x @ x^T`` over the last two dims (a batch of Grams for a 3-D ``x``)."""
+    return _Gram.apply(x) if x.requires_grad else x @ x.transpose(-1, -2)
+
+
+def _raw_grams(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``F F^T`` of each flattened feature; features of equal width share one batched matmul."""
+    flats = [f.reshape(f.shape[0], -1) for f in feats]
+    groups: dict[int, list[int]] = {}
+    for i, flat in enumerate(flats):
+        groups.setdefault(flat.shape[1], []).append(i)
+    grams: list[torch.Tensor] = [flats[0]] * len(flats)
+    for members in groups.values():
+        if len(members) == 1:
+            grams[members[0]] = gram(flats[members[0]])
+            continue
+        batched = gram(torch.stack([flats[i] for i in members]))
+        for j, i in enumerate(members):
+            grams[i] = batched[j]
+    return grams
+
+
+def sample_gram_losses(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+    """``gram_loss(s, t, "sample")`` for every pair at once: a (pairs,) tensor.
+
+    The Grams of equal-width features are one batched matmul, and the row normalisation and
+    distance run once over all pairs, so the cost is the Gram FLOPs, not per-pair Python.
+    A teacher feature may be a (B, k) sketch (see :mod:`autogram.sketch`): only its inner
+    products are used. The teacher side needs no gradient.
+    """
+    batch = student_feats[0].shape[0]
+    student = F.normalize(torch.stack(_raw_grams(student_feats)), p=2, dim=2)
+    with torch.no_grad():
+        teacher = F.normalize(torch.stack(_raw_grams(teacher_feats)), p=2, dim=2)
+    return (student - teacher).pow(2).sum(dim=(1, 2)) / batch**2
+
+
+def channel_gram_loss(
+    student_feat: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None, teacher_is_gram: bool = False
+) -> torch.Tensor:
+    """``gram_loss(kind="channel")`` computed without forming the C_t x C_t student Gram.
+
+    With ``X`` the student's (C_s, P_s) feature, ``W`` the 1x1 projection (C_t x C_s; the
+    identity when widths match), ``Y`` the teacher's (C_t, P_t) feature and ``G_t = Y Y^T/P_t``
+    (or the Gram itself when ``teacher_is_gram``, as the teacher cache may store it):
+
+        |G_s - G_t|^2 = |G_s|^2 - 2 <G_s, G_t> + |G_t|^2,   G_s = W X X^T W^T / P_s,
+
+    and each inner product is taken through whichever small matrix is cheapest: the student's
+    C_s x C_s Gram ``A`` (``|G_s|^2 = tr(M A M A)``, ``M = W^T W``) when its channels are few,
+    else ``V = W X`` and its P_s x P_s Gram when its positions are few
+    (``<G_s, G_t> = |V^T Y|^2 / (P_s P_t)``). Per sample this costs about ``C_s^2 P_s`` or
+    ``C_t C_s P_s + C_t P_s^2`` instead of ``C_t^2 P_s``. Exact up to float32 rounding.
+    """
+    batch, c_s = student_feat.shape[0], student_feat.shape[1]
+    x = student_feat.reshape(batch, c_s, -1)
+    c_t, p_s = teacher.shape[1], x.shape[2]
+    if weight is None and c_s != c_t:
+        raise ValueError(f"channel Gram needs equal widths: student {c_s}, teacher {c_t}; pass a projection")
+    y = None if teacher_is_gram else teacher.reshape(batch, c_t, -1)
+    p_t = c_t if y is None else y.shape[2]
+    with torch.no_grad():
+        if y is None:
+            t_sq = teacher.pow(2).sum(dim=(1, 2))
+        else:
+            t_sq = gram(y.transpose(1, 2) if p_t < c_t else y).pow(2).sum(dim=(1, 2)) / p_t**2
+    projected = weight is not None
+    by_channels = c_s * c_s * (p_s + p_t) + (c_s**3 + c_s * c_t * p_t if projected else 0)
+    by_positions = (c_t * c_s * p_s if projected else 0) + c_t * min(p_s, c_t) * p_s + p_s * c_t * p_t
+    if by_positions < by_channels:
+        v = weight @ x if projected else x
+        s_sq = gram(v.transpose(1, 2) if p_s < c_t else v).pow(2).sum(dim=(1, 2)) / p_s**2
+        if y is None:
+            cross = ((teacher @ v) * v).sum(dim=(1, 2)) / p_s
+        else:
+            cross = (v.transpose(1, 2) @ y).pow(2).sum(dim=(1, 2)) / (p_s * p_t)
+    else:
+        a = gram(x) / p_s
+        if projected:
+            ma = (weight.t() @ weight) @ a
+            s_sq = (ma * ma.transpose(1, 2)).sum(dim=(1, 2))
+        else:
+            s_sq = a.pow(2).sum(dim=(1, 2))
+        if y is None:
+            seen = weight.t() @ teacher @ weight if projected else teacher
+            cross = (a * seen).sum(dim=(1, 2))
+        else:
+            z = weight.t() @ y if projected else y
+            cross = ((a @ z) * z).sum(dim=(1, 2)) / p_t
+    return (s_sq - 2 * cross + t_sq).sum() / (batch * c_t * c_t)
 
 
 def _cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

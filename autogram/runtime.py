@@ -83,6 +83,14 @@ def resident(key: tuple[str, str, str], build: Callable[[], Any]) -> Any:
     return value
 
 
+def drop_resident(kind: str) -> int:
+    """Forget every value kept under a key of this ``kind`` (its second part); returns how many."""
+    keys = [key for key in _RESIDENT if key[1] == kind]
+    for key in keys:
+        del _RESIDENT[key]
+    return len(keys)
+
+
 def is_resident(key: tuple[str, str, str]) -> bool:
     """Whether this process already keeps a value under ``key``."""
     return key in _RESIDENT

@@ -20,10 +20,18 @@ from autogram.runtime import autocast
 
 @dataclass
 class TeacherOutput:
-    """The teacher's logits and ``{tap name: canonical feature}`` for one batch."""
+    """The teacher's logits and ``{tap name: canonical feature}`` for one batch; a cache may
+    serve a tap's (B, k) sketch (``sketches``, for the sample Gram) or its (B, C, C) channel
+    Gram (``grams``) instead of the feature (see :mod:`autogram.sketch`)."""
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    sketches: dict[str, torch.Tensor] = field(default_factory=dict)
+    grams: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def for_sample_gram(self, name: str) -> torch.Tensor:
+        """What the sample Gram reads for tap ``name``: its sketch if served, else the feature."""
+        return self.sketches[name] if name in self.sketches else self.features[name]
 
 
 class TeacherSignals(Protocol):

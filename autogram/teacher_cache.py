@@ -2,18 +2,21 @@
 
 The teacher is the heavy model; in distillation tuning every trial would otherwise run
 it forward on every batch. Its outputs over the training split never change while the
-teacher, the data and the taps stay the same, so they are computed once, stored as
-memory-mapped ``.npy`` files (logits, and every teacher tap in the canonical (N, C, P)
-form the loss terms consume, so sample Grams, channel Grams and cross-modal terms are
-all exact) and served through the same interface as the live teacher.
+teacher, the data and the taps stay the same, so they are computed once and stored as
+``.npy`` files, each tap in the form its loss terms need (:mod:`autogram.sketch`): a
+k-dimensional sketch for the sample Gram, the C x C Gram's upper triangle (or the
+feature) for the channel Gram, the exact feature for the cross-modal term; logits whole
+in float32; features at ``teacher.cache_precision``. Only the taps a candidate pair or
+the cross-modal term can use are stored. :mod:`autogram.cache_reader` serves them.
 
 The teacher always sees the clean inputs (modality dropout only blanks the student's),
 so a cached view matches what a live teacher would return for the same batch.
 
 A cache lives in ``<teacher.cache_dir>/signals/<key>/`` with a ``manifest.json`` that
-records each file's shape, dtype, size and sha256. A missing, partial or corrupt cache is
-detected and rebuilt, never read; building writes into a temporary folder renamed at
-the end.
+records each file's shape, dtype, size and sha256, the bytes per sample and the build
+time. A missing, partial or corrupt cache is detected and rebuilt, never read; building
+writes into a temporary folder renamed at the end, and a cache estimated above
+``teacher.cache_max_gb`` is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -24,31 +27,96 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from autogram.config import ConfigError
 from autogram.models.taps import Tap
-from autogram.signals import TeacherOutput
+from autogram.sketch import BYTES, FEATURE, GRAM, SKETCH, canonical_shape, form_elements, forms_for
 
 log = logging.getLogger("autogram")
-FORMAT = "autogram-teacher-cache/1"
+FORMAT = "autogram-teacher-cache/2"
 MANIFEST = "manifest.json"
+# numpy has no bfloat16: its bits are stored as int16 and viewed back on reading.
+_NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+_FLOAT16_MAX = 65504.0
 
 
 class CacheInvalid(Exception):
     """The cache on disk is missing, partial or corrupt."""
 
 
-def cache_key(teacher_key: str, data_fingerprint: str, taps: list[Tap], device: torch.device) -> str:
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a cache stores: for each tap, its forms (``feature``, ``sketch``, ``gram``), the
+    sketch size, the storage precision, and the seed of the sketches' projections."""
+
+    taps: tuple[Tap, ...]
+    forms: dict[str, tuple[str, ...]] = field(hash=False)
+    sketch: int = 0
+    precision: str = "float32"
+    seed: int = 0
+
+    @classmethod
+    def plan(
+        cls, taps: list[Tap], uses: dict[str, set[str]] | None = None, sketch: int = 0, precision: str = "float32"
+    ) -> CacheLayout:
+        """The smallest exact-enough layout for ``uses`` (tap name -> ``sample``/``channel``/
+        ``xmodal``); ``None`` stores every tap's feature, as a live teacher returns it."""
+        kept = [t for t in taps if uses is None or uses.get(t.name)]
+        forms = {}
+        for tap in kept:
+            channels, positions = tap_dims(tap) if tap.shape else (0, 0)
+            wanted = uses[tap.name] if uses is not None else {"xmodal"}
+            forms[tap.name] = forms_for(wanted, channels, positions, sketch) if tap.shape else (FEATURE,)
+        return cls(tuple(kept), forms, sketch, precision)
+
+    def arrays(self) -> list[tuple[str, Tap, str]]:
+        """(array name, tap, form) for every stored tap form; the logits come besides."""
+        return [(array_name(t.name, form), t, form) for t in self.taps for form in self.forms[t.name]]
+
+    def bytes_per_sample(self, num_classes: int) -> int:
+        """Estimated bytes per training sample (from the taps' recorded shapes)."""
+        size = num_classes * 4
+        for _, tap, form in self.arrays():
+            channels, positions = tap_dims(tap)
+            size += form_elements(form, channels, positions, self.sketch) * BYTES[self.precision]
+        return size
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into the cache key and the manifest."""
+        return {
+            "taps": sorted((t.name, t.module_path, t.layout, list(self.forms[t.name])) for t in self.taps),
+            "sketch": self.sketch,
+            "sketch_seed": self.seed,
+            "storage": self.precision,
+        }
+
+
+def tap_dims(tap: Tap) -> tuple[int, int]:
+    """(C, P) of the tap's canonical feature (an embedding is averaged to one position)."""
+    channels, positions = canonical_shape(tap.shape, tap.layout)
+    return (channels, 1) if tap.role == "embedding" else (channels, positions)
+
+
+def array_name(tap: str, form: str) -> str:
+    """The cache's name for one form of a tap: the tap name itself for its feature."""
+    return tap if form == FEATURE else f"{tap}@{form}"
+
+
+def cache_key(teacher_key: str, data_fingerprint: str, layout: CacheLayout | list[Tap], device: torch.device) -> str:
     """sha256 of everything the cached values depend on (bf16 autocast on CUDA changes them)."""
+    if not isinstance(layout, CacheLayout):
+        layout = CacheLayout.plan(list(layout))
     payload = {
         "format": FORMAT,
         "teacher": teacher_key,
         "data": data_fingerprint,
-        "taps": sorted((t.name, t.module_path, t.layout) for t in taps),
+        **layout.describe(),
         "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -66,12 +134,19 @@ def _file_name(name: str) -> str:
     return name.replace(":", "_") + ".npy"
 
 
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The cache's manifest; raises CacheInvalid when it is missing."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CacheInvalid(f"{directory}: no manifest (missing or partial cache)")
+    return json.loads(path.read_text())
+
+
 def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
     """Memory-map every array of the cache; raises CacheInvalid on any mismatch."""
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise CacheInvalid(f"{directory}: no manifest (missing or partial cache)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
+    if manifest.get("format") != FORMAT:
+        raise CacheInvalid(f"{directory}: format {manifest.get('format')!r}, expected {FORMAT}")
     arrays = {}
     for name, entry in manifest["arrays"].items():
         path = directory / entry["file"]
@@ -86,31 +161,90 @@ def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _stored(value: torch.Tensor, precision: str, name: str) -> np.ndarray:
+    """``value`` (float32, on any device) as the numpy array the cache stores."""
+    if precision == "float16":
+        peak = float(value.abs().max()) if value.numel() else 0.0
+        if peak > _FLOAT16_MAX:
+            raise ConfigError(
+                f"teacher.cache_precision: tap {name} reaches {peak:.3g}, beyond float16's range "
+                f"({_FLOAT16_MAX:g}); use bfloat16 or float32"
+            )
+        return value.to(torch.float16).cpu().numpy()
+    if precision == "bfloat16":
+        return value.to(torch.bfloat16).view(torch.int16).cpu().numpy()
+    return value.float().cpu().numpy()
+
+
+def _form_values(feats: dict[str, torch.Tensor], layout: CacheLayout, sketchers: dict) -> dict[str, torch.Tensor]:
+    from autogram.losses import channel_gram
+    from autogram.sketch import upper_triangle
+
+    values = {}
+    for name, tap, form in layout.arrays():
+        feature = feats[tap.name].float()
+        if form == SKETCH:
+            values[name] = sketchers[tap.name](feature)
+        elif form == GRAM:
+            values[name] = upper_triangle(channel_gram(feature))
+        else:
+            values[name] = feature
+    return values
+
+
 def build_cache(
     model: torch.nn.Module,
     split: Any,
-    taps: list[Tap],
+    layout: CacheLayout,
     device: torch.device,
     directory: Path,
     key: str,
     batch_size: int = 256,
 ) -> None:
-    """Run the frozen teacher over ``inputs`` once and write logits and tap features."""
-    from autogram.features import capture
-    from autogram.runtime import autocast
-
+    """Run the frozen teacher over the split once and write logits and each tap's forms."""
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        manifest = _write_arrays(model, split, layout, device, tmp, key, batch_size)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    log.info(
+        "teacher cache: built %s (%d samples, logits + %d tap arrays, %.1f MB = %.2f kB per sample, %.1fs)",
+        directory,
+        manifest["samples"],
+        len(manifest["arrays"]) - 1,
+        manifest["bytes_per_sample"] * manifest["samples"] / 1e6,
+        manifest["bytes_per_sample"] / 1e3,
+        manifest["build_seconds"],
+    )
+
+
+def _write_arrays(
+    model: torch.nn.Module, split: Any, layout: CacheLayout, device: torch.device, tmp: Path, key: str, batch_size: int
+) -> dict[str, Any]:
+    from autogram.features import capture
+    from autogram.runtime import autocast
+    from autogram.sketch import Sketcher
+
     n = len(split)
     outputs: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    sketchers = {}
+    for _, tap, form in layout.arrays():
+        if form == SKETCH:
+            channels, positions = tap_dims(tap)
+            sketchers[tap.name] = Sketcher(tap.name, channels * positions, layout.sketch, layout.seed, device)
     model.eval()
-    started = time.perf_counter()
+    started = last_report = time.perf_counter()
     flops_per_sample = 0.0
     for start in range(0, n, batch_size):
         rows = split.rows(np.arange(start, min(start + batch_size, n)))
         batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in rows.items()}
-        with torch.no_grad(), autocast(device), capture(model, taps) as feats:
+        with torch.no_grad(), autocast(device), capture(model, list(layout.taps)) as feats:
             if start == 0:  # the forward a live teacher would run per sample, for the cost objective
                 from torch.utils.flop_counter import FlopCounterMode
 
@@ -119,118 +253,99 @@ def build_cache(
                 flops_per_sample = counter.get_total_flops() / len(logits)
             else:
                 logits = model(batch)
-        values = {"logits": logits, **feats}
-        for name, value in values.items():
-            value = value.float().cpu().numpy()
+            values = _form_values(feats, layout, sketchers)
+        stored = {"logits": logits.float().cpu().numpy()}
+        stored.update({name: _stored(v, layout.precision, name) for name, v in values.items()})
+        for name, value in stored.items():
             if name not in outputs:
+                dtypes[name] = "float32" if name == "logits" else layout.precision
                 outputs[name] = np.lib.format.open_memmap(
-                    tmp / _file_name(name), mode="w+", dtype=np.float32, shape=(n, *value.shape[1:])
+                    tmp / _file_name(name), mode="w+", dtype=value.dtype, shape=(n, *value.shape[1:])
                 )
             outputs[name][start : start + len(value)] = value
+        if time.perf_counter() - last_report > 10:  # a big teacher's cache takes a while: show progress
+            last_report = time.perf_counter()
+            log.info("teacher cache: %d/%d samples (%.0fs)", start + len(logits), n, last_report - started)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "key": key,
         "samples": n,
+        "layout": layout.describe(),
         "arrays": {},
         "teacher_flops_per_sample": flops_per_sample,
     }
+    data_bytes = sum(array.nbytes for array in outputs.values())
     for name, array in outputs.items():
         array.flush()
         path = tmp / _file_name(name)
         manifest["arrays"][name] = {
             "file": path.name,
             "shape": list(array.shape),
+            "dtype": dtypes[name],
             "bytes": path.stat().st_size,
             "sha256": _sha256(path),
         }
     del outputs
+    manifest["bytes_per_sample"] = data_bytes / max(n, 1)
+    manifest["build_seconds"] = time.perf_counter() - started
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-    size = sum(e["bytes"] for e in manifest["arrays"].values())
-    log.info(
-        "teacher cache: built %s (%d samples, logits + %d taps, %.1f MB = %.1f kB per sample, %.1fs)",
-        directory,
-        n,
-        len(manifest["arrays"]) - 1,
-        size / 1e6,
-        size / max(n, 1) / 1e3,
-        time.perf_counter() - started,
-    )
+    return manifest
 
 
 def cache_bytes(directory: Path) -> int:
     """Bytes of every array of the cache in ``directory`` (from its manifest)."""
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return sum(e["bytes"] for e in manifest["arrays"].values())
+    return sum(e["bytes"] for e in read_manifest(directory)["arrays"].values())
+
+
+def check_cache_size(layout: CacheLayout, samples: int, num_classes: int, max_gb: float) -> float:
+    """The cache's estimated size in GB; a one-line ConfigError when it exceeds ``max_gb``."""
+    per_sample = layout.bytes_per_sample(num_classes)
+    size_gb = per_sample * samples / 1e9
+    if size_gb > max_gb:
+        shrink = []
+        if layout.sketch == 0 or any(FEATURE in f and len(f) == 1 for f in layout.forms.values()):
+            shrink.append("teacher.cache_sketch (e.g. 256)")
+        if layout.precision == "float32":
+            shrink.append("teacher.cache_precision: float16")
+        shrink += ["fewer candidate pairs (search.space.pairs)", "or teacher.cache: false"]
+        raise ConfigError(
+            f"teacher.cache_max_gb: the teacher cache would take about {size_gb:.3g} GB "
+            f"({per_sample / 1e3:.3g} kB per sample x {samples} samples), over the {max_gb:g} GB limit; "
+            f"shrink it with {', '.join(shrink)}"
+        )
+    return size_gb
 
 
 def ensure_cache(
-    model: torch.nn.Module | None, teacher_key: str, data: Any, taps: list[Tap], device: torch.device, root: Path
+    model: torch.nn.Module | None,
+    teacher_key: str,
+    data: Any,
+    taps: list[Tap] | CacheLayout,
+    device: torch.device,
+    root: Path,
+    max_gb: float | None = None,
 ) -> Path:
-    """The folder of a valid cache for this teacher, data and taps (only these taps are stored),
-    built or rebuilt as needed."""
-    key = cache_key(teacher_key, data.fingerprint, taps, device)
+    """The folder of a valid cache for this teacher, data and layout (a plain tap list stores
+    those taps' features exactly), built or rebuilt as needed."""
+    layout = taps if isinstance(taps, CacheLayout) else CacheLayout.plan(list(taps))
+    key = cache_key(teacher_key, data.fingerprint, layout, device)
     directory = root / key[:16]
     try:
         open_cache(directory, verify=True)
-        size = cache_bytes(directory)
-        log.info("teacher cache: reusing %s (%.1f MB, %d taps)", directory, size / 1e6, len(taps))
+        manifest = read_manifest(directory)
+        log.info(
+            "teacher cache: reusing %s (%.2f kB per sample, %d tap arrays)",
+            directory,
+            manifest["bytes_per_sample"] / 1e3,
+            len(manifest["arrays"]) - 1,
+        )
     except CacheInvalid as exc:
+        split = data.splits["train"]
+        if max_gb is not None and all(t.shape for t in layout.taps):
+            check_cache_size(layout, len(split), data.num_classes, max_gb)
         if directory.exists():
             log.warning("teacher cache: %s; rebuilding", exc)
         if model is None:
             raise CacheInvalid(f"{directory}: no valid cache, and no teacher model here to build it") from None
-        build_cache(model, data.splits["train"], taps, device, directory, key)
+        build_cache(model, split, layout, device, directory, key)
     return directory
-
-
-class CachedTeacher:
-    """Serves the teacher's logits and tap features by training-sample index; no forward pass.
-
-    On a GPU the arrays a trial reads are copied to the device once per process and kept
-    there for the next trials of the same worker (when they fit in half of this process's
-    share of the GPU), so a batch is an index on the device: no host read, no copy, no sync.
-    Elsewhere they are read from the memory-mapped files.
-    """
-
-    def __init__(self, directory: Path, taps: list[Tap], device: torch.device, verify: bool = False) -> None:
-        arrays = open_cache(directory, verify=verify)
-        missing = [t.name for t in taps if t.name not in arrays]
-        if missing:
-            raise CacheInvalid(f"{directory}: no cached features for {', '.join(missing)}")
-        self.taps = list(taps)
-        self.device = device
-        self.flops_per_sample = float(json.loads((directory / MANIFEST).read_text())["teacher_flops_per_sample"])
-        self.arrays = {name: arrays[name] for name in ["logits", *(t.name for t in taps)]}
-        self.on_device: dict[str, torch.Tensor] | None = None
-        if device.type == "cuda" and self._fits(device):
-            from autogram.runtime import resident
-
-            kept = resident((str(directory.resolve()), "teacher-cache", str(device)), dict)
-            for name, array in self.arrays.items():
-                if name not in kept:  # one sequential read of the file, one copy to the GPU
-                    kept[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-            self.on_device = {name: kept[name] for name in self.arrays}
-
-    def _fits(self, device: torch.device) -> bool:
-        from autogram.runtime import memory_budget
-
-        needed = sum(a.nbytes for a in self.arrays.values())
-        return needed <= 0.5 * (memory_budget(device) - torch.cuda.memory_allocated(device))
-
-    def __call__(self, indices: torch.Tensor, inputs: dict[str, torch.Tensor]) -> TeacherOutput:
-        """Look up the batch's rows (``inputs`` are not needed: the cache holds their results)."""
-        del inputs
-        if self.on_device is not None:
-            from autogram.runtime import to_device
-
-            rows_on_device = to_device(indices, self.device)
-            values = {k: v[rows_on_device] for k, v in self.on_device.items()}
-        else:
-            rows = indices.cpu().numpy()
-            values = {
-                k: torch.from_numpy(np.ascontiguousarray(v[rows])).to(self.device) for k, v in self.arrays.items()
-            }
-        logits = values.pop("logits")
-        return TeacherOutput(logits, values)

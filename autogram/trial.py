@@ -129,21 +129,6 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
     }
 
 
-def cache_taps(cfg: TrialConfig, parts: dict[str, Any]) -> list[Any]:
-    """The teacher taps worth caching: those of the search's candidate pairs, of this trial's
-    pairs and of the cross-modal term, not every tap the teacher has."""
-    from autogram.models import resolve_pairs
-
-    try:
-        candidates = resolve_pairs(cfg.search.space.pairs, parts["student_taps"], parts["teacher_taps"])
-    except Exception:  # the space names taps of another model: this trial's own pairs suffice
-        candidates = []
-    wanted = {p.teacher.name for p in [*candidates, *parts["pairs"]]} | {
-        t.name for t in parts["teacher_embeds"].values()
-    }
-    return [t for t in parts["teacher_taps"] if t.name in wanted]
-
-
 def run_trial(
     config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None, cache_dir: Any = None
 ) -> TrialResult:
@@ -180,18 +165,21 @@ def run_trial(
             "source": "live",
         }
         if config.teacher.cache:
-            from autogram.teacher_cache import CachedTeacher, ensure_cache
+            from autogram.cache_plan import layout_for, trial_uses
+            from autogram.cache_reader import CachedTeacher
+            from autogram.teacher_cache import ensure_cache
 
             if cache_dir is None:
                 cache_dir = ensure_cache(
                     handle.model,
                     handle.key,
                     data,
-                    cache_taps(config, parts),
+                    layout_for(config, parts["teacher_taps"], trial_uses(config, parts)),
                     device,
                     config.teacher.cache_dir / "signals",
+                    max_gb=config.teacher.cache_max_gb,
                 )
-            signals = CachedTeacher(cache_dir, objective.teacher_taps, device)
+            signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
             teacher_info.update(source="cache", cache=str(cache_dir))
         else:
             if handle.model is None:

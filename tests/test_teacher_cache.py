@@ -14,7 +14,8 @@ from autogram.features import capture
 from autogram.models import build_student, build_teacher, resolved_taps
 from autogram.signals import LiveTeacher
 from autogram.teacher import ensure_teacher
-from autogram.teacher_cache import CachedTeacher, CacheInvalid, ensure_cache, open_cache
+from autogram.cache_reader import CachedTeacher
+from autogram.teacher_cache import CacheInvalid, ensure_cache, open_cache
 from autogram.trial import prepare
 from tests.conftest import tiny_raw
 

@@ -102,6 +102,14 @@ def plan_search(
             raise ConfigError(f"--resume: no search to resume in {directory}")
     elif directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
+    if cfg.teacher.cache:  # a cache too big for the disk is refused now, before anything is built
+        from autogram.cache_plan import search_layout
+        from autogram.teacher_cache import check_cache_size
+
+        layout = search_layout(cfg, candidates, parts["teacher_taps"])
+        if all(t.shape for t in layout.taps):
+            train = parts["data"].splits["train"]
+            check_cache_size(layout, len(train), parts["data"].num_classes, cfg.teacher.cache_max_gb)
     base = cfg.model_dump(mode="json", exclude={"search"})
     from autogram.credentials import tracking_url
     from autogram.tracking import tracking_uri as resolve_uri
@@ -288,12 +296,13 @@ def run_search(
     blob = handle.path.read_bytes() if cfg.teacher.source == "builtin" else None
     cache_dir = None
     if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
+        from autogram.cache_plan import search_layout
         from autogram.teacher_cache import ensure_cache
 
-        # Only the taps a candidate pair or the cross-modal term can use.
-        wanted = {name.split(":")[1] for name in plan.candidates}
-        taps = [t for t in handle.taps if t.name in wanted or t.role == "embedding"]
-        cache_dir = ensure_cache(handle.model, handle.key, data, taps, device, cfg.teacher.cache_dir / "signals")
+        # Only the taps a candidate pair or the cross-modal term can use, in the forms they need.
+        layout = search_layout(cfg, plan.candidates, handle.taps)
+        root = cfg.teacher.cache_dir / "signals"
+        cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
     write_json(
         plan.directory / SPEC_FILE,
         {

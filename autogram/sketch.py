@@ -1,0 +1,141 @@
+"""Fixed-size sketches of teacher features, and what each loss term needs stored.
+
+The sample-Gram loss reads a batch's features only through the inner products
+``<x_i, x_j>`` between its samples. A seeded Gaussian random projection ``z = R^T x``
+(``R`` is D x k with N(0, 1/k) entries, Johnson-Lindenstrauss) keeps those inner products
+in expectation, so the cache can hold k numbers per sample instead of D = C x P.
+
+Error bound (documented in the README and checked by the tests). For one sketch draw,
+each raw Gram entry's error ``e_ij = <z_i, z_j> - <x_i, x_j>`` has mean 0 and variance
+``(|x_i|^2 |x_j|^2 + <x_i, x_j>^2) / k`` (exact for Gaussian R). The loss normalises each
+Gram row g_i, and ``|a/|a| - b/|b|| <= 2|a - b|/|a|``, so the row-normalised teacher
+Grams T (exact) and T' (sketched) satisfy
+
+    E |T' - T|_F^2  <=  (4/k) * sum_i (|x_i|^2 * sum_j |x_j|^2 + |g_i|^2) / |g_i|^2  =: V.
+
+The loss is ``L = |S - T|_F^2 / B^2`` (S the student's normalised Gram), and by the
+triangle inequality ``|sqrt(L') - sqrt(L)| <= |T' - T|_F / B``. Hence the RMS error of
+``sqrt(L)`` over sketch draws is at most ``sqrt(V)/B``, and for one draw, with probability
+at least 1 - delta (Markov), ``|sqrt(L') - sqrt(L)| <= sqrt(V/delta)/B``: both shrink as
+``1/sqrt(k)``. The bound is data dependent (:func:`sketch_error_bound` computes it); the
+measured error (``autogram bench``) is far below it.
+
+The channel Gram needs the exact C x C matrix per sample: the cache keeps its upper
+triangle where that is smaller than the C x P feature, else the feature. Logits and the
+cross-modal embeddings are kept whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+# Stored forms of a teacher tap: the canonical feature, its sketch, its channel Gram.
+FEATURE, SKETCH, GRAM = "feature", "sketch", "gram"
+# What a loss term reads from a teacher tap.
+USES = ("sample", "channel", "xmodal")
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Rows of R generated at once: bounds the memory of a sketch of a very wide tap.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def canonical_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    """(C, P) of a tap's per-sample output ``shape`` in the canonical layout (P = 1 for vectors)."""
+    if not shape:
+        raise ValueError("tap has no recorded shape")
+    if layout == "tokens_last" and len(shape) >= 2:
+        return shape[-1], math.prod(shape[:-1])
+    return shape[0], math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+def forms_for(uses: set[str], channels: int, positions: int, sketch: int) -> tuple[str, ...]:
+    """The forms to store for a tap read by ``uses``: the smallest that serve every use exactly
+    (the sample Gram from a sketch when ``sketch`` is set and smaller than the feature)."""
+    dim = channels * positions
+    triangle = channels * (channels + 1) // 2
+    if "xmodal" in uses or ("sample" in uses and not 0 < sketch < dim):
+        return (FEATURE,)  # the exact feature serves every use
+    forms: list[str] = []
+    if "channel" in uses:
+        if triangle >= dim:
+            return (FEATURE,)
+        forms.append(GRAM)
+    if "sample" in uses:
+        forms.append(SKETCH)
+    return tuple(forms) or (FEATURE,)
+
+
+def form_elements(form: str, channels: int, positions: int, sketch: int) -> int:
+    """Numbers stored per sample for one form of a tap."""
+    if form == SKETCH:
+        return sketch
+    if form == GRAM:
+        return channels * (channels + 1) // 2
+    return channels * positions
+
+
+def _seed(name: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:7], "big")
+
+
+def _chunk_rows(dim: int, k: int) -> int:
+    return max(1, min(dim, _CHUNK_ELEMENTS // max(k, 1)))
+
+
+def projection_chunks(name: str, dim: int, k: int, seed: int, device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """R (dim x k, entries N(0, 1/k)) for tap ``name`` as (first row, block) chunks. Drawn on
+    the CPU from a seed of the tap's name, so every machine and device gets the same R."""
+    generator = torch.Generator().manual_seed(_seed(name, seed))
+    rows = _chunk_rows(dim, k)
+    chunks = []
+    for start in range(0, dim, rows):
+        block = torch.randn(min(rows, dim - start), k, generator=generator) / math.sqrt(k)
+        chunks.append((start, block.to(device)))
+    return chunks
+
+
+class Sketcher:
+    """Projects one tap's flattened (B, D) features to (B, k) with a fixed seeded R."""
+
+    def __init__(self, name: str, dim: int, k: int, seed: int, device: torch.device) -> None:
+        self.dim, self.k = dim, k
+        self.chunks = projection_chunks(name, dim, k, seed, device)
+
+    def __call__(self, feature: torch.Tensor) -> torch.Tensor:
+        """The sketch of a batch of features (any shape with ``dim`` numbers per sample)."""
+        flat = feature.reshape(feature.shape[0], -1).float()
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"sketch built for {self.dim} numbers per sample, got {flat.shape[1]}")
+        out = flat.new_zeros(flat.shape[0], self.k)
+        for start, block in self.chunks:
+            out += flat[:, start : start + block.shape[0]] @ block
+        return out
+
+
+def upper_triangle(gram: torch.Tensor) -> torch.Tensor:
+    """(B, C, C) symmetric -> (B, C(C+1)/2), row-major upper triangle."""
+    rows, cols = torch.triu_indices(gram.shape[1], gram.shape[1], device=gram.device)
+    return gram[:, rows, cols]
+
+
+def from_upper_triangle(packed: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C(C+1)/2) -> the full symmetric (B, C, C)."""
+    rows, cols = torch.triu_indices(channels, channels, device=packed.device)
+    full = packed.new_zeros(packed.shape[0], channels, channels)
+    full[:, rows, cols] = packed
+    full[:, cols, rows] = packed
+    return full
+
+
+def sketch_error_bound(features: torch.Tensor, k: int) -> float:
+    """``sqrt(V)/B`` of the module docstring: the RMS bound, over sketch draws, on the error of
+    ``sqrt(L)`` when the teacher's (B, ...) ``features`` are sketched to ``k`` dimensions
+    (divide by sqrt(delta) for a bound that one draw meets with probability 1 - delta)."""
+    flat = features.reshape(features.shape[0], -1).double()
+    gram = flat @ flat.t()
+    sq_norms = gram.diagonal()
+    row_sq = gram.pow(2).sum(dim=1)
+    total = (4.0 / k) * ((sq_norms * sq_norms.sum() + row_sq) / row_sq).sum()
+    return float(total.sqrt()) / flat.shape[0]
