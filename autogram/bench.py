@@ -64,11 +64,11 @@ def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, flo
 
 def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
     """Median step time of each loss variant / the CE+KD step, teacher cached."""
+    from autogram.cache_plan import layout_for
+    from autogram.cache_reader import CachedTeacher
     from autogram.distill import Objective, _step
     from autogram.runtime import DeviceSplit, pick_device
     from autogram.teacher import ensure_teacher
-    from autogram.cache_plan import layout_for
-    from autogram.cache_reader import CachedTeacher
     from autogram.teacher_cache import ensure_cache
     from autogram.trial import prepare
 

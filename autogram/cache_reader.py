@@ -49,9 +49,7 @@ def _load(directory: Path, names: list[str], dtypes: dict[str, str], device: tor
     """Each named array read whole (one sequential read), as a tensor on ``device``."""
     from autogram.teacher_cache import _file_name
 
-    return {
-        name: _as_tensor(np.load(directory / _file_name(name)), dtypes[name]).to(device) for name in names
-    }
+    return {name: _as_tensor(np.load(directory / _file_name(name)), dtypes[name]).to(device) for name in names}
 
 
 def _needed(uses: dict[str, set[str]], stored: set[str], directory: Path) -> dict[str, tuple[str, str]]:
