@@ -3,7 +3,10 @@
 Every figure is a ratio of two measurements taken in the same process on the same
 machine, on the built-in data at the quickstart config's default sizes (unless noted):
 
-- ``cache_speedup``: a trial's wall time with the teacher live / with the teacher cache;
+- ``cache_speedup_cold`` / ``cache_speedup_warm`` (``cache_speedup`` = warm): a trial's wall
+  time with the teacher live / with the teacher cache, the cache's files evicted from the
+  page cache first, then warm; cache sizes, build times and sketch errors
+  (:mod:`autogram.bench_cache`);
 - ``step_ratio``: training-step time of CE only, CE+KD, CE+KD+Gram (sample, default
   pairs), CE+KD+Gram (channel), CE+KD+cross-modal, each / CE+KD (teacher cached: the
   setting a search runs in);
@@ -32,34 +35,6 @@ import torch
 from autogram.config import TrialConfig, validate
 
 log = logging.getLogger("autogram")
-
-
-def _timed_trial(cfg: TrialConfig, data: Any) -> tuple[float, float]:
-    """(the trial's wall time, its training loop's time)."""
-    from autogram.trial import run_trial
-
-    start = time.perf_counter()
-    result = run_trial(cfg, data=data)
-    return time.perf_counter() - start, result.train_seconds
-
-
-def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, float]:
-    """Wall time of the same trial with the teacher live and cached (cache built beforehand)."""
-    raw = json.loads(json.dumps(base))
-    raw["train"]["epochs"] = epochs
-    cached = validate(raw)
-    raw["teacher"]["cache"] = False
-    live = validate(raw)
-    _timed_trial(cached.model_copy(update={"train": cached.train.model_copy(update={"epochs": 1})}), data)  # warm
-    with_cache, loop_cached = _timed_trial(cached, data)
-    without, loop_live = _timed_trial(live, data)
-    return {
-        "trial_seconds_cached": with_cache,
-        "trial_seconds_live": without,
-        "cache_speedup": without / with_cache,
-        "train_loop_speedup": loop_live / loop_cached,
-        "trial_epochs": epochs,
-    }
 
 
 def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
@@ -207,6 +182,7 @@ def efficiency(base: dict[str, Any], root: Path, trials: int, seeds: int, epochs
 def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks the searches (fewer trials, epochs and seeds);
     ``gpu_only`` measures only the GPU figures (packed trials), for a short turn on a GPU."""
+    from autogram.bench_cache import cache_figures, cache_speedup
     from autogram.bench_gpu import gpu_figures
     from autogram.data import load_data
 
@@ -220,7 +196,8 @@ def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> 
         root = Path(tmp)
         if not gpu_only:
             data = load_data(cfg.data)
-            log.info("bench 1/6: trial wall time, teacher cached vs live")
+            log.info("bench 1/6: teacher cache: size, build time, sketch error; trial time cached (cold, warm) vs live")
+            out.update(cache_figures(base, data, root))
             out.update(cache_speedup(base, data, epochs=2 if quick else base["train"]["epochs"]))
             log.info("bench 2/6: training-step time per loss variant")
             out["step_ratio"] = step_ratios(base, data)

@@ -368,9 +368,26 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, g
 
 
 def _print_bench(result: dict[str, Any]) -> None:
+    sizes, builds = result["cache_bytes_per_sample"], result["cache_build_seconds"]
     click.echo(
-        f"teacher cache: trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached']:.1f}s "
-        f"cached -> speed-up {result['cache_speedup']:.2f}x"
+        f"teacher cache: {sizes['exact'] / 1e3:.1f} kB/sample exact ({builds['exact']:.1f}s to build) vs "
+        f"{sizes['sketched'] / 1e3:.2f} kB/sample sketched (k={result['sketch_k']}, {result['cache_precision']}, "
+        f"{builds['sketched']:.1f}s; largest tap {result['cache_bytes_per_sample_per_tap']:.0f} B)"
+    )
+    vit = result["vit_tap"]
+    click.echo(
+        f"  a ViT-B/16 tap (197x768): {vit['bytes_per_sample_exact'] / 1e3:.0f} kB/sample exact vs "
+        f"{vit['bytes_per_sample_sketched']:.0f} B sketched ({vit['sketch_ms_per_sample_cpu']:.2f} ms/sample to sketch)"
+    )
+    loss, grad = result["sketch_loss_rel_error"], result["sketch_grad_rel_error"]
+    click.echo(
+        f"  sketch error over {result['sketch_batches']} batches: sample-Gram loss median {loss['median']:.2%} "
+        f"(p95 {loss['p95']:.2%}), its gradient median {grad['median']:.2%} (p95 {grad['p95']:.2%})"
+    )
+    click.echo(
+        f"  trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached_cold']:.1f}s cached "
+        f"(cold page cache) / {result['trial_seconds_cached']:.1f}s (warm) -> speed-up "
+        f"{result['cache_speedup_cold']:.2f}x cold, {result['cache_speedup_warm']:.2f}x warm"
     )
     click.echo(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
     for name, ratio in result["step_ratio"].items():

@@ -36,7 +36,7 @@ import torch
 
 from autogram.config import ConfigError
 from autogram.models.taps import Tap
-from autogram.sketch import BYTES, FEATURE, GRAM, SKETCH, canonical_shape, form_elements, forms_for
+from autogram.sketch import BYTES, EXACT_DIMS, FEATURE, GRAM, SKETCH, canonical_shape, form_elements, forms_for
 
 log = logging.getLogger("autogram")
 FORMAT = "autogram-teacher-cache/2"
@@ -93,6 +93,7 @@ class CacheLayout:
             "taps": sorted((t.name, t.module_path, t.layout, list(self.forms[t.name])) for t in self.taps),
             "sketch": self.sketch,
             "sketch_seed": self.seed,
+            "sketch_exact_dims": EXACT_DIMS if self.sketch else 0,
             "storage": self.precision,
         }
 
@@ -237,7 +238,8 @@ def _write_arrays(
     for _, tap, form in layout.arrays():
         if form == SKETCH:
             channels, positions = tap_dims(tap)
-            sketchers[tap.name] = Sketcher(tap.name, channels * positions, layout.sketch, layout.seed, device)
+            dim = channels * positions
+            sketchers[tap.name] = Sketcher(tap.name, dim, layout.sketch, layout.seed, device, EXACT_DIMS)
     model.eval()
     started = last_report = time.perf_counter()
     flops_per_sample = 0.0

@@ -157,6 +157,15 @@ def run_trial(
     teacher_info: dict[str, Any] = {}
     signals = None
     if objective.needs_teacher:
+        layout = None
+        if config.teacher.cache and cache_dir is None:  # too big a cache is refused before the teacher trains
+            from autogram.cache_plan import layout_for, trial_uses
+            from autogram.teacher_cache import check_cache_size
+
+            layout = layout_for(config, parts["teacher_taps"], trial_uses(config, parts))
+            if all(t.shape for t in layout.taps):
+                train = data.splits["train"]
+                check_cache_size(layout, len(train), data.num_classes, config.teacher.cache_max_gb)
         handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
         teacher_info = {
             **handle.info(),
@@ -165,7 +174,6 @@ def run_trial(
             "source": "live",
         }
         if config.teacher.cache:
-            from autogram.cache_plan import layout_for, trial_uses
             from autogram.cache_reader import CachedTeacher
             from autogram.teacher_cache import ensure_cache
 
@@ -174,7 +182,7 @@ def run_trial(
                     handle.model,
                     handle.key,
                     data,
-                    layout_for(config, parts["teacher_taps"], trial_uses(config, parts)),
+                    layout,
                     device,
                     config.teacher.cache_dir / "signals",
                     max_gb=config.teacher.cache_max_gb,
