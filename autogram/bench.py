@@ -51,6 +51,7 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
         "ce": {"w_kd": 0, "w_gram": 0, "w_xmodal": 0},
         "ce_kd": {"w_gram": 0, "w_xmodal": 0},
         "ce_kd_gram_sample": {"w_xmodal": 0, "gram_kind": "sample"},
+        "ce_kd_gram_sample_student_sketch": {"w_xmodal": 0, "gram_kind": "sample", "student_sketch": 256},
         "ce_kd_gram_channel": {"w_xmodal": 0, "gram_kind": "channel"},
         "ce_kd_xmodal": {"w_gram": 0},
     }

@@ -167,8 +167,8 @@ def cache_figures(base: dict[str, Any], data: Any, root: Path, batches: int = 50
             grads[name] = torch.cat(
                 [g.flatten() for g in torch.autograd.grad(losses[name], student_feats, retain_graph=True)]
             )
-        exact = float(losses["exact"])
-        loss_errors.append(abs(float(losses["sketched"]) - exact) / exact)
+        exact = float(losses["exact"].detach())
+        loss_errors.append(abs(float(losses["sketched"].detach()) - exact) / exact)
         grad_errors.append(float((grads["sketched"] - grads["exact"]).norm() / grads["exact"].norm()))
         total = ce_loss(logits.float(), train.labels[idx.to(device)]) + cfg.distill.w_gram * losses["exact"]
         optimizer.zero_grad(set_to_none=True)

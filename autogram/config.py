@@ -206,6 +206,9 @@ class DistillConfig(_Strict):
     # "auto": the default pairing (same modality, nearest relative depth); otherwise a
     # list of "student_tap:teacher_tap" names as printed by `autogram layers`.
     pairs: Literal["auto"] | list[str] = "auto"
+    # Sample Gram only: a student feature wider than 4x this many numbers is count-sketched
+    # to this many before its B x B Gram (0: never). Pays where B x D matmuls dominate.
+    student_sketch: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _some_weight(self) -> DistillConfig:

@@ -24,6 +24,7 @@ from autogram.losses import ce_loss, channel_gram_loss, cross_modal_gram_loss, k
 from autogram.models.taps import Tap, TapPair
 from autogram.runtime import autocast, batch_indices, device_split, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
+from autogram.sketch import CountSketch
 
 log = logging.getLogger("autogram")
 Report = Callable[[int, dict[str, float]], None]
@@ -53,6 +54,16 @@ class Objective(nn.Module):
                 str(i): nn.Conv1d(p.student.channels, p.teacher.channels, kernel_size=1, bias=False)
                 for i, p in enumerate(self.pairs)
                 if self.gram_kind == "channel" and p.student.channels != p.teacher.channels
+            }
+        )
+
+        # Optional: student features much wider than k are count-sketched before the sample Gram.
+        k = cfg.student_sketch
+        self.student_sketches = nn.ModuleDict(
+            {
+                str(i): CountSketch(p.student.name, math.prod(p.student.shape), k)
+                for i, p in enumerate(self.pairs)
+                if self.gram_kind == "sample" and k and p.student.shape and math.prod(p.student.shape) > 4 * k
             }
         )
 
@@ -95,7 +106,12 @@ class Objective(nn.Module):
     def _gram(self, feats: dict[str, torch.Tensor], teacher: TeacherOutput) -> torch.Tensor:
         """Mean Gram loss over the pairs (all sample-Gram pairs in one batched computation)."""
         if self.gram_kind == "sample":
-            students = [feats[p.student.name].float() for p in self.pairs]
+            students = [
+                self.student_sketches[str(i)](feats[p.student.name].float())
+                if str(i) in self.student_sketches
+                else feats[p.student.name].float()
+                for i, p in enumerate(self.pairs)
+            ]
             return sample_gram_losses(students, [teacher.for_sample_gram(p.teacher.name) for p in self.pairs]).mean()
         values = []
         for i, pair in enumerate(self.pairs):

@@ -139,6 +139,26 @@ class Sketcher:
         return torch.cat([exact, out], dim=1)
 
 
+class CountSketch(torch.nn.Module):
+    """A student feature's (B, D) -> (B, k) count sketch, differentiable, in O(B D): each
+    coordinate is added with a seeded random sign to one of k buckets. Inner products are
+    unbiased, with variance at most ``(|x|^2 |y|^2 + <x, y>^2) / k``, the Gaussian sketch's;
+    the buffers are not saved with the model."""
+
+    def __init__(self, name: str, dim: int, k: int, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(_seed(f"student:{name}", seed))
+        self.k = k
+        self.register_buffer("bucket", torch.randint(0, k, (dim,), generator=generator), persistent=False)
+        signs = torch.randint(0, 2, (dim,), generator=generator).float() * 2 - 1
+        self.register_buffer("sign", signs, persistent=False)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """The (B, k) sketch of a (B, ...) feature."""
+        flat = feature.reshape(feature.shape[0], -1)
+        return flat.new_zeros(flat.shape[0], self.k).index_add_(1, self.bucket, flat * self.sign)
+
+
 def upper_triangle(gram: torch.Tensor) -> torch.Tensor:
     """(B, C, C) symmetric -> (B, C(C+1)/2), row-major upper triangle."""
     rows, cols = torch.triu_indices(gram.shape[1], gram.shape[1], device=gram.device)

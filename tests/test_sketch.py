@@ -213,3 +213,27 @@ def test_default_settings_keep_a_vit_sized_tap_under_2_kb_per_sample() -> None:
     layout = CacheLayout.plan([vit], {vit.name: {"sample"}}, defaults.cache_sketch, defaults.cache_precision)
     assert layout.forms[vit.name] == (SKETCH,)
     assert layout.bytes_per_sample(0) <= 2048 < CacheLayout.plan([vit], {vit.name: {"sample"}}).bytes_per_sample(0)
+
+
+def test_student_sketch_count_sketches_only_wide_student_features(tiny_config: TrialConfig) -> None:
+    raw = tiny_config.model_dump(mode="json")
+    raw["distill"]["student_sketch"] = 64
+    cfg = validate(raw)
+    parts = prepare(cfg, CPU)
+    plain = Objective(tiny_config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    sketched = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    wide = [i for i, p in enumerate(parts["pairs"]) if math.prod(p.student.shape) > 4 * 64]
+    assert wide and sorted(int(i) for i in sketched.student_sketches) == wide
+    assert set(sketched.state_dict()) == set(plain.state_dict())  # nothing new in checkpoints
+    generator = torch.Generator().manual_seed(0)
+    feats = {  # deep features share a common component
+        p.student.name: torch.randn(1, *p.student.shape, generator=generator)
+        + 0.5 * torch.randn(32, *p.student.shape, generator=generator)
+        for p in parts["pairs"]
+    }
+    teacher_feats = {p.teacher.name: torch.randn(32, *p.teacher.shape, generator=generator) for p in parts["pairs"]}
+    from autogram.signals import TeacherOutput
+
+    teacher = TeacherOutput(torch.zeros(32, 10), teacher_feats)
+    exact, approx = float(plain._gram(feats, teacher)), float(sketched._gram(feats, teacher))
+    assert approx != exact and approx == pytest.approx(exact, rel=0.2)
