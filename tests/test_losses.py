@@ -118,3 +118,20 @@ def test_cross_modal_gram_for_two_and_three_modalities(names: tuple[str, ...]) -
 def test_cross_modal_rejects_mismatched_modalities() -> None:
     with pytest.raises(ValueError, match="modalities differ"):
         cross_modal_gram_loss({"a": torch.ones(2, 3), "b": torch.ones(2, 3)}, {"a": torch.ones(2, 3)})
+
+
+def test_batched_sample_gram_losses_match_the_per_pair_loss_and_its_gradient() -> None:
+    from autogram.losses import sample_gram_losses
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(16, 64), (8, 24), (8, 24), (40,)]  # two of equal width share one batched matmul
+    students = [torch.randn(12, *s, generator=generator, dtype=torch.float64, requires_grad=True) for s in shapes]
+    teachers = [torch.randn(12, 32, 5, generator=generator, dtype=torch.float64) for _ in shapes]
+    batched = sample_gram_losses(students, teachers)
+    reference = torch.stack([gram_loss(s, t, "sample") for s, t in zip(students, teachers, strict=True)])
+    assert torch.allclose(batched, reference, rtol=1e-12)
+    weights = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    got = torch.autograd.grad((batched * weights).sum(), students)
+    want = torch.autograd.grad((reference * weights).sum(), students)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-14)
