@@ -22,7 +22,7 @@ import torch
 
 from autogram.models.taps import Tap
 from autogram.signals import TeacherOutput
-from autogram.sketch import FEATURE, GRAM, SKETCH, from_upper_triangle
+from autogram.sketch import FEATURE, GRAM, SKETCH, form_for_use, from_upper_triangle
 from autogram.teacher_cache import MANIFEST, CacheInvalid, array_name, open_cache, read_manifest
 
 log = logging.getLogger("autogram")
@@ -52,20 +52,25 @@ def _load(directory: Path, names: list[str], dtypes: dict[str, str], device: tor
     return {name: _as_tensor(np.load(directory / _file_name(name)), dtypes[name]).to(device) for name in names}
 
 
-def _needed(uses: dict[str, set[str]], stored: set[str], directory: Path) -> dict[str, tuple[str, str]]:
-    """For each (tap, use), the array that serves it and its form; CacheInvalid if none does."""
+def _needed(
+    uses: dict[str, set[str]], taps: list[Tap], stored: set[str], sketch: int, directory: Path
+) -> dict[str, tuple[str, str]]:
+    """For each (tap, use), the array that serves it and its form; CacheInvalid if not stored."""
+    from autogram.teacher_cache import tap_dims
+
+    by_name = {t.name: t for t in taps}
     plan: dict[str, tuple[str, str]] = {}
     for tap, tap_uses in uses.items():
+        channels, positions = tap_dims(by_name[tap]) if by_name[tap].shape else (0, 0)
         for use in sorted(tap_uses):
-            order = {"sample": (SKETCH, FEATURE), "channel": (GRAM, FEATURE), "xmodal": (FEATURE,)}[use]
-            found = next((f for f in order if array_name(tap, f) in stored), None)
-            if found is None:
+            form = form_for_use(use, channels, positions, sketch) if channels else FEATURE
+            if array_name(tap, form) not in stored:
                 have = sorted(n for n in stored if n == tap or n.startswith(f"{tap}@")) or ["nothing"]
                 raise CacheInvalid(
-                    f"{directory}: a {use} term needs tap {tap} as {' or '.join(order)}, the cache holds "
-                    f"{', '.join(have)} (it stores what the search space can use: rebuild it for this config)"
+                    f"{directory}: a {use} term reads tap {tap} as its {form}, the cache holds {', '.join(have)} "
+                    "(it stores what its search space can use: rebuild it for this config)"
                 )
-            plan[f"{tap}|{use}"] = (array_name(tap, found), found)
+            plan[f"{tap}|{use}"] = (array_name(tap, form), form)
     return plan
 
 
@@ -93,7 +98,8 @@ class CachedTeacher:
         self.taps = list(taps)
         self.device = device
         self.flops_per_sample = float(json.loads((directory / MANIFEST).read_text())["teacher_flops_per_sample"])
-        self.plan = _needed(uses, set(arrays), directory)
+        sketch = int(manifest.get("layout", {}).get("sketch", 0))
+        self.plan = _needed(uses, self.taps, set(arrays), sketch, directory)
         self.channels = {t.name: t.channels for t in taps}
         names = ["logits", *sorted({name for name, _ in self.plan.values()})]
         dtypes = {name: manifest["arrays"][name].get("dtype", "float32") for name in names}

@@ -59,21 +59,22 @@ def canonical_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:]) if len(shape) > 1 else 1
 
 
-def forms_for(uses: set[str], channels: int, positions: int, sketch: int) -> tuple[str, ...]:
-    """The forms to store for a tap read by ``uses``: the smallest that serve every use exactly
-    (the sample Gram from a sketch when ``sketch`` is set and smaller than the feature)."""
+def form_for_use(use: str, channels: int, positions: int, sketch: int) -> str:
+    """The form a loss term reads a tap in: fixed by the term, the tap's size and ``sketch``
+    alone (never by what else the cache holds), so a trial reads the same values whatever
+    search space its cache was built for."""
     dim = channels * positions
-    triangle = channels * (channels + 1) // 2
-    if "xmodal" in uses or ("sample" in uses and not 0 < sketch < dim):
-        return (FEATURE,)  # the exact feature serves every use
-    forms: list[str] = []
-    if "channel" in uses:
-        if triangle >= dim:
-            return (FEATURE,)
-        forms.append(GRAM)
-    if "sample" in uses:
-        forms.append(SKETCH)
-    return tuple(forms) or (FEATURE,)
+    if use == "sample":
+        return SKETCH if 0 < sketch < dim else FEATURE
+    if use == "channel":
+        return GRAM if channels * (channels + 1) // 2 < dim else FEATURE
+    return FEATURE
+
+
+def forms_for(uses: set[str], channels: int, positions: int, sketch: int) -> tuple[str, ...]:
+    """The forms to store for a tap read by ``uses`` (one per distinct form they read)."""
+    forms = {form_for_use(use, channels, positions, sketch) for use in uses} or {FEATURE}
+    return tuple(sorted(forms))
 
 
 def form_elements(form: str, channels: int, positions: int, sketch: int) -> int:

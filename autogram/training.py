@@ -180,11 +180,9 @@ def train(
     """
     from autogram.distill import Objective, train_student
     from autogram.runtime import pick_device
-    from autogram.signals import LiveTeacher
-    from autogram.teacher import ensure_teacher
     from autogram.tracking import client_for, log_metrics
     from autogram.tracking import tracking_uri as resolve_uri
-    from autogram.trial import evaluate_robustness, prepare
+    from autogram.trial import evaluate_robustness, prepare, teacher_signals
 
     config_path = Path(config_path)
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
@@ -204,11 +202,9 @@ def train(
     parts = prepare(config, device, data)
     data, student = parts["data"], parts["student"]
     objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
-    signals = None
-    if objective.needs_teacher:
-        handle = parts["teacher"] or ensure_teacher(config.teacher, data, device)
-        handle.model.to(device)
-        signals = LiveTeacher(handle.model, objective.teacher_taps, device)
+    # The same teacher signals as the trial this config came from (its cache, sketched as the
+    # search's was), so a trial's budget reproduces the trial's scores.
+    signals, _ = teacher_signals(config, parts, objective, device)
     uri = resolve_uri(tracking_uri)
     experiment = experiment or (config.provenance or {}).get("experiment") or config.name
     checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)

@@ -129,6 +129,43 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
     }
 
 
+def teacher_signals(
+    config: TrialConfig, parts: dict[str, Any], objective: Any, device: Any, cache_dir: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """What the loop reads from the teacher (``None`` when no term does) and the teacher's
+    description: its cache when ``teacher.cache`` is on (``cache_dir``, or found/built here,
+    a too-big one refused before the teacher trains), else the live model."""
+    from autogram.signals import LiveTeacher
+    from autogram.teacher import ensure_teacher
+
+    if not objective.needs_teacher:
+        return None, {}
+    data, teacher = parts["data"], parts["teacher"]
+    layout = None
+    if config.teacher.cache and cache_dir is None:
+        from autogram.cache_plan import layout_for, trial_uses
+        from autogram.teacher_cache import check_cache_size
+
+        layout = layout_for(config, parts["teacher_taps"], trial_uses(config, parts))
+        if all(t.shape for t in layout.taps):
+            check_cache_size(layout, len(data.splits["train"]), data.num_classes, config.teacher.cache_max_gb)
+    handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
+    info = {**handle.info(), "params": handle.params, "model": handle.source, "source": "live"}
+    if not config.teacher.cache:
+        if handle.model is None:
+            raise RuntimeError("a live teacher was asked for, but only the teacher's cache metadata was given")
+        handle.model.to(device)
+        return LiveTeacher(handle.model, objective.teacher_taps, device), info
+    from autogram.cache_reader import CachedTeacher
+    from autogram.teacher_cache import ensure_cache
+
+    if cache_dir is None:
+        root = config.teacher.cache_dir / "signals"
+        cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, config.teacher.cache_max_gb)
+    signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
+    return signals, {**info, "source": "cache", "cache": str(cache_dir)}
+
+
 def run_trial(
     config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None, cache_dir: Any = None
 ) -> TrialResult:
@@ -147,53 +184,12 @@ def run_trial(
     from autogram.distill import Objective, train_student
     from autogram.models import parameter_count
     from autogram.runtime import pick_device
-    from autogram.signals import LiveTeacher
-    from autogram.teacher import ensure_teacher
 
     device = pick_device(config.device)
     parts = prepare(config, device, data, teacher)
     data, teacher = parts["data"], parts["teacher"]
     objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
-    teacher_info: dict[str, Any] = {}
-    signals = None
-    if objective.needs_teacher:
-        layout = None
-        if config.teacher.cache and cache_dir is None:  # too big a cache is refused before the teacher trains
-            from autogram.cache_plan import layout_for, trial_uses
-            from autogram.teacher_cache import check_cache_size
-
-            layout = layout_for(config, parts["teacher_taps"], trial_uses(config, parts))
-            if all(t.shape for t in layout.taps):
-                train = data.splits["train"]
-                check_cache_size(layout, len(train), data.num_classes, config.teacher.cache_max_gb)
-        handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
-        teacher_info = {
-            **handle.info(),
-            "params": handle.params,
-            "model": handle.source,
-            "source": "live",
-        }
-        if config.teacher.cache:
-            from autogram.cache_reader import CachedTeacher
-            from autogram.teacher_cache import ensure_cache
-
-            if cache_dir is None:
-                cache_dir = ensure_cache(
-                    handle.model,
-                    handle.key,
-                    data,
-                    layout,
-                    device,
-                    config.teacher.cache_dir / "signals",
-                    max_gb=config.teacher.cache_max_gb,
-                )
-            signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
-            teacher_info.update(source="cache", cache=str(cache_dir))
-        else:
-            if handle.model is None:
-                raise RuntimeError("a live teacher was asked for, but only the teacher's cache metadata was given")
-            handle.model.to(device)
-            signals = LiveTeacher(handle.model, objective.teacher_taps, device)
+    signals, teacher_info = teacher_signals(config, parts, objective, device, cache_dir)
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
     eval_started = time.perf_counter()

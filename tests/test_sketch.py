@@ -99,13 +99,13 @@ def test_channel_gram_loss_through_small_matrices_equals_the_direct_one() -> Non
         )
 
 
-def test_forms_are_the_smallest_that_serve_each_use() -> None:
+def test_each_use_reads_one_form_whatever_else_is_cached() -> None:
     assert forms_for({"sample"}, 128, 17, 512) == (SKETCH,)
     assert forms_for({"sample"}, 16, 24, 512) == ("feature",)  # the feature is already smaller
     assert forms_for({"channel"}, 32, 17, 512) == (GRAM,)  # 528 numbers < 544
     assert forms_for({"channel"}, 128, 17, 512) == ("feature",)
     assert forms_for({"sample", "channel"}, 32, 24, 256) == (GRAM, SKETCH)
-    assert forms_for({"xmodal", "sample"}, 128, 1, 64) == ("feature",)
+    assert forms_for({"xmodal", "sample"}, 128, 1, 64) == ("feature", SKETCH)  # sample reads the sketch
 
 
 def _cache_for(cfg: TrialConfig, root: Path, kind: str) -> tuple:
