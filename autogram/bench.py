@@ -123,6 +123,8 @@ def gram_throughput(batch: int = 64, repeats: int = 50) -> dict[str, float]:
 def _search(raw: dict[str, Any], root: Path, name: str) -> dict[str, Any]:
     from autogram.search import plan_search, run_search
 
+    raw = {**raw, "search": {**raw["search"], "baselines": []}}  # the sampler's own trials only
+
     plan = plan_search(validate(raw), name, root, resume=False, tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     document = run_search(plan, track=False)
     events = [json.loads(line) for line in (plan.directory / "trials.jsonl").read_text().splitlines()]

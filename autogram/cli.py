@@ -392,7 +392,7 @@ def _print_bench(result: dict[str, Any]) -> None:
     click.echo(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
     for name, ratio in result["step_ratio"].items():
         if name != "ce_kd_step_ms":
-            click.echo(f"  {name:<20} {ratio:.2f}x")
+            click.echo(f"  {name:<34} {ratio:.2f}x")
     click.echo(f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s")
     click.echo(
         f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "

@@ -125,6 +125,9 @@ class SearchConfig(_Strict):
     # The Optuna study's RDB URL (e.g. postgresql+psycopg://user@db:5432/optuna); default: an
     # sqlite file in the search's folder. A password in it is moved to PGPASSWORD, never written.
     storage: str | None = None
+    # Standard recipes run first with fixed parameters (autogram/search/baselines.py):
+    # null = every one the space allows, [] = none.
+    baselines: list[Literal["ce", "kd", "kd_gram_all", "kd_xmodal"]] | None = None
 
     @field_validator("constraints")
     @classmethod

@@ -25,7 +25,22 @@ def _ok(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _label(trial: dict[str, Any]) -> str:
-    return f"trial {trial['number']}"
+    return f"trial {trial['number']}" + (f" ({trial['baseline']})" if trial.get("baseline") else "")
+
+
+BASELINE = "#1f77b4"
+
+
+def _groups(document: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+    """(legend name, trials, marker) for dominated trials, the front, and the baselines (their
+    own diamond marker and name, on the front or not)."""
+    ok = _ok(document)
+    searched = [t for t in ok if not t.get("baseline")]
+    return [
+        ("dominated", [t for t in searched if not t["pareto"]], {"color": GREY, "size": 7}),
+        ("Pareto front", [t for t in searched if t["pareto"]], {"color": FRONT, "size": 9}),
+        ("baselines", [t for t in ok if t.get("baseline")], {"color": BASELINE, "size": 11, "symbol": "diamond"}),
+    ]
 
 
 def front_3d(document: dict[str, Any]) -> Any:
@@ -34,17 +49,16 @@ def front_3d(document: dict[str, Any]) -> Any:
 
     names = [o["name"] for o in document["objectives"]][:3]
     fig = go.Figure()
-    for on_front, colour, title in ((False, GREY, "dominated"), (True, FRONT, "Pareto front")):
-        trials = [t for t in _ok(document) if t["pareto"] == on_front]
+    for title, trials, marker in _groups(document):
         fig.add_trace(
             go.Scatter3d(
                 x=[t["values"][names[0]] for t in trials],
                 y=[t["values"][names[1]] for t in trials],
                 z=[t["values"][names[2]] for t in trials],
-                mode="markers",
+                mode="markers+text" if title == "baselines" else "markers",
                 name=title,
-                marker={"size": 6 if on_front else 4, "color": colour},
-                text=[_label(t) for t in trials],
+                marker={**marker, "size": marker["size"] - 3},
+                text=[t["baseline"] if title == "baselines" else _label(t) for t in trials],
             )
         )
     fig.update_layout(
@@ -63,17 +77,18 @@ def front_2d(document: dict[str, Any]) -> Any:
     pairs = list(combinations(names, 2))
     fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[f"{a} vs {b}" for a, b in pairs])
     for col, (a, b) in enumerate(pairs, start=1):
-        for on_front, colour, title in ((False, GREY, "dominated"), (True, FRONT, "Pareto front")):
-            trials = [t for t in _ok(document) if t["pareto"] == on_front]
+        for title, trials, marker in _groups(document):
             fig.add_trace(
                 go.Scatter(
                     x=[t["values"][a] for t in trials],
                     y=[t["values"][b] for t in trials],
-                    mode="markers",
-                    marker={"color": colour, "size": 9 if on_front else 7},
+                    mode="markers+text" if title == "baselines" else "markers",
+                    marker=marker,
                     name=title,
                     showlegend=col == 1,
-                    text=[_label(t) for t in trials],
+                    text=[t["baseline"] if title == "baselines" else _label(t) for t in trials],
+                    textposition="top center",
+                    hovertext=[_label(t) for t in trials],
                 ),
                 row=1,
                 col=col,

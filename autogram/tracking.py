@@ -20,6 +20,7 @@ from autogram import __version__
 log = logging.getLogger("autogram")
 TAG_SEARCH, TAG_DIR, TAG_KIND = "autogram.search", "autogram.search_dir", "autogram.kind"
 PARENT = "mlflow.parentRunId"
+TAG_BASELINE = "autogram.baseline"
 
 
 def tracking_uri(option: str | None) -> str:
@@ -125,6 +126,7 @@ class SearchTracker:
                 "ray_trial_id": trial_id,
                 "trial_number": str(number),
                 "status": "running",
+                **({TAG_BASELINE: str(config["baseline"])} if config.get("baseline") else {}),
             },
         )
         self.children[trial_id] = run.info.run_id
@@ -219,20 +221,24 @@ def write_artifacts(
     import yaml
 
     from autogram import plots
+    from autogram.search.baselines import format_verdict
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "pareto_front.json").write_text(json.dumps(document, indent=2))
+    if document.get("verdict"):
+        (directory / "verdict.txt").write_text(format_verdict(document["verdict"]) + "\n")
     names = [o["name"] for o in document["objectives"]]
     params = sorted({k for t in document["trials"] for k in t["params"]})
     with (directory / "pareto_front.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["number", "status", "pareto", *names, *params])
+        writer.writerow(["number", "status", "pareto", "baseline", *names, *params])
         for t in document["trials"]:
             writer.writerow(
                 [
                     t["number"],
                     t["status"],
                     t["pareto"],
+                    t.get("baseline") or "",
                     *[t["values"].get(n, "") for n in names],
                     *[t["params"].get(p, "") for p in params],
                 ]
@@ -325,6 +331,7 @@ def read_front(uri: str, name: str) -> dict[str, Any]:
                 "params": {k: _parse_param(v) for k, v in run.data.params.items()},
                 "values": {n: metrics[n] for n in names if n in metrics} if tags.get("status") != "pruned" else {},
                 "pareto": tags.get("pareto") == "true",
+                "baseline": tags.get(TAG_BASELINE),
                 "run_id": run.info.run_id,
             }
         )

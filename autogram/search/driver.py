@@ -43,6 +43,8 @@ class SearchPlan:
     python_objects: dict[str, Any] | None = None
     # Other user objects whose code workers must import (the Python API's datasets).
     code_targets: list[Any] | None = None
+    # The standard recipes run first: {baseline name: fixed Optuna parameters}.
+    baselines: dict[str, dict[str, Any]] | None = None
 
     @property
     def storage_url(self) -> str:
@@ -111,6 +113,9 @@ def plan_search(
             train = parts["data"].splits["train"]
             check_cache_size(layout, len(train), parts["data"].num_classes, cfg.teacher.cache_max_gb)
     base = cfg.model_dump(mode="json", exclude={"search"})
+    from autogram.search.baselines import plan_baselines
+
+    baselines = plan_baselines(cfg.search.baselines, space, candidates, base)
     from autogram.credentials import tracking_url
     from autogram.tracking import tracking_uri as resolve_uri
 
@@ -124,6 +129,7 @@ def plan_search(
         experiment=experiment or cfg.search.experiment or cfg.name,
         data=parts["data"],
         teacher=parts["teacher"],
+        baselines=baselines,
     )
 
 
@@ -175,6 +181,10 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
         storage=optuna.storages.RDBStorage(plan.storage_url),
         constraints=search.parsed_constraints(),
     )
+    from autogram.search.baselines import enqueue_baselines
+
+    if enqueue_baselines(searcher._ot_study, plan.baselines or {}):
+        log.info("baselines first: %s", ", ".join(plan.baselines or {}))
     scheduler = None
     if search.early_stopping is not None:
         stop = search.early_stopping
@@ -206,20 +216,6 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
             verbose=0,
         ),
     )
-
-
-def _close_stale_trials(storage_url: str, name: str) -> int:
-    """Mark trials asked but never told (a driver killed mid-search) as FAIL; returns how many."""
-    import optuna
-    from optuna.trial import TrialState
-
-    study = optuna.load_study(study_name=name, storage=storage_url)
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for trial in stale:
-        study._storage.set_trial_user_attr(trial._trial_id, "status", "failed")
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted: the driver stopped mid-trial")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return len(stale)
 
 
 def _space_summary(plan: SearchPlan) -> dict[str, Any]:
@@ -381,13 +377,19 @@ def run_search(
                 os.environ[name] = value
             else:
                 os.environ.pop(name, None)
-    stale = _close_stale_trials(plan.storage_url, plan.name)
+    from autogram.search.optuna_search import close_stale_trials
+
+    stale = close_stale_trials(plan.storage_url, plan.name)
     if stale:
         log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
     study = optuna.load_study(study_name=plan.name, storage=plan.storage_url)
     document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
+    if document["verdict"]:
+        from autogram.search.baselines import format_verdict
+
+        log.info("%s", format_verdict(document["verdict"]))
     if tracker is None:
         return document
     artifacts = temp_artifacts()

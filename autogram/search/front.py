@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autogram.pareto import hypervolume, pareto_front
+from autogram.search.baselines import format_verdict, verdict
 
 
 def trial_status(trial: Any) -> str:
@@ -61,6 +62,7 @@ def build_front(
                 "values": values,
                 "reason": trial.user_attrs.get("reason", ""),
                 "pareto": False,
+                "baseline": trial.user_attrs.get("baseline"),
             }
         )
     ok = [e for e in entries if e["status"] == "ok"]
@@ -68,13 +70,15 @@ def build_front(
     for index in pareto_front(rows, directions):
         ok[index]["pareto"] = True
     ref = [reference[n] for n in names] if reference else default_reference(objectives, rows)
-    return {
+    document = {
         "name": name,
         "objectives": objectives,
         "reference_point": ref,
         "hypervolume": hypervolume(rows, directions, ref) if rows else 0.0,
         "trials": entries,
     }
+    document["verdict"] = verdict(document)
+    return document
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -101,15 +105,17 @@ def format_front(document: dict[str, Any]) -> str:
     ]
     for trial in front:
         params = trial["params"]
+        tag = f"  [{trial['baseline']}]" if trial.get("baseline") else ""
         pair_flags = [v for k, v in params.items() if k.startswith("pair:")]
         pairs = str(sum(pair_flags)) if pair_flags else "-"
         weights = "/".join(_fmt(params, w) for w in ("w_ce", "w_kd", "w_gram", "w_xmodal"))
         lines.append(
             f"  {trial['number']:>5}  "
             + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
-            + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}"
+            + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}{tag}"
         )
-    return "\n".join(lines)
+    judged = format_verdict(verdict(document))
+    return "\n".join(lines + ([judged] if judged else []))
 
 
 def _fmt(params: dict[str, Any], name: str) -> str:

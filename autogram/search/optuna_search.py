@@ -80,3 +80,14 @@ class AutogramOptunaSearch(OptunaSearch):
 
     def _tell(self, ot_trial: Any, values: list[float] | None, state: TrialState) -> None:
         self._ot_study.tell(ot_trial, values, state=state)
+
+
+def close_stale_trials(storage_url: str, name: str) -> int:
+    """Mark trials asked but never told (a driver killed mid-search) as FAIL; returns how many."""
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "status", "failed")
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted: the driver stopped mid-trial")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return len(stale)

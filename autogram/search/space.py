@@ -64,8 +64,11 @@ class SpaceSampler:
         if gram_on:  # the subset only means something when the Gram term is on
             for pair in self.candidates:
                 trial.suggest_int(pair_param(pair), 0, 1)
-        # Not a parameter: lets the driver name MLflow runs after Optuna's trial number.
+        # Not parameters: let the driver name MLflow runs after Optuna's trial number, and
+        # tag the standard recipes enqueued first (autogram/search/baselines.py).
         fixed["trial_number"] = trial.number
+        if trial.user_attrs.get("baseline"):
+            fixed["baseline"] = trial.user_attrs["baseline"]
         return fixed
 
 

@@ -1,0 +1,134 @@
+"""Standard recipes as the first trials of a search, and the verdict against them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from autogram.config import ConfigError, validate
+from autogram.search.baselines import format_verdict, plan_baselines, verdict
+from tests.conftest import run_cli, tiny_raw
+
+CANDIDATES = ["image.block1:image.layer1", "tokens.block1:tokens.layer1"]
+BASE = {"train": {"lr": 0.003, "modality_dropout": 0.1}}
+
+
+def test_every_standard_recipe_the_default_space_allows_with_its_fixed_values() -> None:
+    space = validate({"search": {}}).search.space
+    planned = plan_baselines(None, space, CANDIDATES, BASE)
+    assert list(planned) == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
+    plain = {"temperature": 4.0, "lr": 0.003, "modality_dropout": 0.1}
+    assert planned["ce"] == {**plain, "use_w_kd": False, "use_w_gram": False, "use_w_xmodal": False}
+    assert planned["kd"] == {**plain, "use_w_kd": True, "w_kd": 1.0, "use_w_gram": False, "use_w_xmodal": False}
+    assert planned["kd_gram_all"] == {
+        **plain,
+        "use_w_kd": True,
+        "w_kd": 1.0,
+        "use_w_gram": True,
+        "w_gram": 3000.0,
+        "use_w_xmodal": False,
+        **{f"pair:{c}": 1 for c in CANDIDATES},
+    }
+    assert planned["kd_xmodal"]["w_xmodal"] == 10.0 and planned["kd_xmodal"]["use_w_gram"] is False
+
+
+def test_recipes_the_space_does_not_allow_are_skipped_or_refused_by_name() -> None:
+    raw = {"search": {"space": {"w_xmodal": 0.0, "max_pairs": 1, "temperature": {"low": 5, "high": 8}}}}
+    space = validate(raw).search.space
+    planned = plan_baselines(None, space, CANDIDATES, BASE)
+    assert list(planned) == ["ce", "kd"]  # no cross-modal term; max_pairs forbids every pair at once
+    assert planned["kd"]["temperature"] == 5.0  # clipped into the space's range
+    with pytest.raises(ConfigError, match="search.baselines: kd_xmodal is not in this search space: w_xmodal"):
+        plan_baselines(["kd_xmodal"], space, CANDIDATES, BASE)
+    assert plan_baselines([], space, CANDIDATES, BASE) == {}
+
+
+def _trial(number: int, values: tuple[float, float, float], pareto: bool, baseline: str | None = None) -> dict:
+    return {
+        "number": number,
+        "status": "ok",
+        "params": {},
+        "values": dict(zip(["accuracy", "robustness", "cost"], values, strict=True)),
+        "pareto": pareto,
+        "baseline": baseline,
+    }
+
+
+def test_verdict_on_a_hand_made_front() -> None:
+    objectives = [
+        {"name": "accuracy", "direction": "maximize"},
+        {"name": "robustness", "direction": "maximize"},
+        {"name": "cost", "direction": "minimize"},
+    ]
+    trials = [
+        _trial(0, (0.90, 0.40, 100.0), False, "ce"),  # dominated by 4 and 5
+        _trial(1, (0.95, 0.30, 50.0), True, "kd"),  # on the front itself
+        _trial(2, (0.80, 0.20, 500.0), False, "kd_xmodal"),  # by 1 (a baseline on the front) and 4; 5 costs more
+        _trial(3, (0.99, 0.50, 900.0), False),
+        _trial(4, (0.92, 0.45, 90.0), True),
+        _trial(5, (0.97, 0.60, 600.0), True),
+        {**_trial(6, (0, 0, 0), False, "kd_gram_all"), "status": "diverged", "values": {}},
+    ]
+    document = {"objectives": objectives, "trials": trials}
+    entries = {e["baseline"]: e for e in verdict(document)}
+    assert [p["trial"] for p in entries["ce"]["dominated_by"]] == [4]
+    assert entries["ce"]["dominated_by"][0]["deltas"] == pytest.approx(
+        {"accuracy": 0.02, "robustness": 0.05, "cost": -10.0}
+    )
+    assert entries["kd"]["dominated_by"] == [] and entries["kd"]["on_front"]
+    assert [p["trial"] for p in entries["kd_xmodal"]["dominated_by"]] == [1, 4]
+    assert entries["kd_gram_all"]["status"] == "diverged" and "dominated_by" not in entries["kd_gram_all"]
+    text = format_verdict(verdict(document))
+    assert "ce           trial 0: dominated by 1 front point(s)" in text
+    assert "trial 4: accuracy +0.02, robustness +0.05, cost -10" in text
+    assert "kd           trial 1: no front point dominates it (it is on the front)" in text
+    assert "kd_gram_all  trial 6: diverged, no verdict" in text
+
+
+@pytest.mark.slow
+def test_baselines_are_the_first_trials_tagged_in_front_and_mlflow(tmp_path: Path, teacher_cache: Path) -> None:
+    raw = tiny_raw(teacher_cache)
+    raw["train"]["epochs"] = 1
+    raw["name"] = "b"
+    raw["search"] = {"trials": 5, "concurrency": 2, "space": {"max_pairs": 6}}
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "runs" / "b" / "front.json").read_text())
+    by_number = {t["number"]: t for t in front["trials"]}
+    assert [by_number[n]["baseline"] for n in range(5)] == ["ce", "kd", "kd_gram_all", "kd_xmodal", None]
+    assert by_number[0]["params"]["use_w_kd"] is False and by_number[0]["params"]["use_w_gram"] is False
+    assert by_number[1]["params"]["w_kd"] == 1.0 and by_number[1]["params"]["temperature"] == 4.0
+    gram_all = by_number[2]["params"]
+    assert gram_all["w_gram"] == 3000.0 and all(v == 1 for k, v in gram_all.items() if k.startswith("pair:"))
+    assert sum(k.startswith("pair:") for k in gram_all) == 6
+    assert [e["baseline"] for e in front["verdict"]] == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
+    assert "Against the baselines" in proc.stderr
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("b").experiment_id])
+    tags = {r.data.tags.get("trial_number"): r.data.tags.get("autogram.baseline") for r in runs}
+    assert tags == {"0": "ce", "1": "kd", "2": "kd_gram_all", "3": "kd_xmodal", "4": None, None: None}
+    parent = next(r for r in runs if r.data.tags.get("autogram.kind") == "search")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "verdict.txt" in artifacts
+
+    shown = run_cli("front", "b", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "Against the baselines" in shown.stdout and "ce           trial 0" in shown.stdout
+
+
+def test_an_unknown_baseline_is_a_one_line_error_and_writes_nothing(tmp_path: Path, teacher_cache: Path) -> None:
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {"baselines": ["ce", "fitnets"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "search.baselines" in lines[0] and "fitnets" in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
