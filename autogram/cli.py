@@ -344,6 +344,27 @@ def train_command(
 
 
 @main.command()
+@click.argument("source")
+@click.option("--seeds", default="3", show_default=True, help="Seeds per row (each a full retraining).")
+@click.option("--points", default="knee", show_default=True, help="knee, front, or trial numbers (comma-separated).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as one JSON object.")
+@_quiet_option
+@_user_errors
+def confirm(source: str, seeds: str, points: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
+    """Retrain front points of search SOURCE (a name, experiment or folder) and every baseline
+    with several seeds, score them on the test split, and compare them."""
+    _setup_logging(quiet)
+    from autogram.confirm import confirm as run_confirm
+    from autogram.confirm import format_table
+
+    if not seeds.isdigit():
+        raise ConfigError(f"--seeds {seeds!r}: expected a whole number of seeds, at least 1")
+    result = run_confirm(source, int(seeds), points, tracking_uri)
+    click.echo(json.dumps(result) if as_json else format_table(result))
+
+
+@main.command()
 @click.argument("config", type=click.Path(dir_okay=False), default="search_spaces/quickstart.yaml")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--quick", is_flag=True, help="Smaller searches (fewer trials and epochs): a rough look in less time.")
@@ -362,62 +383,9 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, g
     if as_json:
         click.echo(json.dumps(result))
         return
-    if not gpu_only:
-        _print_bench(result)
-    _print_gpu_bench(result)
+    from autogram.bench_report import format_bench, format_gpu_bench
 
-
-def _print_bench(result: dict[str, Any]) -> None:
-    sizes, builds = result["cache_bytes_per_sample"], result["cache_build_seconds"]
-    click.echo(
-        f"teacher cache: {sizes['exact'] / 1e3:.1f} kB/sample exact ({builds['exact']:.1f}s to build) vs "
-        f"{sizes['sketched'] / 1e3:.2f} kB/sample sketched (k={result['sketch_k']}, {result['cache_precision']}, "
-        f"{builds['sketched']:.1f}s; largest tap {result['cache_bytes_per_sample_per_tap']:.0f} B)"
-    )
-    vit = result["vit_tap"]
-    click.echo(
-        f"  a ViT-B/16 tap (197x768): {vit['bytes_per_sample_exact'] / 1e3:.0f} kB/sample exact vs "
-        f"{vit['bytes_per_sample_sketched']:.0f} B sketched ({vit['sketch_ms_per_sample_cpu']:.2f} ms/sample to sketch)"
-    )
-    loss, grad = result["sketch_loss_rel_error"], result["sketch_grad_rel_error"]
-    click.echo(
-        f"  sketch error over {result['sketch_batches']} batches: sample-Gram loss median {loss['median']:.2%} "
-        f"(p95 {loss['p95']:.2%}), its gradient median {grad['median']:.2%} (p95 {grad['p95']:.2%})"
-    )
-    click.echo(
-        f"  trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached_cold']:.1f}s cached "
-        f"(cold page cache) / {result['trial_seconds_cached']:.1f}s (warm) -> speed-up "
-        f"{result['cache_speedup_cold']:.2f}x cold, {result['cache_speedup_warm']:.2f}x warm"
-    )
-    click.echo(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
-    for name, ratio in result["step_ratio"].items():
-        if name != "ce_kd_step_ms":
-            click.echo(f"  {name:<34} {ratio:.2f}x")
-    click.echo(f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s")
-    click.echo(
-        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "
-        f"(trials of {result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
-    )
-    click.echo(
-        f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
-        f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
-    )
-
-
-def _print_gpu_bench(result: dict[str, Any]) -> None:
-    if result["gpu_trials_per_hour"] is None:
-        click.echo("GPU figures: none (no CUDA device)")
-        return
-
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    click.echo("trials packed on one GPU:  concurrency  trials/hour  GPU busy  peak MB/trial  overhead/trial")
-    for key, per_hour in result["gpu_trials_per_hour"].items():
-        click.echo(
-            f"  {key:>24}  {fmt(per_hour, '11.0f')}  {fmt(result['gpu_busy_fraction'][key], '8.1%')}  "
-            f"{fmt(result['gpu_peak_memory_mb'][key], '13.0f')}  {fmt(result['gpu_trial_overhead'][key], '14.1%')}"
-        )
+    click.echo(format_gpu_bench(result) if gpu_only else format_bench(result) + "\n" + format_gpu_bench(result))
 
 
 if __name__ == "__main__":

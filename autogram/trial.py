@@ -167,7 +167,12 @@ def teacher_signals(
 
 
 def run_trial(
-    config: TrialConfig, report: Any = None, data: Any = None, teacher: Any = None, cache_dir: Any = None
+    config: TrialConfig,
+    report: Any = None,
+    data: Any = None,
+    teacher: Any = None,
+    cache_dir: Any = None,
+    eval_split: str = "val",
 ) -> TrialResult:
     """Train the student for the configured short budget against the frozen teacher and score it.
 
@@ -178,6 +183,7 @@ def run_trial(
     signals are read from a cache computed once (``cache_dir``, or found/built here) instead
     of running the teacher every step; a handle without a model then suffices. Returns a
     :class:`TrialResult`; a non-finite loss ends the trial early with ``status="diverged"``.
+    Scores are on the validation split (``eval_split="test"`` for ``autogram confirm``).
     """
     import torch
 
@@ -193,7 +199,7 @@ def run_trial(
     torch.manual_seed(config.seed)
     outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
     eval_started = time.perf_counter()
-    clean, corruptions = evaluate_robustness(parts["student"], data, config, device)
+    clean, corruptions = evaluate_robustness(parts["student"], data, config, device, eval_split)
     eval_seconds = time.perf_counter() - eval_started
     robustness = sum(corruptions.values()) / len(corruptions)
     flops_per_sample = outcome.flops_per_sample

@@ -1,0 +1,63 @@
+"""``autogram bench``'s figures as the text the command prints (``--json`` prints them raw)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The CPU figures of ``autogram bench`` as text."""
+    lines: list[str] = []
+    sizes, builds = result["cache_bytes_per_sample"], result["cache_build_seconds"]
+    lines.append(
+        f"teacher cache: {sizes['exact'] / 1e3:.1f} kB/sample exact ({builds['exact']:.1f}s to build) vs "
+        f"{sizes['sketched'] / 1e3:.2f} kB/sample sketched (k={result['sketch_k']}, {result['cache_precision']}, "
+        f"{builds['sketched']:.1f}s; largest tap {result['cache_bytes_per_sample_per_tap']:.0f} B)"
+    )
+    vit = result["vit_tap"]
+    lines.append(
+        f"  a ViT-B/16 tap (197x768): {vit['bytes_per_sample_exact'] / 1e3:.0f} kB/sample exact vs "
+        f"{vit['bytes_per_sample_sketched']:.0f} B sketched ({vit['sketch_ms_per_sample_cpu']:.2f} ms/sample to sketch)"
+    )
+    loss, grad = result["sketch_loss_rel_error"], result["sketch_grad_rel_error"]
+    lines.append(
+        f"  sketch error over {result['sketch_batches']} batches: sample-Gram loss median {loss['median']:.2%} "
+        f"(p95 {loss['p95']:.2%}), its gradient median {grad['median']:.2%} (p95 {grad['p95']:.2%})"
+    )
+    lines.append(
+        f"  trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached_cold']:.1f}s cached "
+        f"(cold page cache) / {result['trial_seconds_cached']:.1f}s (warm) -> speed-up "
+        f"{result['cache_speedup_cold']:.2f}x cold, {result['cache_speedup_warm']:.2f}x warm"
+    )
+    lines.append(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
+    for name, ratio in result["step_ratio"].items():
+        if name != "ce_kd_step_ms":
+            lines.append(f"  {name:<34} {ratio:.2f}x")
+    lines.append(f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s")
+    lines.append(
+        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "
+        f"(trials of {result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
+    )
+    lines.append(
+        f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
+        f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
+    )
+    return "\n".join(lines)
+
+
+def format_gpu_bench(result: dict[str, Any]) -> str:
+    """The GPU figures (packed trials) as text."""
+    lines: list[str] = []
+    if result["gpu_trials_per_hour"] is None:
+        return "GPU figures: none (no CUDA device)"
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines.append("trials packed on one GPU:  concurrency  trials/hour  GPU busy  peak MB/trial  overhead/trial")
+    for key, per_hour in result["gpu_trials_per_hour"].items():
+        lines.append(
+            f"  {key:>24}  {fmt(per_hour, '11.0f')}  {fmt(result['gpu_busy_fraction'][key], '8.1%')}  "
+            f"{fmt(result['gpu_peak_memory_mb'][key], '13.0f')}  {fmt(result['gpu_trial_overhead'][key], '14.1%')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""``autogram confirm``: retrain chosen front points and every baseline over several seeds,
+score them on the **test** split (a search only ever saw validation), and say whether a
+point beats each baseline by more than the seed-to-seed spread.
+
+Each row is a trial's own config (as ``autogram export`` rebuilds it, teacher pinned) run
+at its own budget with seeds ``seed, seed + 1, ...``. The table gives the mean and the
+standard deviation over seeds of accuracy, robustness (the suite mean, the search's
+objective), cost, and accuracy with each modality missing. A point *beats* a baseline in
+a metric when its mean is higher by more than the sum of the two standard deviations.
+Files (``confirm.json``, ``confirm.md``, ``confirm.png``) go to ``<search folder>/confirm/``
+when the search folder is at hand, and onto the search's MLflow parent run under
+``confirm/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError, SpaceConfig, validate
+
+log = logging.getLogger("autogram")
+METRICS = ("accuracy", "robustness", "cost")
+
+
+def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]:
+    """The trials ``points`` names: ``knee``, ``front`` (every Pareto point) or trial numbers,
+    comma-separated; a ConfigError for anything else, or a trial that did not finish ok."""
+    from autogram.export import choose
+
+    chosen: dict[int, dict[str, Any]] = {}
+    by_number = {t["number"]: t for t in document["trials"]}
+    for item in (p.strip() for p in points.split(",")):
+        if item == "knee":
+            trial = choose(document, "knee", None, [])
+            chosen[trial["number"]] = trial
+        elif item == "front":
+            chosen.update({t["number"]: t for t in document["trials"] if t.get("pareto")})
+        elif item.isdigit() and int(item) in by_number:
+            trial = by_number[int(item)]
+            if trial["status"] != "ok":
+                raise ConfigError(f"--points {item}: trial {item} of {document['name']!r} is {trial['status']}")
+            chosen[trial["number"]] = trial
+        else:
+            raise ConfigError(
+                f"--points {item!r}: expected knee, front or a trial number of {document['name']!r} "
+                f"(0..{max(by_number, default=-1)})"
+            )
+    return list(chosen.values())
+
+
+def _row_config(spec: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:
+    from autogram.search.driver import pin_teacher
+    from autogram.search.space import trial_config
+
+    config = spec["config"]
+    space = SpaceConfig.model_validate(config["search"]["space"])
+    base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
+    raw = trial_config(base, trial["params"], space, spec["candidates"])
+    pin_teacher(raw, spec.get("teacher") or "", spec.get("teacher_key") or "")
+    return raw
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = sorted({k for run in runs for k in run})
+    return {
+        k: {
+            "mean": statistics.mean(run[k] for run in runs),
+            "std": statistics.stdev(run[k] for run in runs) if len(runs) > 1 else 0.0,
+        }
+        for k in keys
+    }
+
+
+def _score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
+    from autogram.trial import run_trial
+
+    raw = {**raw, "seed": seed}
+    result = run_trial(validate(raw), data=data, eval_split="test")
+    scores = {"accuracy": result.accuracy, "robustness": result.robustness, "cost": result.cost}
+    for name, value in result.corruptions.items():
+        if name.endswith(":missing"):
+            scores[f"missing:{name.split(':')[0]}"] = value
+    return scores
+
+
+def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each (baseline, point): deltas of the means and whether each exceeds the spread."""
+    out = []
+    for baseline in (r for r in rows if r["baseline"]):
+        for point in (r for r in rows if not r["baseline"]):
+            deltas = {}
+            for metric in ("accuracy", "robustness", *(k for k in point["summary"] if k.startswith("missing:"))):
+                if metric not in baseline["summary"]:
+                    continue
+                p, b = point["summary"][metric], baseline["summary"][metric]
+                delta = p["mean"] - b["mean"]
+                deltas[metric] = {"delta": delta, "beyond_spread": abs(delta) > p["std"] + b["std"]}
+            cost = point["summary"]["cost"]["mean"] - baseline["summary"]["cost"]["mean"]
+            beats = all(d["delta"] >= 0 for d in deltas.values()) and any(
+                d["delta"] > 0 and d["beyond_spread"] for d in deltas.values()
+            )
+            out.append(
+                {
+                    "baseline": baseline["label"],
+                    "point": point["label"],
+                    "deltas": deltas,
+                    "cost_delta": cost,
+                    "beats": beats,
+                }
+            )
+    return out
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """The confirm table (mean +- std over seeds, test split) and the verdicts, as Markdown."""
+    rows = document["rows"]
+    extra = sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})
+    head = ["row", *METRICS, *extra]
+    lines = [
+        f"Confirmed on the test split, {document['seeds']} seeds (mean +- std):",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in rows:
+        cells = [row["label"]]
+        for metric in (*METRICS, *extra):
+            s = row["summary"].get(metric)
+            cells.append("-" if s is None else f"{s['mean']:.4g} +- {s['std']:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for item in document["verdict"]:
+        word = "beats" if item["beats"] else "does not beat"
+        deltas = ", ".join(
+            f"{k} {v['delta']:+.3f}{'' if v['beyond_spread'] else ' (within spread)'}"
+            for k, v in item["deltas"].items()
+        )
+        lines.append(f"- {item['point']} {word} {item['baseline']}: {deltas}; cost {item['cost_delta']:+.4g}")
+    return "\n".join(lines)
+
+
+def _plot(document: dict[str, Any], path: Path) -> None:
+    """Mean +- std of accuracy, robustness and missing-modality accuracy per row (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = document["rows"]
+    metrics = ["accuracy", "robustness", *sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        xs = [m + (i - (len(rows) - 1) / 2) * width for m in range(len(metrics))]
+        means = [row["summary"].get(k, {"mean": 0})["mean"] for k in metrics]
+        stds = [row["summary"].get(k, {"std": 0})["std"] for k in metrics]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=row["label"], hatch="//" if row["baseline"] else None)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"test split, mean +- std over {document['seeds']} seeds")
+    ax.set_title(f"{document['search']}: confirmed points vs baselines")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the confirmation; returns its document (also written and logged, see module doc)."""
+    from autogram.export import load_source
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
+    document, spec, parent_id = load_source(source, tracking_uri)
+    chosen = choose_points(document, points)
+    baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
+    entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
+    from autogram.data import load_data
+
+    data = load_data(validate(_row_config(spec, entries[0])).data)
+    rows = []
+    for trial in entries:
+        raw = _row_config(spec, trial)
+        label = (
+            f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
+        )
+        runs = []
+        for i in range(seeds):
+            log.info("confirm: %s, seed %d of %d", label, i + 1, seeds)
+            runs.append(_score(raw, int(raw.get("seed", 0)) + i, data))
+        rows.append({"label": label, "trial": trial["number"], "baseline": trial.get("baseline"), "runs": runs})
+        rows[-1]["summary"] = _summary(runs)
+    result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
+    result["verdict"] = judge(rows)
+    _write(result, source, spec, parent_id, tracking_uri)
+    return result
+
+
+def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
+    import tempfile
+
+    folder = Path(source)
+    folder = folder.parent if folder.is_file() else folder
+    target = folder / "confirm" if folder.is_dir() else Path(tempfile.mkdtemp(prefix="autogram-confirm-"))
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "confirm.json").write_text(json.dumps(result, indent=2))
+    (target / "confirm.md").write_text(format_table(result) + "\n")
+    _plot(result, target / "confirm.png")
+    uri = tracking_uri or spec.get("tracking_uri", "")
+    try:
+        from autogram.tracking import client_for, find_parent
+
+        parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
+        client_for(uri).log_artifacts(parent_id, str(target), "confirm")
+    except Exception as exc:  # the files are written; an unreachable MLflow must not undo that
+        log.warning("confirm written to %s, but not logged to MLflow (%s)", target, exc)

@@ -1,0 +1,109 @@
+"""`autogram confirm`: chosen points and every baseline, N seeds, scored on the test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from autogram.config import validate
+from autogram.confirm import _row_config, judge
+from autogram.trial import run_trial
+from tests.conftest import run_cli, tiny_raw
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Path:
+    """A finished tiny search with its 4 baselines and one sampled trial."""
+    tmp_path = tmp_path_factory.mktemp("confirm")
+    raw = tiny_raw(teacher_cache)
+    raw["name"] = "c"
+    raw["train"]["epochs"] = 1
+    raw["search"] = {"trials": 5, "concurrency": 2}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", "c.yaml", "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path
+
+
+def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(searched: Path) -> None:
+    front = json.loads((searched / "runs" / "c" / "front.json").read_text())
+    sampled = [t["number"] for t in front["trials"] if not t.get("baseline") and t["status"] == "ok"]
+    points = ",".join(["knee", *map(str, sampled)])
+    proc = run_cli("confirm", "runs/c", "--seeds", "2", "--points", points, cwd=searched)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Confirmed on the test split, 2 seeds" in proc.stdout and "| ce (trial 0) |" in proc.stdout
+    result = json.loads((searched / "runs" / "c" / "confirm" / "confirm.json").read_text())
+    assert result["split"] == "test" and result["seeds"] == 2
+    labels = [r["label"] for r in result["rows"]]
+    assert labels[-4:] == ["ce (trial 0)", "kd (trial 1)", "kd_gram_all (trial 2)", "kd_xmodal (trial 3)"]
+    assert all(f"trial {n}" in labels for n in sampled)
+    for row in result["rows"]:
+        assert len(row["runs"]) == 2
+        assert {"accuracy", "robustness", "cost", "missing:image", "missing:tokens"} <= set(row["summary"])
+    assert len(result["verdict"]) == 4 * (len(labels) - 4)
+
+    # The rows are the trials' own configs, scored on the test split: redo one seed here.
+    spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
+    ce = next(t for t in front["trials"] if t.get("baseline") == "ce")
+    raw = {**_row_config(spec, ce), "seed": 1}
+    scores = {}
+    for split in ("test", "val"):
+        again = run_trial(validate(raw), eval_split=split)
+        scores[split] = {"accuracy": again.accuracy, "robustness": again.robustness, "cost": again.cost}
+        scores[split].update({f"missing:{m}": again.corruptions[f"{m}:missing"] for m in ("image", "tokens")})
+    assert scores["test"] != scores["val"]  # the check below can tell the two splits apart
+    assert result["rows"][-4]["runs"][1] == pytest.approx(scores["test"], abs=1e-9)
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{searched / 'mlflow.db'}")
+    parent = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("c").experiment_id])
+        if r.data.tags.get("autogram.kind") == "search"
+    )
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "confirm")}
+    assert logged == {"confirm/confirm.json", "confirm/confirm.md", "confirm/confirm.png"}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["runs/c", "--seeds", "0"], "--seeds 0: needs at least 1 seed"),
+        (["runs/c", "--seeds", "two"], "--seeds 'two'"),
+        (["runs/c", "--points", "knee,99"], "--points '99': expected knee, front or a trial number of 'c'"),
+        (["no-such-search"], "no-such-search"),
+    ],
+)
+def test_bad_confirm_input_is_one_line_and_writes_nothing(searched: Path, args: list[str], expected: str) -> None:
+    before = sorted(p.name for p in (searched / "runs" / "c").iterdir())
+    proc = run_cli("confirm", *args, cwd=searched)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert sorted(p.name for p in (searched / "runs" / "c").iterdir()) == before
+
+
+def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
+    def row(label: str, baseline: str | None, acc: tuple[float, float], rob: tuple[float, float]) -> dict:
+        summary = {
+            "accuracy": {"mean": acc[0], "std": acc[1]},
+            "robustness": {"mean": rob[0], "std": rob[1]},
+            "cost": {"mean": 10.0, "std": 0.0},
+        }
+        return {"label": label, "baseline": baseline, "summary": summary}
+
+    rows = [
+        row("trial 7", None, (0.95, 0.01), (0.60, 0.01)),
+        row("ce (trial 0)", "ce", (0.94, 0.01), (0.50, 0.01)),  # robustness +0.10 > 0.02 spread
+        row("kd (trial 1)", "kd", (0.94, 0.02), (0.59, 0.02)),  # +0.01 / +0.01: within spread
+        row("kd_xmodal (trial 3)", "kd_xmodal", (0.97, 0.01), (0.50, 0.01)),  # worse accuracy: no
+    ]
+    verdicts = {v["baseline"]: v for v in judge(rows)}
+    assert verdicts["ce (trial 0)"]["beats"] and verdicts["ce (trial 0)"]["deltas"]["robustness"]["beyond_spread"]
+    assert not verdicts["kd (trial 1)"]["beats"]
+    assert not verdicts["kd_xmodal (trial 3)"]["beats"]
