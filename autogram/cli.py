@@ -200,6 +200,8 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
     click.echo(f"train time  {result.train_seconds:.1f}s, {result.train_gflops:.1f} GFLOP, {result.steps} steps")
     for name, acc in result.corruptions.items():
         click.echo(f"  {name:<22} {acc:.4f}")
+    details = "  ".join(f"{name} {value:.4f}" for name, value in result.detail.items())
+    click.echo(f"per modality: {details}   (missing: blanked; auc: area under accuracy vs noise severity)")
 
 
 @main.command()

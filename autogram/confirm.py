@@ -81,9 +81,7 @@ def _score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
     raw = {**raw, "seed": seed}
     result = run_trial(validate(raw), data=data, eval_split="test")
     scores = {"accuracy": result.accuracy, "robustness": result.robustness, "cost": result.cost}
-    for name, value in result.corruptions.items():
-        if name.endswith(":missing"):
-            scores[f"missing:{name.split(':')[0]}"] = value
+    scores.update(result.detail)  # missing:<modality> and auc:<modality>
     return scores
 
 

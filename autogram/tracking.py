@@ -160,6 +160,9 @@ class SearchTracker:
             metrics.update(
                 {k.replace("corruption.", "corruption/"): v for k, v in result.items() if k.startswith("corruption.")}
             )
+            metrics.update(
+                {k.replace("detail.", "robustness/"): v for k, v in result.items() if k.startswith("detail.")}
+            )
             log_metrics(self.client, run_id, metrics)
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")

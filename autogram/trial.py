@@ -36,10 +36,32 @@ class TrialResult:
     student_params: int = 0
     device: str = "cpu"
     eval_seconds: float = 0.0
+    # Accuracy with each modality missing and the per-modality noise AUC (robustness_detail).
+    detail: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+def robustness_detail(clean: float, corruptions: dict[str, float], severities: list[float]) -> dict[str, float]:
+    """Beside the suite mean (the objective): ``missing:<m>``, the accuracy with modality m
+    blanked, and ``auc:<m>``, the area under accuracy vs noise severity on m from 0 (clean)
+    to the largest severity, divided by that severity (MultiBench's relative robustness, in
+    accuracy units: the clean accuracy when noise costs nothing)."""
+    out: dict[str, float] = {}
+    for modality in sorted({name.split(":")[0] for name in corruptions}):
+        if f"{modality}:missing" in corruptions:
+            out[f"missing:{modality}"] = corruptions[f"{modality}:missing"]
+        curve = [(0.0, clean)] + [
+            (float(s), corruptions[f"{modality}:noise@{s:g}"])
+            for s in sorted(severities)
+            if f"{modality}:noise@{s:g}" in corruptions and s > 0
+        ]
+        if len(curve) > 1:
+            area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve, curve[1:]))
+            out[f"auc:{modality}"] = area / curve[-1][0]
+    return out
 
 
 def evaluate_robustness(
@@ -229,6 +251,7 @@ def run_trial(
         student_params=parameter_count(parts["student"]),
         device=str(device),
         eval_seconds=eval_seconds,
+        detail=robustness_detail(clean, corruptions, config.eval.noise_severities),
     )
     log.info(
         "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",

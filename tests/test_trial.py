@@ -173,3 +173,19 @@ def test_avmnist_example_runs_a_trial(tmp_path: Path) -> None:
     assert result["status"] == "ok"
     assert set(result["corruptions"]) >= {"audio:specmask", "image:occlusion", "audio:missing", "image:noise@2"}
     assert result["accuracy"] > 0.15  # chance is 0.10; a 1-epoch student on a 2-epoch teacher
+
+
+def test_robustness_detail_per_modality() -> None:
+    from autogram.trial import robustness_detail
+
+    corruptions = {
+        "image:missing": 0.3,
+        "image:noise@0.5": 0.8,
+        "image:noise@1": 0.6,
+        "image:noise@2": 0.2,
+        "tokens:missing": 0.5,
+        "tokens:dropout": 0.7,
+    }
+    detail = robustness_detail(0.9, corruptions, [0.5, 1.0, 2.0])
+    # Trapezoids from severity 0 (clean 0.9): 0.5*(0.9+0.8)/2 + 0.5*(0.8+0.6)/2 + 1*(0.6+0.2)/2 = 1.175, over 2.
+    assert detail == pytest.approx({"missing:image": 0.3, "auc:image": 0.5875, "missing:tokens": 0.5})

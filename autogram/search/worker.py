@@ -35,6 +35,7 @@ def _flat_result(result: Any) -> dict[str, Any]:
         FINAL: True,
     }
     out.update({f"corruption.{name}": acc for name, acc in result.corruptions.items()})
+    out.update({f"detail.{name}": value for name, value in result.detail.items()})
     return out
 
 
