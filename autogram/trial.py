@@ -59,7 +59,7 @@ def robustness_detail(clean: float, corruptions: dict[str, float], severities: l
             if f"{modality}:noise@{s:g}" in corruptions and s > 0
         ]
         if len(curve) > 1:
-            area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve, curve[1:]))
+            area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve[:-1], curve[1:], strict=True))
             out[f"auc:{modality}"] = area / curve[-1][0]
     return out
 
