@@ -1,13 +1,14 @@
 """Trade-off plots of a search, as plotly figures built from ``front.json`` and the study.
 
-Every function returns a ``plotly.graph_objects.Figure``; :func:`save_figure` writes it
+Every function returns a ``plotly.graph_objects.Figure``; :func:`save_figures` writes it
 as a self-contained HTML file (plotly.js embedded, so it opens offline and inside the
-MLflow UI) and, when a Chromium is available to kaleido, as a PNG.
+MLflow UI) and as a PNG drawn with matplotlib (:mod:`autogram.plots_png`, no browser).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,8 @@ def front_2d(document: dict[str, Any]) -> Any:
             )
         fig.update_xaxes(title_text=a, row=1, col=col)
         fig.update_yaxes(title_text=b, row=1, col=col)
-    fig.update_layout(title=f"{document['name']}: 2-D projections", width=420 * len(pairs), height=450)
+    # 900 px: what MLflow's artifact viewer shows without cutting off the last panel.
+    fig.update_layout(title=f"{document['name']}: 2-D projections", width=900, height=380, margin={"l": 50, "r": 20})
     return fig
 
 
@@ -113,15 +115,45 @@ def _numeric_params(trial: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def parallel_coordinates(document: dict[str, Any]) -> Any:
-    """Searched parameters (switched-off weights as 0) and objectives of every ok trial."""
+def _log_dimension(label: str, values: list[float]) -> dict[str, Any]:
+    """A parcoords axis on a log scale (plotly has none): log10 of the values, ticks at the
+    decades labelled with the real values, a switched-off 0 one decade below, as "off"."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return {"label": label, "values": values}
+    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+    off = low - 1
+    logged = [math.log10(v) if v > 0 else off for v in values]
+    tickvals = list(range(low, high + 1))
+    ticktext = [f"{10.0**t:g}" for t in tickvals]
+    if any(v <= 0 for v in values):
+        tickvals, ticktext = [off, *tickvals], ["off", *ticktext]
+    return {"label": f"{label} (log)", "values": logged, "tickvals": tickvals, "ticktext": ticktext}
+
+
+def log_scale_params(study: Any) -> set[str]:
+    """The parameters the study searched on a log scale (from its trials' distributions)."""
+    names: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        names.update(k for k, d in trial.distributions.items() if getattr(d, "log", False))
+    return names
+
+
+def parallel_coordinates(document: dict[str, Any], log_params: set[str] | None = None) -> Any:
+    """Searched parameters (switched-off weights as 0) and objectives of every ok trial;
+    parameters searched on a log scale (``log_params``) get log axes."""
     import plotly.graph_objects as go
 
     trials = _ok(document)
     params = [_numeric_params(t) for t in trials]
     keys = sorted({k for p in params for k in p})
     names = [o["name"] for o in document["objectives"]]
-    dimensions = [{"label": k, "values": [p.get(k, 0.0) for p in params]} for k in keys]
+    dimensions = [
+        _log_dimension(k, [p.get(k, 0.0) for p in params])
+        if k in (log_params or set())
+        else {"label": k, "values": [p.get(k, 0.0) for p in params]}
+        for k in keys
+    ]
     dimensions += [{"label": n, "values": [t["values"][n] for t in trials]} for n in names]
     colour = [t["values"][names[0]] for t in trials]
     fig = go.Figure(
@@ -214,28 +246,20 @@ def hypervolume_history(study: Any, document: dict[str, Any]) -> tuple[Any, list
 
 
 def save_figures(figures: dict[str, Any], directory: Path, png: bool = True) -> list[Path]:
-    """Write ``<name>.html`` (plotly.js embedded) for each figure and, when kaleido finds a
-    Chromium, ``<name>.png`` (all in one browser session); returns the files written."""
-    import plotly.io as pio
-
+    """Write ``<name>.html`` (plotly.js embedded, interactive) and ``<name>.png`` (matplotlib)
+    for each figure; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for stem, fig in figures.items():
         fig.write_html(directory / f"{stem}.html", include_plotlyjs=True, full_html=True)
         written.append(directory / f"{stem}.html")
-    if png:
-        paths = [directory / f"{stem}.png" for stem in figures]
-        sizes = [(fig.layout.width or 900, fig.layout.height or 600) for fig in figures.values()]
-        try:
-            pio.write_images(list(figures.values()), paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
-            written.extend(paths)
-        except Exception as exc:  # kaleido needs a Chromium; the HTML files are still there
-            from autogram.config_base import first_line
+    if png:  # drawn with matplotlib: no browser needed (kaleido would need a Chromium)
+        from autogram.plots_png import to_png
 
-            # kaleido's message starts with blank lines: its first real line says why.
-            log.warning(
-                "PNG plots skipped (%s); the HTML plots are written. For PNG copies install Chromium "
-                "(e.g. Debian's chromium)",
-                first_line(exc),
-            )
+        for stem, fig in figures.items():
+            try:
+                to_png(fig, directory / f"{stem}.png")
+                written.append(directory / f"{stem}.png")
+            except Exception as exc:  # one odd figure must not cost the others, nor the HTML
+                log.warning("PNG of %s skipped (%s); its HTML is written", stem, exc)
     return written

@@ -248,7 +248,7 @@ def write_artifacts(
             )
     figures = {
         "front_2d": plots.front_2d(document),
-        "parallel_coordinates": plots.parallel_coordinates(document),
+        "parallel_coordinates": plots.parallel_coordinates(document, plots.log_scale_params(study)),
         "pair_selection": plots.pair_selection(document, candidates),
         "importances": plots.importances(study, document),
     }

@@ -114,7 +114,7 @@ def test_parent_artifacts_front_plots_and_ready_to_train_configs(sqlite_search: 
     parent = next(r for r in _runs(client, experiment.experiment_id) if r.data.tags.get("autogram.kind") == "search")
     local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
     assert json.loads((local / "pareto_front.json").read_text())["trials"] == front["trials"]
-    assert (local / "pareto_front.csv").read_text().splitlines()[0].startswith("number,status,pareto,accuracy")
+    assert (local / "pareto_front.csv").read_text().splitlines()[0].startswith("number,status,pareto,baseline,accuracy")
     stems = ["front_3d", "front_2d", "parallel_coordinates", "pair_selection", "importances", "hypervolume_history"]
     for stem in stems:
         html = (local / "plots" / f"{stem}.html").read_text()
