@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ["export", "nosuch", "-o", "out.yaml"],
     "train": ["train", "missing.yaml"],
     "bench": ["bench", "missing.yaml"],
+    "confirm": ["confirm", "nosuch"],
 }
 
 
