@@ -19,11 +19,13 @@ baseline, and by how much.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from autogram.config import ConfigError, Range, SpaceConfig
 from autogram.search.space import pair_param
 
+log = logging.getLogger("autogram")
 BASELINES = ("ce", "kd", "kd_gram_all", "kd_xmodal")
 # The recipes' fixed values (clipped into the space's ranges).
 RECIPES: dict[str, dict[str, float]] = {
@@ -101,6 +103,7 @@ def plan_baselines(
         if why:
             if names is not None:
                 raise ConfigError(f"search.baselines: {name} is not in this search space: {why}")
+            log.info("baseline %s skipped: %s", name, why)
             continue
         planned[name] = params
     return planned
