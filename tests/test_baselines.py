@@ -132,3 +132,17 @@ def test_an_unknown_baseline_is_a_one_line_error_and_writes_nothing(tmp_path: Pa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "search.baselines" in lines[0] and "fitnets" in lines[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_no_more_baselines_are_enqueued_than_trials() -> None:
+    import optuna
+
+    from autogram.search.baselines import enqueue_baselines
+
+    space = validate({"search": {}}).search.space
+    planned = plan_baselines(None, space, CANDIDATES, BASE)
+    study = optuna.create_study(directions=["maximize"])
+    assert enqueue_baselines(study, planned, trials=2) == ["ce", "kd"]
+    waiting = study.get_trials(deepcopy=False)
+    assert [t.user_attrs["baseline"] for t in waiting] == ["ce", "kd"]
+    assert enqueue_baselines(study, planned, trials=4) == []  # a study with trials is a resume: none again

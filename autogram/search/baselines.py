@@ -109,13 +109,22 @@ def plan_baselines(
     return planned
 
 
-def enqueue_baselines(study: Any, planned: dict[str, dict[str, Any]]) -> int:
-    """Enqueue the baselines as the study's first trials (not again on a resumed study)."""
+def enqueue_baselines(study: Any, planned: dict[str, dict[str, Any]], trials: int) -> list[str]:
+    """Enqueue the baselines as the study's first trials, at most ``trials`` of them (an
+    enqueued trial never asked would end as a failed one), and not again on a resumed study;
+    returns the names enqueued."""
     if not planned or study.get_trials(deepcopy=False):
-        return 0
-    for name, params in planned.items():
-        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
-    return len(planned)
+        return []
+    names = list(planned)[:trials]
+    if len(names) < len(planned):
+        log.warning(
+            "only %d trial(s): baselines %s left out (raise --trials to run them)",
+            trials,
+            ", ".join(list(planned)[trials:]),
+        )
+    for name in names:
+        study.enqueue_trial(planned[name], user_attrs={"baseline": name}, skip_if_exists=False)
+    return names
 
 
 def _dominates(a: dict[str, float], b: dict[str, float], objectives: list[dict[str, str]]) -> bool:

@@ -183,8 +183,9 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     )
     from autogram.search.baselines import enqueue_baselines
 
-    if enqueue_baselines(searcher._ot_study, plan.baselines or {}):
-        log.info("baselines first: %s", ", ".join(plan.baselines or {}))
+    enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials)
+    if enqueued:
+        log.info("baselines first: %s", ", ".join(enqueued))
     scheduler = None
     if search.early_stopping is not None:
         stop = search.early_stopping
