@@ -146,3 +146,10 @@ def test_no_more_baselines_are_enqueued_than_trials() -> None:
     waiting = study.get_trials(deepcopy=False)
     assert [t.user_attrs["baseline"] for t in waiting] == ["ce", "kd"]
     assert enqueue_baselines(study, planned, trials=4) == []  # a study with trials is a resume: none again
+
+
+def test_autogram_search_stays_callable_once_the_search_package_is_imported() -> None:
+    import autogram
+    import autogram.search.baselines  # noqa: F401 - rebinds autogram.search to the package
+
+    assert callable(autogram.search)
