@@ -57,6 +57,11 @@ class AutogramOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # Told before the driver died, after the searcher's last saved state: the resumed
+            # run ran it again. Optuna keeps its first outcome; telling twice would raise.
+            self._completed_trials.add(trial_id)
+            return
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         result = result or {}
         if error or not result:
