@@ -56,26 +56,20 @@ def _timed_trial(cfg: Any, data: Any) -> float:
 
 def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, float]:
     """The same trial live, cached from a cold page cache, and cached warm."""
-    from autogram.cache_plan import layout_for, trial_uses
     from autogram.cache_reader import RESIDENT_KIND
-    from autogram.runtime import drop_resident, pick_device
-    from autogram.teacher import ensure_teacher
-    from autogram.teacher_cache import ensure_cache
-    from autogram.trial import prepare
+    from autogram.runtime import drop_resident
+    from autogram.trial import run_trial
 
     raw = json.loads(json.dumps(base))
     raw["train"]["epochs"] = epochs
     cached = validate(raw)
     raw["teacher"]["cache"] = False
     live = validate(raw)
-    device = pick_device(cached.device)
-    handle = ensure_teacher(cached.teacher, data, device)
-    parts = prepare(cached, device, data, teacher=handle)
-    layout = layout_for(cached, parts["teacher_taps"], trial_uses(cached, parts))
-    directory = ensure_cache(handle.model, handle.key, data, layout, device, cached.teacher.cache_dir / "signals")
-    # Warm-up: the same code paths once, so the cold trial differs from the warm one only in its reads.
-    _timed_trial(cached.model_copy(update={"train": cached.train.model_copy(update={"epochs": 1})}), data)
-    evict(directory)
+    # Warm-up: the same code paths once (building the cache if need be), so the cold trial
+    # differs from the warm one only in its reads; it names the cache it read.
+    warm_up = run_trial(cached.model_copy(update={"train": cached.train.model_copy(update={"epochs": 1})}), data=data)
+    if warm_up.teacher.get("cache"):  # none when the config's terms never read the teacher
+        evict(Path(warm_up.teacher["cache"]))
     drop_resident(RESIDENT_KIND)
     cold = _timed_trial(cached, data)
     warm = _timed_trial(cached, data)

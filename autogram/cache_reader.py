@@ -12,7 +12,6 @@ memory is still read through the memory map, with a warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from autogram.models.taps import Tap
 from autogram.signals import TeacherOutput
 from autogram.sketch import FEATURE, GRAM, SKETCH, form_for_use, from_upper_triangle
-from autogram.teacher_cache import MANIFEST, CacheInvalid, array_name, open_cache, read_manifest
+from autogram.teacher_cache import CacheInvalid, array_name, open_cache, read_manifest
 
 log = logging.getLogger("autogram")
 RESIDENT_KIND = "teacher-cache"
@@ -47,9 +46,8 @@ def _as_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 def _load(directory: Path, names: list[str], dtypes: dict[str, str], device: torch.device) -> dict[str, torch.Tensor]:
     """Each named array read whole (one sequential read), as a tensor on ``device``."""
-    from autogram.teacher_cache import _file_name
-
-    return {name: _as_tensor(np.load(directory / _file_name(name)), dtypes[name]).to(device) for name in names}
+    files = read_manifest(directory)["arrays"]
+    return {name: _as_tensor(np.load(directory / files[name]["file"]), dtypes[name]).to(device) for name in names}
 
 
 def _needed(
@@ -92,12 +90,9 @@ class CachedTeacher:
         arrays = open_cache(directory, verify=verify)
         manifest = read_manifest(directory)
         uses = uses if uses is not None else {t.name: {"xmodal"} for t in taps}
-        missing = [t.name for t in taps if not any(n == t.name or n.startswith(f"{t.name}@") for n in arrays)]
-        if missing:
-            raise CacheInvalid(f"{directory}: no cached features for {', '.join(missing)}")
         self.taps = list(taps)
         self.device = device
-        self.flops_per_sample = float(json.loads((directory / MANIFEST).read_text())["teacher_flops_per_sample"])
+        self.flops_per_sample = float(manifest["teacher_flops_per_sample"])
         sketch = int(manifest.get("layout", {}).get("sketch", 0))
         self.plan = _needed(uses, self.taps, set(arrays), sketch, directory)
         self.channels = {t.name: t.channels for t in taps}

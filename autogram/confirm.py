@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from autogram.config import ConfigError, SpaceConfig, validate
+from autogram.config import ConfigError, validate
 
 log = logging.getLogger("autogram")
 METRICS = ("accuracy", "robustness", "cost")
@@ -50,18 +50,6 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
                 f"(0..{max(by_number, default=-1)})"
             )
     return list(chosen.values())
-
-
-def _row_config(spec: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:
-    from autogram.search.driver import pin_teacher
-    from autogram.search.space import trial_config
-
-    config = spec["config"]
-    space = SpaceConfig.model_validate(config["search"]["space"])
-    base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
-    raw = trial_config(base, trial["params"], space, spec["candidates"])
-    pin_teacher(raw, spec.get("teacher") or "", spec.get("teacher_key") or "")
-    return raw
 
 
 def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -167,7 +155,7 @@ def _plot(document: dict[str, Any], path: Path) -> None:
 
 def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the confirmation; returns its document (also written and logged, see module doc)."""
-    from autogram.export import load_source
+    from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
@@ -177,10 +165,10 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
     entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
     from autogram.data import load_data
 
-    data = load_data(validate(_row_config(spec, entries[0])).data)
+    data = load_data(validate(trial_training_config(spec, entries[0])).data)
     rows = []
     for trial in entries:
-        raw = _row_config(spec, trial)
+        raw = trial_training_config(spec, trial)
         label = (
             f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
         )

@@ -80,6 +80,25 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
     return document, json.loads(Path(local).read_text()), document["run_id"]
 
 
+def trial_training_config(spec: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:
+    """The raw config that retrains ``trial`` of the search ``spec`` describes, teacher pinned."""
+    from autogram.search.driver import pin_teacher
+    from autogram.search.space import trial_config
+    from autogram.teacher import read_metadata
+
+    config = spec["config"]
+    space = SpaceConfig.model_validate(config["search"]["space"])
+    base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
+    raw = trial_config(base, trial["params"], space, spec["candidates"])
+    # A built-in teacher is pinned by its checkpoint file, a user's by its key: `autogram
+    # train` rebuilds it through the same factory and refuses it if its weights changed.
+    key = spec.get("teacher_key")
+    if key is None and spec.get("teacher") and Path(spec["teacher"]).is_file():  # a search from before keys
+        key = read_metadata(Path(spec["teacher"]))["key"]
+    pin_teacher(raw, spec.get("teacher") or "", key or "")
+    return raw
+
+
 def export(
     source: str,
     out: Path,
@@ -90,25 +109,11 @@ def export(
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Write the chosen trial's training config to ``out``; returns the raw config."""
-    from autogram.search.space import trial_config
-    from autogram.teacher import read_metadata
-
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose(document, pick, weights, list(where or []))
     if not chosen.get("run_id") and spec.get("tracking_uri"):
         parent_id, chosen["run_id"] = _mlflow_ids(tracking_uri or spec["tracking_uri"], spec["name"], chosen["number"])
-    config = spec["config"]
-    space = SpaceConfig.model_validate(config["search"]["space"])
-    base = {k: v for k, v in config.items() if k not in ("search", "provenance")}
-    raw = trial_config(base, chosen["params"], space, spec["candidates"])
-    from autogram.search.driver import pin_teacher
-
-    # A built-in teacher is pinned by its checkpoint file, a user's by its key: `autogram
-    # train` rebuilds it through the same factory and refuses it if its weights changed.
-    key = spec.get("teacher_key")
-    if key is None and spec.get("teacher") and Path(spec["teacher"]).is_file():  # a search from before keys
-        key = read_metadata(Path(spec["teacher"]))["key"]
-    pin_teacher(raw, spec.get("teacher") or "", key or "")
+    raw = trial_training_config(spec, chosen)
     trial_epochs = raw["train"]["epochs"]
     if epochs is not None:
         raw["train"]["epochs"] = epochs  # the cosine schedule stretches over the new budget

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from autogram.config import validate
-from autogram.confirm import _row_config, judge
+from autogram.confirm import judge
+from autogram.export import trial_training_config
 from autogram.trial import run_trial
 from tests.conftest import run_cli, tiny_raw
 
@@ -51,7 +52,7 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     # The rows are the trials' own configs, scored on the test split: redo one seed here.
     spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
     ce = next(t for t in front["trials"] if t.get("baseline") == "ce")
-    raw = {**_row_config(spec, ce), "seed": 1}
+    raw = {**trial_training_config(spec, ce), "seed": 1}
     scores = {}
     for split in ("test", "val"):
         again = run_trial(validate(raw), eval_split=split)

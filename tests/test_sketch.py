@@ -16,13 +16,12 @@ from autogram.config import ConfigError, TrialConfig, validate
 from autogram.distill import Objective
 from autogram.features import capture
 from autogram.losses import channel_gram, channel_gram_loss, gram_loss, sample_gram_losses
-from autogram.models import build_student
-from autogram.signals import LiveTeacher
 from autogram.sketch import GRAM, SKETCH, Sketcher, forms_for, from_upper_triangle, sketch_error_bound, upper_triangle
 from autogram.teacher import ensure_teacher
 from autogram.teacher_cache import CacheLayout, _stored, cache_key, ensure_cache, read_manifest
 from autogram.trial import prepare
 from tests.conftest import run_cli, tiny_raw
+from tests.test_teacher_cache import first_step_terms
 
 CPU = torch.device("cpu")
 
@@ -139,20 +138,8 @@ def test_cached_terms_match_the_live_teacher(
     arrays = read_manifest(directory)["arrays"]
     assert all(f"{p.teacher.name}@{form}" in arrays or form == "feature" for p in objective.pairs)
     assert all(arrays[n]["dtype"] == precision for n in arrays if n != "logits")
-    data = parts["data"]
-    torch.manual_seed(0)
-    student = build_student(data, cfg.student)
-    indices = torch.tensor([5, 3, 17, 42, 8, 99, 0, 250])
-    inputs = {k: torch.from_numpy(v[indices.numpy()]) for k, v in data.splits["train"].inputs.items()}
-    labels = torch.from_numpy(data.splits["train"].labels[indices.numpy()])
-    terms = {}
-    for name, signals in (
-        ("live", LiveTeacher(handle.model, objective.teacher_taps, CPU)),
-        ("cache", CachedTeacher(directory, objective.teacher_taps, CPU, uses=objective.teacher_uses)),
-    ):
-        with capture(student, objective.student_taps) as feats:
-            logits = student(inputs)
-        terms[name] = {k: float(v) for k, v in objective(logits, feats, labels, signals(indices, inputs)).items()}
+    cached = CachedTeacher(directory, objective.teacher_taps, CPU, uses=objective.teacher_uses)
+    terms = first_step_terms(cfg, parts, handle, objective, cached)
     for key, value in terms["live"].items():
         assert terms["cache"][key] == pytest.approx(value, rel=tolerance, abs=1e-7), key
 

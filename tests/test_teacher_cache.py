@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,27 +31,31 @@ def _setup(cfg: TrialConfig, root: Path) -> tuple:
     return parts, handle, directory
 
 
+def first_step_terms(cfg: TrialConfig, parts: dict, handle: Any, objective: Objective, cached: Any) -> dict:
+    """The loss terms of one batch for a fresh student, with the live teacher and with ``cached``."""
+    data = parts["data"]
+    torch.manual_seed(0)
+    student = build_student(data, cfg.student)
+    indices = torch.tensor([5, 3, 17, 42, 8, 99, 0, 250])
+    inputs = {k: torch.from_numpy(v[indices.numpy()]) for k, v in data.splits["train"].inputs.items()}
+    labels = torch.from_numpy(data.splits["train"].labels[indices.numpy()])
+    terms = {}
+    for name, signals in (("live", LiveTeacher(handle.model, objective.teacher_taps, CPU)), ("cache", cached)):
+        with capture(student, objective.student_taps) as feats:
+            logits = student(inputs)
+        terms[name] = {k: float(v) for k, v in objective(logits, feats, labels, signals(indices, inputs)).items()}
+    return terms
+
+
 @pytest.mark.parametrize("kind", ["sample", "channel"])
 def test_first_step_terms_match_the_live_teacher(tiny_config: TrialConfig, tmp_path: Path, kind: str) -> None:
     raw = tiny_config.model_dump(mode="json")
     raw["distill"]["gram_kind"] = kind
     cfg = validate(raw)
     parts, handle, directory = _setup(cfg, tmp_path)
-    data = parts["data"]
     torch.manual_seed(0)
     objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
-    student = build_student(data, cfg.student)
-    indices = torch.tensor([5, 3, 17, 42, 8, 99, 0, 250])
-    inputs = {k: torch.from_numpy(v[indices.numpy()]) for k, v in data.splits["train"].inputs.items()}
-    labels = torch.from_numpy(data.splits["train"].labels[indices.numpy()])
-    terms = {}
-    for name, signals in (
-        ("live", LiveTeacher(handle.model, objective.teacher_taps, CPU)),
-        ("cache", CachedTeacher(directory, objective.teacher_taps, CPU)),
-    ):
-        with capture(student, objective.student_taps) as feats:
-            logits = student(inputs)
-        terms[name] = {k: float(v) for k, v in objective(logits, feats, labels, signals(indices, inputs)).items()}
+    terms = first_step_terms(cfg, parts, handle, objective, CachedTeacher(directory, objective.teacher_taps, CPU))
     assert set(terms["live"]) == {"ce", "kd", "gram", "xmodal"}
     for key, value in terms["live"].items():
         assert terms["cache"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
