@@ -30,6 +30,7 @@ from autogram.config_sources import ModalityKindName, ModelSource, TapSpec, impo
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "GroupSplit",
     "BuiltinDataConfig",
     "TeacherConfig",
     "StudentConfig",
@@ -77,6 +78,24 @@ class BuiltinDataConfig(_Strict):
     seed: int = 0
 
 
+class GroupSplit(_Strict):
+    """Re-split the data by a per-sample group (a speaker, a site, a patient): every sample of
+    a ``test`` group (and of a ``val`` group) goes to that split, the rest trains. Groups are
+    the values of the 1-D ``{split}_{by}`` arrays, or names from a ``{by}_names`` array."""
+
+    by: str = Field(min_length=1)
+    test: list[str | int] = Field(min_length=1)
+    # Empty: the validation split is carved at random from the training groups (val_fraction).
+    val: list[str | int] = []
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> GroupSplit:
+        both = set(map(str, self.test)) & set(map(str, self.val))
+        if both:
+            raise ValueError(f"group(s) {', '.join(sorted(both))} in both test and val")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the data comes from: the built-in generator (the default), an ``.npz`` file
     (``path``), a Hugging Face ``DatasetDict`` saved on disk (``hf``) or a Python factory."""
@@ -94,6 +113,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0
     max_train: int | None = Field(None, ge=10)
+    # Held-out groups (.npz data): honest numbers on unseen speakers or sites.
+    split_by: GroupSplit | None = None
 
     @field_validator("path")
     @classmethod
@@ -118,6 +139,8 @@ class DataConfig(_Strict):
             raise ValueError(f"give one data source, not {' and '.join(chosen)}")
         if self.columns and self.hf is None:
             raise ValueError("columns: only for a Hugging Face dataset (data.hf)")
+        if self.split_by is not None and self.source != "npz":
+            raise ValueError("split_by: only for an .npz file (data.path) with {split}_<by> arrays")
         return self
 
     @property
@@ -234,6 +257,10 @@ class TrainConfig(_Strict):
     lr: float = Field(3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # The student trains on the first N rows of the train split (null: all of them); the
+    # built-in teacher always trains on all. Models a teacher that saw more labelled data
+    # than the distillation set holds.
+    max_samples: int | None = Field(None, ge=2)
 
 
 class EvalConfig(_Strict):

@@ -272,7 +272,9 @@ def train_student(
     val = device_split(data, "val", device)
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * math.ceil(len(labels) / cfg.batch_size)
+    # Rows are in the file's (shuffled) order, so the first ``max_samples`` are a fair subset.
+    rows = len(labels) if cfg.max_samples is None else min(cfg.max_samples, len(labels))
+    total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
     )
@@ -288,7 +290,7 @@ def train_student(
         steps_before = outcome.steps
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         diverged = False
-        for host_idx, idx in batch_indices(len(labels), cfg.batch_size, generator, device):
+        for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, device):
             clean = train.batch(idx, host_idx)
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.

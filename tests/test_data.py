@@ -84,6 +84,45 @@ def test_avmnist_file_loads_with_image_and_audio() -> None:
     assert (len(data.splits["train"]), len(data.splits["val"]), len(data.splits["test"])) == (2430, 270, 300)
 
 
+def test_split_by_holds_out_whole_groups(tmp_path: Path) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    stored = np.load(path)
+    np.savez(path, **stored, speaker_names=np.array(["ann", "bob", "cy", "dee"]))
+    data = load_data(
+        DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"], "val": ["dee"]}, val_fraction=0.25)
+    )
+    speakers = np.concatenate([stored[f"{s}_speaker"] for s in ("train", "val", "test")])
+    sizes = {s: len(data.splits[s]) for s in ("train", "val", "test")}
+    assert sizes == {"train": int((speakers % 2 == 0).sum()), "val": int((speakers == 3).sum()),
+                     "test": int((speakers == 1).sum())}  # fmt: skip
+    # The test split is exactly the pooled rows of speaker "bob", in file order.
+    words = np.concatenate([stored[f"{s}_words"] for s in ("train", "val", "test")])
+    assert np.array_equal(data.splits["test"].inputs["words"], words[speakers == 1])
+    # Without val groups, validation is carved from the training groups at random.
+    carved = load_data(DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"]}, val_fraction=0.25))
+    assert len(carved.splits["test"]) == sizes["test"]
+    assert len(carved.splits["train"]) + len(carved.splits["val"]) == int((speakers != 1).sum())
+    with pytest.raises(ConfigError, match=r"data.split_by.test: unknown speaker 'zed' \(have: ann, bob"):
+        load_data(DataConfig(path=path, split_by={"by": "speaker", "test": ["zed"]}))
+    with pytest.raises(ConfigError, match="data.split_by.by: no 1-D integer array train_accent"):
+        load_data(DataConfig(path=path, split_by={"by": "accent", "test": [0]}))
+    with pytest.raises(ValueError, match="group.s. bob in both test and val"):
+        DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"], "val": ["bob"]})
+
+
+@pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
+def test_avmnist_example_holds_out_speaker_jackson() -> None:
+    from autogram.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "examples" / "avmnist.yaml", [f"data.path={AVMNIST}"])
+    data = load_data(cfg.data)
+    # jackson's 500 recordings (50 per digit) are the test split; 2,500 rows remain.
+    assert len(data.splits["test"]) == 500
+    assert np.bincount(data.splits["test"].labels).tolist() == [50] * 10
+    assert len(data.splits["train"]) + len(data.splits["val"]) == 2500
+
+
 def test_corruption_suite_covers_each_modality_and_is_deterministic() -> None:
     data = load_data(DataConfig(builtin=BuiltinDataConfig(n_train=100, n_val=60, n_test=60)))
     corruptions = suite(data.modalities, [0.5, 1.0, 2.0])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autogram.config import ConfigError, DataConfig
+from autogram.config import ConfigError, DataConfig, GroupSplit
 from autogram.data.base import SPLITS, Modality, MultiModalData, Split
 
 _NAME_OK = str.isidentifier
@@ -80,6 +80,42 @@ def _carve(arrays: dict[str, np.ndarray], keys: list[str], fraction: float, seed
         arrays[f"train_{key}"] = arrays[f"train_{key}"][kept]
 
 
+def _group_ids(arrays: dict[str, np.ndarray], spec: GroupSplit, field: str, source: str) -> list[int]:
+    """The integer group values ``spec.<field>`` names (names go through ``{by}_names``)."""
+    names = arrays.get(f"{spec.by}_names")
+    known = [str(n) for n in names] if names is not None else None
+    ids = []
+    for group in getattr(spec, field):
+        if known is not None and str(group) in known:
+            ids.append(known.index(str(group)))
+        elif known is None and str(group).lstrip("-").isdigit():
+            ids.append(int(group))
+        else:
+            have = ", ".join(known) if known is not None else "integer values"
+            raise ConfigError(f"{source}: data.split_by.{field}: unknown {spec.by} {group!r} (have: {have})")
+    return ids
+
+
+def _regroup(arrays: dict[str, np.ndarray], keys: list[str], spec: GroupSplit, source: str) -> None:
+    """Pool every stored split and cut it again by group: test (and val) groups out of train."""
+    present = [s for s in SPLITS if f"{s}_label" in arrays]
+    for split in present:
+        group = arrays.get(f"{split}_{spec.by}")
+        if group is None or group.ndim != 1 or not np.issubdtype(group.dtype, np.integer):
+            raise ConfigError(f"{source}: data.split_by.by: no 1-D integer array {split}_{spec.by}")
+    pooled = {k: np.concatenate([arrays.pop(f"{s}_{k}") for s in present]) for k in [*keys, spec.by]}
+    group = pooled[spec.by].astype(np.int64)
+    rows = {"test": np.isin(group, _group_ids(arrays, spec, "test", source))}
+    if spec.val:
+        rows["val"] = np.isin(group, _group_ids(arrays, spec, "val", source))
+    rows["train"] = ~np.logical_or.reduce(list(rows.values()))
+    for split, mask in rows.items():
+        if not mask.any():
+            raise ConfigError(f"{source}: data.split_by: the {split} split would be empty")
+        for key in keys:
+            arrays[f"{split}_{key}"] = pooled[key][mask]
+
+
 def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> MultiModalData:
     """Validate, split and standardise raw arrays into :class:`MultiModalData`."""
     arrays = dict(arrays)
@@ -98,6 +134,8 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             if f"{split}_{name}" in arrays:
                 check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
     keys = [*names, "label"]
+    if cfg.split_by is not None:
+        _regroup(arrays, keys, cfg.split_by, source)
     for split, seed_offset in (("val", 0), ("test", 1)):
         if f"{split}_label" not in arrays:
             _carve(arrays, keys, cfg.val_fraction, cfg.split_seed + seed_offset, split)
@@ -150,7 +188,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not an .npz archive (numpy.savez writes one: a zip of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files if npz[key].dtype.kind in "biuf"}
+            # Strings only as group names ({by}_names, for data.split_by); nothing else reads them.
+            return {
+                key: npz[key]
+                for key in npz.files
+                if npz[key].dtype.kind in "biuf" or (npz[key].dtype.kind == "U" and key.endswith("_names"))
+            }
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read as .npz ({exc})") from None
 
