@@ -215,6 +215,10 @@ class StudentConfig(ModelSource):
     num_blocks: int = Field(3, ge=2, le=6)
     embed_dim: int = Field(32, ge=4)
     token_embed_dim: int = Field(32, ge=4)
+    # Grids: the last block's map is averaged over pool x pool cells (1: over the whole grid).
+    # Above 1 the student keeps where a feature is: a spectrogram's pitch is a frequency
+    # position, which a global average throws away.
+    pool: int = Field(1, ge=1, le=8)
 
 
 class DistillConfig(_Strict):
@@ -257,6 +261,10 @@ class TrainConfig(_Strict):
     lr: float = Field(3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # Gaussian noise on the student's float inputs (the teacher's stay clean): each sample
+    # gets N(0, s^2) with s drawn uniformly from [0, input_noise], in the units of the
+    # robustness suite's noise (standardised data: standard deviations).
+    input_noise: float = Field(0.0, ge=0.0, le=10.0)
     # The student trains on the first N rows of the train split (null: all of them); the
     # built-in teacher always trains on all. Models a teacher that saw more labelled data
     # than the distillation set holds.

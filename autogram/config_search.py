@@ -38,6 +38,8 @@ class SpaceConfig(_Strict):
     temperature: float | Range = Range(low=1.0, high=8.0)
     lr: float | Range = Range(low=1e-3, high=1e-2, log=True)
     modality_dropout: float | Range = Range(low=0.0, high=0.4)
+    # None: every trial takes train.input_noise as configured.
+    input_noise: float | Range | None = None
     gram_kind: Literal["sample", "channel"] | list[Literal["sample", "channel"]] = "sample"
     # Candidate tap pairs: "auto" (the default pairing) or "student_tap:teacher_tap" names.
     pairs: Literal["auto"] | list[str] = "auto"
@@ -46,8 +48,10 @@ class SpaceConfig(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> SpaceConfig:
-        for name in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature", "lr", "modality_dropout"):
+        for name in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature", "lr", "modality_dropout", "input_noise"):
             value = getattr(self, name)
+            if value is None:
+                continue
             low = value.low if isinstance(value, Range) else value
             if low < 0 or (name in ("temperature", "lr") and low <= 0):
                 raise ValueError(f"{name}: must be {'> 0' if name in ('temperature', 'lr') else '>= 0'}, got {low:g}")

@@ -22,7 +22,7 @@ from autogram.data.base import MultiModalData
 from autogram.features import capture
 from autogram.losses import ce_loss, channel_gram_loss, cross_modal_gram_loss, kd_loss, sample_gram_losses
 from autogram.models.taps import Tap, TapPair
-from autogram.runtime import autocast, batch_indices, device_split, drop_modalities, split_accuracy
+from autogram.runtime import add_noise, autocast, batch_indices, device_split, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
 from autogram.sketch import CountSketch
 
@@ -282,6 +282,9 @@ def train_student(
     outcome = TrainOutcome()
     state = LoopState(optimizer, schedule, generator, outcome)
     first_epoch = hooks.restore(state) + 1 if hooks is not None else 1
+    # Drawn on the device (no host copy per batch) and reseeded each epoch, so a run resumed
+    # at an epoch boundary sees the same noise as one that never stopped.
+    noise = torch.Generator(device=device) if cfg.input_noise > 0 else None
     student.train()
 
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -290,11 +293,15 @@ def train_student(
         steps_before = outcome.steps
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         diverged = False
+        if noise is not None:
+            noise.manual_seed(seed * 100_003 + epoch)
         for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, device):
             clean = train.batch(idx, host_idx)
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.
             inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
+            if noise is not None:
+                inputs = add_noise(inputs, data.modalities, cfg.input_noise, data.noise_scale, noise)
             args = (student, objective, teacher, optimizer, device, host_idx, clean, inputs, labels[idx])
             if outcome.steps == 0 and not pending:
                 flops, step_terms = _count_flops(_step, *args)

@@ -179,6 +179,29 @@ def drop_modalities(
     return out
 
 
+def add_noise(
+    inputs: dict[str, torch.Tensor],
+    modalities: list[Modality],
+    level: float,
+    scale: dict[str, float],
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Add N(0, (s * scale)^2) to each float modality, s ~ U(0, level) per sample (tokens kept)."""
+    if level <= 0:
+        return inputs
+    out = dict(inputs)
+    for modality in modalities:
+        x = inputs[modality.name]
+        if modality.kind == "tokens" or not x.is_floating_point():
+            continue
+        shape = (x.shape[0], *([1] * (x.dim() - 1)))
+        sigma = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+        sigma = sigma * (level * scale.get(modality.name, 1.0))
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        out[modality.name] = x + sigma * noise
+    return out
+
+
 @torch.no_grad()
 def correct_count(
     model: torch.nn.Module,

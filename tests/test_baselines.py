@@ -36,6 +36,26 @@ def test_every_standard_recipe_the_default_space_allows_with_its_fixed_values() 
     assert planned["kd_xmodal"]["w_xmodal"] == 10.0 and planned["kd_xmodal"]["use_w_gram"] is False
 
 
+def test_a_searched_input_noise_is_suggested_and_baselines_take_the_configs_value() -> None:
+    import optuna
+
+    from autogram.search.space import SpaceSampler, trial_config
+
+    space = validate({"search": {"space": {"input_noise": {"low": 0.0, "high": 1.5}}}}).search.space
+    planned = plan_baselines(None, space, CANDIDATES, {"train": {**BASE["train"], "input_noise": 0.25}})
+    assert {recipe["input_noise"] for recipe in planned.values()} == {0.25}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    fixed = SpaceSampler(space, CANDIDATES)(trial)
+    assert 0.0 <= trial.params["input_noise"] <= 1.5
+    cfg = trial_config(validate({}).model_dump(mode="json"), {**trial.params, **fixed}, space, CANDIDATES)
+    assert validate(cfg).train.input_noise == trial.params["input_noise"]
+    # Left out of the space, the config's own train.input_noise stands in every trial.
+    default = validate({"search": {}}).search.space
+    base = validate({"train": {"input_noise": 0.3}}).model_dump(mode="json")
+    assert trial_config(base, {}, default, CANDIDATES)["train"]["input_noise"] == 0.3
+
+
 def test_recipes_the_space_does_not_allow_are_skipped_or_refused_by_name() -> None:
     raw = {"search": {"space": {"w_xmodal": 0.0, "max_pairs": 1, "temperature": {"low": 5, "high": 8}}}}
     space = validate(raw).search.space

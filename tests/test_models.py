@@ -34,6 +34,20 @@ def test_teacher_is_at_least_10x_the_student_at_default_sizes(data) -> None:  # 
     assert teacher(batch).shape == (4, 10) and student(batch).shape == (4, 10)
 
 
+def test_student_pool_keeps_a_grid_of_cells(data) -> None:  # noqa: ANN001
+    pooled = build_student(data, StudentConfig(pool=4)).eval()
+    encoder = pooled.encoders["image"]
+    assert encoder.out_channels == 64 * 4 * 4 and pooled.projections["image"].in_features == 64 * 16
+    image = example_inputs(data, 2)["image"]
+    with torch.no_grad():
+        cells = encoder(image).view(2, 64, 4, 4)
+        # Each cell averages its own part of the last map: the first row and column of cells
+        # differ from the last (a global average would give one number per channel).
+        assert not torch.allclose(cells[..., 0, 0], cells[..., 3, 3])
+        assert build_student(data, StudentConfig()).encoders["image"](image).shape == (2, 64)
+    assert pooled(example_inputs(data, 3)).shape == (3, 10)
+
+
 def test_taps_have_modality_depth_path_and_shape(data) -> None:  # noqa: ANN001
     teacher = build_teacher(data, TeacherConfig().architecture())
     student = build_student(data, StudentConfig())

@@ -128,6 +128,32 @@ def test_max_samples_trains_the_student_on_the_first_rows_only(tiny_config: Tria
     assert part.teacher["key"] == full.teacher["key"]
 
 
+def test_input_noise_perturbs_the_students_float_inputs_only() -> None:
+    from autogram.data.base import Modality
+    from autogram.runtime import add_noise
+
+    modalities = [Modality("image", "image", (1, 8, 8)), Modality("tokens", "tokens", (6,), 20)]
+    inputs = {"image": torch.zeros(400, 1, 8, 8), "tokens": torch.randint(1, 20, (400, 6))}
+    assert add_noise(inputs, modalities, 0.0, {}, torch.Generator()) is inputs
+    noisy = add_noise(inputs, modalities, 2.0, {"image": 3.0}, torch.Generator().manual_seed(0))
+    assert noisy["tokens"] is inputs["tokens"]
+    std = noisy["image"].flatten(1).std(dim=1)
+    # Per sample s ~ U(0, 2) in units of 3: stds spread over (0, 6), averaging 3.
+    assert float(std.max()) < 6.0 * 1.3 and float(std.min()) < 0.6
+    assert float(std.mean()) == pytest.approx(3.0, rel=0.1)
+    again = add_noise(inputs, modalities, 2.0, {"image": 3.0}, torch.Generator().manual_seed(0))
+    assert torch.equal(again["image"], noisy["image"])
+
+
+def test_a_trial_with_input_noise_is_seeded_and_differs_from_one_without(tiny_config: TrialConfig) -> None:
+    raw = tiny_config.model_dump(mode="json")
+    raw["train"]["input_noise"] = 1.0
+    noisy, again = run_trial(validate(raw)), run_trial(validate(raw))
+    assert (noisy.accuracy, noisy.corruptions) == (again.accuracy, again.corruptions)
+    clean = run_trial(tiny_config)
+    assert noisy.corruptions != clean.corruptions
+
+
 def test_non_finite_loss_ends_the_trial_as_diverged(tiny_config: TrialConfig) -> None:
     result = run_trial(_with(tiny_config, w_kd=1e39))
     assert result.status == "diverged"

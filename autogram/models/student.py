@@ -19,7 +19,8 @@ def _block1d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class GridEncoder(nn.Module):
-    """Conv-BN-ReLU blocks over a 1-channel image or spectrogram, widths doubling, stride 2 after the first."""
+    """Conv-BN-ReLU blocks over a 1-channel image or spectrogram, widths doubling, stride 2 after
+    the first, then the last map average-pooled to ``pool`` x ``pool`` cells (1: global)."""
 
     def __init__(self, cfg: StudentConfig, in_channels: int = 1) -> None:
         from torchvision.ops.misc import Conv2dNormActivation
@@ -32,11 +33,15 @@ class GridEncoder(nn.Module):
                 for i, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True))
             ]
         )
-        self.out_channels = widths[-1]
+        self.pool = cfg.pool
+        self.out_channels = widths[-1] * cfg.pool * cfg.pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features, (B, C)."""
-        return self.blocks(x).mean(dim=(2, 3))
+        """Average-pooled features, (B, C * pool^2)."""
+        features = self.blocks(x)
+        if self.pool == 1:
+            return features.mean(dim=(2, 3))
+        return nn.functional.adaptive_avg_pool2d(features, self.pool).flatten(1)
 
 
 class TokenEncoder(nn.Module):

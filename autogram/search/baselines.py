@@ -54,12 +54,13 @@ def _fixed_value(name: str, wanted: float, space: SpaceConfig) -> tuple[dict[str
 
 
 def _plain(name: str, space: SpaceConfig, base: dict[str, Any]) -> dict[str, Any]:
-    """Temperature, learning rate, modality dropout and Gram kind at the recipe's values."""
+    """Temperature, learning rate, modality dropout, input noise and Gram kind at the recipe's values."""
     params: dict[str, Any] = {}
     wanted = {
         "temperature": TEMPERATURE,
         "lr": base.get("train", {}).get("lr", 3e-3),
         "modality_dropout": base.get("train", {}).get("modality_dropout", 0.0),
+        "input_noise": base.get("train", {}).get("input_noise", 0.0),
     }
     for key, target in wanted.items():
         value = getattr(space, key)

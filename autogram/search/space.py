@@ -25,6 +25,7 @@ _TARGETS = {
     "gram_kind": ("distill", "gram_kind"),
     "lr": ("train", "lr"),
     "modality_dropout": ("train", "modality_dropout"),
+    "input_noise": ("train", "input_noise"),
 }
 
 
@@ -46,6 +47,8 @@ class SpaceSampler:
         gram_on = self.space.w_gram != 0
         for name in _TARGETS:
             value = getattr(self.space, name)
+            if value is None:
+                continue
             if isinstance(value, Range):
                 if value.optional and not trial.suggest_categorical(f"use_{name}", [True, False]):
                     gram_on = gram_on and name != "w_gram"
@@ -92,6 +95,8 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfi
     raw = copy.deepcopy(base)
     for name, (section, field) in _TARGETS.items():
         value = getattr(space, name)
+        if value is None:
+            continue  # not part of the space: the config's own value stands
         if name in params:
             chosen = params[name]
         elif isinstance(value, Range) and value.optional and not params.get(f"use_{name}", False):
