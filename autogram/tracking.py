@@ -77,11 +77,20 @@ class SearchTracker:
         self.parent_id = ""
         self.children: dict[str, str] = {}  # ray trial id -> run id
 
-    def start_parent(self, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """Create the parent run, or reopen the one of this search folder (a resume)."""
-        existing = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_DIR}` = '{self.directory}' and tags.`{TAG_KIND}` = 'search'",
+    def start_parent(self, params: dict[str, Any], tags: dict[str, str], resume: bool = False) -> str:
+        """Create the parent run, or on a resume reopen the newest one of this search folder.
+
+        A new search in a folder that once held another (deleted since) gets its own run:
+        reopening the old one would mix the two searches' trials under one parent.
+        """
+        existing = (
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_DIR}` = '{self.directory}' and tags.`{TAG_KIND}` = 'search'",
+                order_by=["attributes.start_time DESC"],
+            )
+            if resume
+            else []
         )
         if existing:
             self.parent_id = existing[0].info.run_id

@@ -97,6 +97,24 @@ def test_one_parent_and_one_finished_child_per_trial(sqlite_search: dict) -> Non
             assert run.data.params["use_w_kd"] in {"True", "False"}
 
 
+def test_a_new_search_in_a_reused_folder_gets_its_own_parent_run(tmp_path: Path) -> None:
+    from autogram.tracking import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = tmp_path / "runs" / "again"
+    first = SearchTracker(uri, "again", "again", folder)
+    first.start_parent({}, {})
+    first.trial_started("t0", {"trial_number": 0})
+    # The folder was deleted and a new search started in it: a run of its own, no old trials.
+    second = SearchTracker(uri, "again", "again", folder)
+    assert second.start_parent({}, {}) != first.parent_id and second.children == {}
+    # A resume reopens the newest parent run of the folder, with its children.
+    second.trial_started("t1", {"trial_number": 1})
+    resumed = SearchTracker(uri, "again", "again", folder)
+    assert resumed.start_parent({}, {}, resume=True) == second.parent_id
+    assert set(resumed.children) == {"t1"}
+
+
 def test_pareto_tags_match_the_front_recomputed_from_child_metrics(sqlite_search: dict) -> None:
     client = sqlite_search["client"]
     experiment = client.get_experiment_by_name("tracked")

@@ -326,6 +326,7 @@ def run_search(
                 "teacher_key": handle.key,
                 "teacher_source": json.dumps(handle.source, default=str),
             },
+            resume=resume,
         )
     # Save the experiment state at every controller step, so a killed driver resumes
     # without rerunning a trial that had already finished.
