@@ -265,10 +265,10 @@ class TrainConfig(_Strict):
     # gets N(0, s^2) with s drawn uniformly from [0, input_noise], in the units of the
     # robustness suite's noise (standardised data: standard deviations).
     input_noise: float = Field(0.0, ge=0.0, le=10.0)
-    # The student trains on the first N rows of the train split (null: all of them); the
-    # built-in teacher always trains on all. Models a teacher that saw more labelled data
-    # than the distillation set holds.
-    max_samples: int | None = Field(None, ge=2)
+    # Only the first N training rows keep their labels for the student's CE term (null: all);
+    # the other rows are an unlabelled transfer set that only KD and the Gram terms learn
+    # from. The built-in teacher always trains on every label.
+    labelled_samples: int | None = Field(None, ge=1)
 
 
 class EvalConfig(_Strict):

@@ -77,6 +77,9 @@ class Objective(nn.Module):
         """Teacher taps that must be hooked (none when their terms are off)."""
         return _unique([p.teacher for p in self.pairs] + list(self.teacher_embeds.values()))
 
+    # Set by the loop when only some training rows keep their labels (train.labelled_samples).
+    partial_labels = False
+
     @property
     def needs_teacher(self) -> bool:
         """Whether any active term reads the teacher at all."""
@@ -89,7 +92,7 @@ class Objective(nn.Module):
         logits = logits.float()
         terms: dict[str, torch.Tensor] = {}
         if "ce" in self.weights:
-            terms["ce"] = ce_loss(logits, labels)
+            terms["ce"] = ce_loss(logits, labels, self.partial_labels)
         if teacher is None:
             return terms
         if "kd" in self.weights:
@@ -272,8 +275,13 @@ def train_student(
     val = device_split(data, "val", device)
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Rows are in the file's (shuffled) order, so the first ``max_samples`` are a fair subset.
-    rows = len(labels) if cfg.max_samples is None else min(cfg.max_samples, len(labels))
+    rows = len(labels)
+    if cfg.labelled_samples is not None and cfg.labelled_samples < rows:
+        # Rows are in the file's (shuffled) order, so the first N are a fair labelled subset.
+        # The rest are an unlabelled transfer set: only the teacher's terms learn from them.
+        labels = labels.clone()
+        labels[cfg.labelled_samples :] = -1
+        objective.partial_labels = True
     total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))

@@ -28,9 +28,15 @@ __all__ = [
 ]
 
 
-def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the ground-truth labels."""
-    return F.cross_entropy(student_logits, labels)
+def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor, partial: bool = False) -> torch.Tensor:
+    """Cross-entropy with the ground-truth labels. ``partial``: labels < 0 mark unlabelled
+    rows, left out of the mean (0 for a batch with none labelled, never NaN)."""
+    if not partial:
+        return F.cross_entropy(student_logits, labels)
+    labelled = labels >= 0
+    # No host read of the count: a GPU step must not wait on it.
+    total = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none") * labelled
+    return total.sum() / labelled.sum().clamp(min=1)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -115,17 +115,21 @@ def test_channel_gram_and_listed_pairs(tiny_config: TrialConfig) -> None:
     }
 
 
-def test_max_samples_trains_the_student_on_the_first_rows_only(tiny_config: TrialConfig) -> None:
-    full = run_trial(_with(tiny_config, w_gram=0.0, w_xmodal=0.0))
+def test_labelled_samples_keep_ce_to_the_first_rows_and_kd_on_every_row(tiny_config: TrialConfig) -> None:
+    from autogram.losses import ce_loss
+
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 2, -1, 1, -1, -1])
+    assert ce_loss(logits, labels, partial=True) == pytest.approx(float(ce_loss(logits[[0, 1, 3]], labels[[0, 1, 3]])))
+    assert float(ce_loss(logits, torch.full((6,), -1), partial=True)) == 0.0  # no labels: 0, not NaN
     raw = tiny_config.model_dump(mode="json")
     raw["distill"].update(w_gram=0.0, w_xmodal=0.0)
-    raw["train"]["max_samples"] = 100
+    full = run_trial(validate(raw))
+    raw["train"]["labelled_samples"] = 100
     part = run_trial(validate(raw))
-    # 600 train rows at batch 50 is 12 steps an epoch; 100 rows is 2.
-    assert (full.steps, part.steps) == (2 * 12, 2 * 2)
-    assert part.train_gflops == pytest.approx(full.train_gflops * 100 / 600, rel=1e-6)
-    # The teacher is the same one: it trained on all 600 rows, not on the student's 100.
-    assert part.teacher["key"] == full.teacher["key"]
+    # Every row is still stepped through (600 at batch 50: 12 steps an epoch) ...
+    assert part.steps == full.steps == 2 * 12 and part.status == "ok"
+    # ... but CE learns from 100 labels only, so the scores differ.
+    assert (part.accuracy, part.corruptions) != (full.accuracy, full.corruptions)
 
 
 def test_input_noise_perturbs_the_students_float_inputs_only() -> None:
@@ -194,30 +198,6 @@ def test_quickstart_trial_json(tmp_path: Path, quickstart_teachers: Path) -> Non
     assert KEYS <= result.keys() and result["status"] == "ok"
     assert result["accuracy"] > 0.8 and result["robustness"] < result["accuracy"]
     assert result["teacher"]["val_accuracy"] >= 0.9
-
-
-@pytest.mark.slow
-def test_on_the_builtin_data_the_teacher_matters(quickstart_teachers: Path) -> None:
-    """At the quickstart's trial budget a student alone falls well short of a taught one:
-    the teacher saw 3000 rows, the student's distillation set is 600 of them."""
-    from autogram.config import load_config
-    from autogram.data import load_data
-
-    def mean_accuracy(*overrides: str) -> float:
-        scores = []
-        for seed in (0, 1):
-            cfg = load_config(
-                ROOT / "search_spaces" / "quickstart.yaml",
-                [f"teacher.cache_dir={quickstart_teachers}", f"seed={seed}", "distill.w_gram=0", *overrides],
-            )
-            scores.append(run_trial(cfg, data=data).accuracy)
-        return sum(scores) / len(scores)
-
-    data = load_data(load_config(ROOT / "search_spaces" / "quickstart.yaml").data)
-    alone = mean_accuracy("distill.w_kd=0", "distill.w_xmodal=0")
-    taught = mean_accuracy("distill.w_xmodal=0")  # Hinton KD
-    # Measured: 0.77 alone vs 0.87 taught (2 seeds, 2 cores); seed-to-seed spread is ~0.05.
-    assert taught >= alone + 0.05, (alone, taught)
 
 
 @pytest.mark.slow
