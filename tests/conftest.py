@@ -81,6 +81,19 @@ def run_cli(
     )
 
 
+def tiny_search(folder: Path, teacher_cache: Path, name: str, trials: int, epochs: int, *args: str) -> None:
+    """Run a finished tiny search ``name`` from ``folder`` (its config written as ``NAME.yaml``)."""
+    import yaml
+
+    raw = tiny_raw(teacher_cache)
+    raw["name"] = name
+    raw["train"]["epochs"] = epochs
+    raw["search"] = {"trials": trials, "concurrency": 2}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", f"{name}.yaml", *args, cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def start_cli(*args: str, cwd: Path, capture: bool = False) -> subprocess.Popen:
     """Start ``python -m autogram ARGS`` in its own session, so a test can SIGKILL it whole;
     ``capture`` keeps its output (text) for ``communicate()``."""

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from autogram.config import validate
 from autogram.confirm import judge
 from autogram.export import trial_training_config
 from autogram.trial import run_trial
-from tests.conftest import run_cli, tiny_raw
+from tests.conftest import run_cli, tiny_search
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +21,7 @@ pytestmark = pytest.mark.slow
 def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Path:
     """A finished tiny search with its 4 baselines and one sampled trial."""
     tmp_path = tmp_path_factory.mktemp("confirm")
-    raw = tiny_raw(teacher_cache)
-    raw["name"] = "c"
-    raw["train"]["epochs"] = 1
-    raw["search"] = {"trials": 5, "concurrency": 2}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli("search", "c.yaml", "--out", "runs", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    tiny_search(tmp_path, teacher_cache, "c", 5, 1, "--out", "runs")
     return tmp_path
 
 

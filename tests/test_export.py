@@ -15,7 +15,7 @@ import yaml
 
 from autogram.config import ConfigError, load_config
 from autogram.export import choose
-from tests.conftest import run_cli, start_cli, tiny_raw
+from tests.conftest import run_cli, start_cli, tiny_raw, tiny_search
 
 OBJECTIVES = [
     {"name": "accuracy", "direction": "maximize"},
@@ -94,13 +94,7 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Path:
     tmp_path = tmp_path_factory.mktemp("export")
-    raw = tiny_raw(teacher_cache)
-    raw["name"] = "exp"
-    raw["train"]["epochs"] = 3
-    raw["search"] = {"trials": 4, "concurrency": 2}
-    (tmp_path / "search.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli("search", "search.yaml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    tiny_search(tmp_path, teacher_cache, "exp", 4, 3)
     return tmp_path
 
 
