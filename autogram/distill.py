@@ -276,12 +276,19 @@ def train_student(
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows = len(labels)
+    pool = None
     if cfg.labelled_samples is not None and cfg.labelled_samples < rows:
         # Rows are in the file's (shuffled) order, so the first N are a fair labelled subset.
-        # The rest are an unlabelled transfer set: only the teacher's terms learn from them.
-        labels = labels.clone()
-        labels[cfg.labelled_samples :] = -1
-        objective.partial_labels = True
+        if objective.needs_teacher:
+            # The rest are an unlabelled transfer set: only the teacher's terms learn from them.
+            labels = labels.clone()
+            labels[cfg.labelled_samples :] = -1
+            objective.partial_labels = True
+        else:
+            # Nothing learns from an unlabelled row without a teacher: every batch is drawn
+            # from the labelled rows, epochs keep their length, so steps and compute match a
+            # recipe that reads the teacher (a fair comparison at the same budget).
+            pool = cfg.labelled_samples
     total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
@@ -303,7 +310,7 @@ def train_student(
         diverged = False
         if noise is not None:
             noise.manual_seed(seed * 100_003 + epoch)
-        for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, device):
+        for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, device, pool):
             clean = train.batch(idx, host_idx)
             # The teacher sees clean inputs; the student may see modalities blanked, so KD
             # and Gram terms teach it what the missing modality would have said.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -145,12 +146,20 @@ def split_accuracy(model: torch.nn.Module, split: DeviceSplit, batch_size: int, 
 
 
 def batch_indices(
-    n: int, batch_size: int, generator: torch.Generator, device: torch.device | None = None
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+    pool: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A seeded shuffle of ``range(n)`` cut into batches (the last may be smaller, never < 2),
     each as ``(host indices, the same on device)``: the epoch's order moves to the device
-    in one copy, not one per step."""
-    order = torch.randperm(n, generator=generator)
+    in one copy, not one per step. ``pool`` < n: the epoch is still n samples, drawn from
+    ``range(pool)`` in back-to-back shuffles (each row once before any row twice)."""
+    if pool is None or pool >= n:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.cat([torch.randperm(pool, generator=generator) for _ in range(math.ceil(n / pool))])[:n]
     on_device = to_device(order, device) if device is not None else order
     for start in range(0, n, batch_size):
         chunk = order[start : start + batch_size]

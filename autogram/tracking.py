@@ -7,11 +7,13 @@ with a terminal status when the search ends, after failures and after a resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,9 +283,12 @@ def host() -> str:
     return socket.gethostname()
 
 
-def temp_artifacts() -> Path:
-    """A fresh temporary folder for artifacts before upload."""
-    return Path(tempfile.mkdtemp(prefix="autogram-artifacts-"))
+@contextlib.contextmanager
+def temp_artifacts() -> Iterator[Path]:
+    """A fresh temporary folder for artifacts before upload, removed afterwards (a search's
+    plots are tens of MB: left behind, a head node running many searches fills its /tmp)."""
+    with tempfile.TemporaryDirectory(prefix="autogram-artifacts-") as folder:
+        yield Path(folder)
 
 
 def _parse_param(value: str) -> Any:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +33,10 @@ def _config(tmp_path: Path, teacher_cache: Path, **search: object) -> Path:
     return path
 
 
-def _search(config: Path, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", *args, cwd=tmp_path)
+def _search(
+    config: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", *args, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     front = json.loads((tmp_path / "runs" / "s" / "front.json").read_text())
     return proc, front
@@ -53,7 +57,14 @@ def _check_front_flags(front: dict) -> None:
 
 def test_search_writes_front_and_a_loadable_study(tmp_path: Path, teacher_cache: Path) -> None:
     config = _config(tmp_path, teacher_cache, trials=5)
-    proc, front = _search(config, tmp_path)
+    # The search's own temporary files go to a folder of this test's (Ray keeps /tmp: its
+    # socket paths must stay short), so what it leaves behind there can be checked.
+    scratch = Path(tempfile.mkdtemp(prefix="ag-", dir="/tmp"))
+    try:
+        proc, front = _search(config, tmp_path, env={"TMPDIR": str(scratch), "RAY_TMPDIR": "/tmp"})
+        assert not list(scratch.glob("autogram-artifacts-*")), "the staged MLflow artifacts are removed"
+    finally:
+        shutil.rmtree(scratch)
     assert "Pareto front of s" in proc.stdout and "done 5/5" in proc.stderr
     assert front["name"] == "s"
     assert front["objectives"] == [{"name": n, "direction": d} for n, d in zip(OBJECTIVES, DIRECTIONS, strict=True)]

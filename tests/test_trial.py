@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -130,6 +131,33 @@ def test_labelled_samples_keep_ce_to_the_first_rows_and_kd_on_every_row(tiny_con
     assert part.steps == full.steps == 2 * 12 and part.status == "ok"
     # ... but CE learns from 100 labels only, so the scores differ.
     assert (part.accuracy, part.corruptions) != (full.accuracy, full.corruptions)
+
+
+def test_ce_alone_with_labelled_samples_draws_every_batch_from_the_labelled_rows(tiny_config: TrialConfig) -> None:
+    from autogram.data import load_data
+    from autogram.data.base import MultiModalData, Split
+    from autogram.runtime import batch_indices
+
+    order = torch.cat([host for host, _ in batch_indices(10, 4, torch.Generator().manual_seed(0), pool=4)])
+    assert len(order) == 10 and int(order.max()) < 4
+    assert sorted(order[:4].tolist()) == [0, 1, 2, 3] and sorted(order[4:8].tolist()) == [0, 1, 2, 3]
+
+    raw = tiny_config.model_dump(mode="json")
+    raw["distill"].update(w_kd=0.0, w_gram=0.0, w_xmodal=0.0)
+    raw["train"]["labelled_samples"] = 100
+    cfg = validate(raw)
+    data = load_data(cfg.data)
+    first = run_trial(cfg, data=data)
+    assert first.steps == 2 * 12 and first.status == "ok"  # epochs keep their length
+    # Without a teacher nothing learns from the other 500 rows: scrambling them changes nothing.
+    train = data.splits["train"]
+    rng = np.random.default_rng(0)
+    scrambled = {k: np.concatenate([v[:100], rng.permutation(v[100:])[::-1]]) for k, v in train.inputs.items()}
+    labels = np.concatenate([train.labels[:100], (train.labels[100:] + 1) % data.num_classes])
+    splits = {**data.splits, "train": Split(scrambled, labels)}
+    other = MultiModalData(data.modalities, data.num_classes, splits, "scrambled", fingerprint=f"{data.fingerprint}-s")
+    again = run_trial(cfg, data=other)
+    assert (again.accuracy, again.corruptions) == (first.accuracy, first.corruptions)
 
 
 def test_input_noise_perturbs_the_students_float_inputs_only() -> None:

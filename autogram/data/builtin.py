@@ -7,6 +7,12 @@ modality also carries a marker for the position inside its pair, but the marker 
 30% of the time. So one modality alone reaches about 70% at best, while the two pairs
 intersect in exactly one class: a model that combines both modalities can be right
 almost always. Losing a modality therefore hurts, measurably.
+
+Each group has many keywords (``keywords``, 24 by default) and a sequence shows three of
+them, so a few hundred labelled rows leave most keywords seen once or never: a student
+with only those labels cannot learn the token half, while a teacher trained on every row
+knows it. That is the setting distillation is for (``train.labelled_samples`` keeps the
+student's labels to the first rows; the rest are an unlabelled transfer set).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from autogram.config import BuiltinDataConfig
 NUM_CLASSES = 10
 _GROUPS = 5
 _MARKER_FLIP = 0.3
-_KEYWORDS_PER_GROUP = 3
+_KEYWORDS_PER_SEQUENCE = 3
 
 
 def _templates(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -49,23 +55,24 @@ def _images(rng: np.random.Generator, labels: np.ndarray, templates: np.ndarray,
     return images.astype(np.float32)
 
 
-def _tokens(rng: np.random.Generator, labels: np.ndarray, seq_len: int, vocab: int) -> np.ndarray:
+def _tokens(rng: np.random.Generator, labels: np.ndarray, seq_len: int, vocab: int, keywords: int) -> np.ndarray:
     n = labels.shape[0]
-    keyword_base = vocab - 2 - _GROUPS * _KEYWORDS_PER_GROUP
+    keyword_base = vocab - 2 - _GROUPS * keywords
     marker_base = vocab - 2
     group = ((labels + 1) % NUM_CLASSES) // 2
     member = (labels + 1) % 2
     marker = np.where(rng.random(n) < _MARKER_FLIP, 1 - member, member)
     # Filler tokens are 1..keyword_base-1 (0 is the reserved mask token).
     tokens = rng.integers(1, keyword_base, size=(n, seq_len))
+    shown = _KEYWORDS_PER_SEQUENCE
     for i in range(n):
-        slots = rng.choice(seq_len, size=5, replace=False)
-        words = keyword_base + group[i] * _KEYWORDS_PER_GROUP + rng.integers(0, _KEYWORDS_PER_GROUP, 3)
-        tokens[i, slots[:3]] = words
-        tokens[i, slots[3]] = marker_base + marker[i]
+        slots = rng.choice(seq_len, size=shown + 2, replace=False)
+        words = keyword_base + group[i] * keywords + rng.integers(0, keywords, shown)
+        tokens[i, slots[:shown]] = words
+        tokens[i, slots[shown]] = marker_base + marker[i]
         if rng.random() < 0.5:  # one distractor keyword from another group
             other = (group[i] + rng.integers(1, _GROUPS)) % _GROUPS
-            tokens[i, slots[4]] = keyword_base + other * _KEYWORDS_PER_GROUP + rng.integers(0, 3)
+            tokens[i, slots[shown + 1]] = keyword_base + other * keywords + rng.integers(0, keywords)
     return tokens.astype(np.int64)
 
 
@@ -77,6 +84,6 @@ def generate(cfg: BuiltinDataConfig) -> dict[str, np.ndarray]:
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
         labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
         arrays[f"{split}_image"] = _images(rng, labels, templates, cfg.image_size)
-        arrays[f"{split}_tokens"] = _tokens(rng, labels, cfg.seq_len, cfg.vocab_size)
+        arrays[f"{split}_tokens"] = _tokens(rng, labels, cfg.seq_len, cfg.vocab_size, cfg.keywords)
         arrays[f"{split}_label"] = labels
     return arrays

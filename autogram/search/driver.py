@@ -394,12 +394,12 @@ def run_search(
         log.info("%s", format_verdict(document["verdict"]))
     if tracker is None:
         return document
-    artifacts = temp_artifacts()
-    history = write_artifacts(
-        document, study, plan.candidates, _pareto_configs(plan, study, document, handle), artifacts
-    )
-    shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
-    tracker.finish(document, history, artifacts)
+    with temp_artifacts() as artifacts:
+        history = write_artifacts(
+            document, study, plan.candidates, _pareto_configs(plan, study, document, handle), artifacts
+        )
+        shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
+        tracker.finish(document, history, artifacts)
     log.info(
         "wrote %s (wall time %.1fs); MLflow run %s",
         plan.directory / FRONT_FILE,
