@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,13 @@ def _score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
 
 
 def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each (baseline, point): deltas of the means and whether each exceeds the spread."""
+    """For each (baseline, point): deltas of the means and whether each exceeds the spread.
+    A point is a row that is not a baseline, or a baseline that was chosen as one (a front
+    made of baselines still says which recipe beats which)."""
     out = []
+    points = [r for r in rows if not r["baseline"] or r.get("chosen")]
     for baseline in (r for r in rows if r["baseline"]):
-        for point in (r for r in rows if not r["baseline"]):
+        for point in (p for p in points if p is not baseline):
             deltas = {}
             for metric in ("accuracy", "robustness", *(k for k in point["summary"] if k.startswith("missing:"))):
                 if metric not in baseline["summary"]:
@@ -176,7 +180,9 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
         for i in range(seeds):
             log.info("confirm: %s, seed %d of %d", label, i + 1, seeds)
             runs.append(_score(raw, int(raw.get("seed", 0)) + i, data))
-        rows.append({"label": label, "trial": trial["number"], "baseline": trial.get("baseline"), "runs": runs})
+        picked = any(t["number"] == trial["number"] for t in chosen)
+        row = {"label": label, "trial": trial["number"], "baseline": trial.get("baseline"), "chosen": picked}
+        rows.append({**row, "runs": runs})
         rows[-1]["summary"] = _summary(runs)
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
     result["verdict"] = judge(rows)
@@ -189,7 +195,8 @@ def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id:
 
     folder = Path(source)
     folder = folder.parent if folder.is_file() else folder
-    target = folder / "confirm" if folder.is_dir() else Path(tempfile.mkdtemp(prefix="autogram-confirm-"))
+    staged = not folder.is_dir()  # a search read from MLflow: the files only stage the upload
+    target = folder / "confirm" if not staged else Path(tempfile.mkdtemp(prefix="autogram-confirm-"))
     target.mkdir(parents=True, exist_ok=True)
     (target / "confirm.json").write_text(json.dumps(result, indent=2))
     (target / "confirm.md").write_text(format_table(result) + "\n")
@@ -202,3 +209,9 @@ def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id:
         client_for(uri).log_artifacts(parent_id, str(target), "confirm")
     except Exception as exc:  # the files are written; an unreachable MLflow must not undo that
         log.warning("confirm written to %s, but not logged to MLflow (%s)", target, exc)
+        return
+    if staged:
+        shutil.rmtree(target, ignore_errors=True)
+        log.info("confirm: logged under confirm/ on MLflow run %s", parent_id)
+    else:
+        log.info("confirm: wrote %s and logged it under confirm/ on MLflow run %s", target, parent_id)

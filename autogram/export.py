@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
 
     uri = resolve_uri(tracking_uri)
     document = read_front(uri, source)
-    local = client_for(uri).download_artifacts(document["run_id"], "search.json")
-    return document, json.loads(Path(local).read_text()), document["run_id"]
+    with tempfile.TemporaryDirectory(prefix="autogram-download-") as folder:
+        local = client_for(uri).download_artifacts(document["run_id"], "search.json", folder)
+        spec = json.loads(Path(local).read_text())
+    return document, spec, document["run_id"]
 
 
 def trial_training_config(spec: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:

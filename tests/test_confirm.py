@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -40,7 +42,10 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     for row in result["rows"]:
         assert len(row["runs"]) == 2
         assert {"accuracy", "robustness", "cost", "missing:image", "missing:tokens"} <= set(row["summary"])
-    assert len(result["verdict"]) == 4 * (len(labels) - 4)
+    # Each point (a sampled trial, or a baseline the knee picked) is judged against every
+    # baseline but itself.
+    points = [r for r in result["rows"] if not r["baseline"] or r["chosen"]]
+    assert len(result["verdict"]) == sum(4 - bool(r["baseline"]) for r in points)
 
     # The rows are the trials' own configs, scored on the test split: redo one seed here.
     spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
@@ -62,6 +67,25 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     )
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "confirm")}
     assert logged == {"confirm/confirm.json", "confirm/confirm.md", "confirm/confirm.png"}
+
+
+def test_confirm_by_name_judges_chosen_baselines_and_leaves_no_staging_folder(searched: Path) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="ag-", dir="/tmp"))
+    try:
+        proc = run_cli("confirm", "c", "--seeds", "1", "--points", "0,1", cwd=searched, env={"TMPDIR": str(scratch)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # The downloaded search spec and the files staged for MLflow are removed (torch keeps
+        # its compile cache there by design).
+        left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")]
+        assert not left, left
+    finally:
+        shutil.rmtree(scratch)
+    assert "confirm: logged under confirm/ on MLflow run" in proc.stderr
+    # Both points are baselines (CE and KD): each is judged against the other, never itself.
+    judged = [line for line in proc.stdout.splitlines() if line.startswith("- ")]
+    assert any(line.startswith("- kd (trial 1) ") and "ce (trial 0)" in line for line in judged), proc.stdout
+    assert any(line.startswith("- ce (trial 0) ") and "kd (trial 1)" in line for line in judged), proc.stdout
+    assert not any(line.startswith("- ce (trial 0) ") and line.count("ce (trial 0)") > 1 for line in judged)
 
 
 @pytest.mark.parametrize(

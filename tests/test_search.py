@@ -62,7 +62,9 @@ def test_search_writes_front_and_a_loadable_study(tmp_path: Path, teacher_cache:
     scratch = Path(tempfile.mkdtemp(prefix="ag-", dir="/tmp"))
     try:
         proc, front = _search(config, tmp_path, env={"TMPDIR": str(scratch), "RAY_TMPDIR": "/tmp"})
-        assert not list(scratch.glob("autogram-artifacts-*")), "the staged MLflow artifacts are removed"
+        # The MLflow artifacts staged for upload are removed (torch keeps its compile cache).
+        left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor")]
+        assert not left, left
     finally:
         shutil.rmtree(scratch)
     assert "Pareto front of s" in proc.stdout and "done 5/5" in proc.stderr
