@@ -39,7 +39,7 @@ def test_overrides_parse_yaml_scalars_and_nest() -> None:
         ("data.path=/nonexistent/x.npz", "data file not found: /nonexistent/x.npz"),
         ("distill.pairs=[image.block1]", "student_tap:teacher_tap"),
         ("train=3", "train"),
-        ("data.builtin.vocab_size=64", "data.builtin: vocab_size 64 is too small for 24 keywords per group"),
+        ("data.builtin.vocab_size=64", "vocab_size 64 is too small for 24 keywords per group (need >= 131)"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:

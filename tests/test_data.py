@@ -14,6 +14,21 @@ from autogram.data.corruptions import apply, suite
 from tests.conftest import AVMNIST
 
 
+@pytest.mark.parametrize(("vocab", "keywords"), [(64, 3), (256, 24)])
+def test_builtin_tokens_show_three_of_their_groups_keywords(vocab: int, keywords: int) -> None:
+    arrays = generate(BuiltinDataConfig(n_train=2000, n_val=50, n_test=50, vocab_size=vocab, keywords=keywords))
+    tokens, labels = arrays["train_tokens"], arrays["train_label"]
+    base = vocab - 2 - 5 * keywords  # filler ids below, two marker ids on top
+    group = ((labels + 1) % 10) // 2
+    is_keyword = (tokens >= base) & (tokens < vocab - 2)
+    own = is_keyword & ((tokens - base) // keywords == group[:, None])
+    assert (own.sum(axis=1) == 3).all()  # a distractor comes from another group
+    assert ((is_keyword & ~own).sum(axis=1) <= 1).all()  # at most one distractor
+    assert ((tokens >= vocab - 2).sum(axis=1) == 1).all()  # one in-pair marker
+    # Every keyword of the range occurs, so more keywords means fewer rows per keyword.
+    assert len(np.unique(tokens[is_keyword])) == 5 * keywords
+
+
 def test_builtin_is_seeded_and_shaped() -> None:
     cfg = BuiltinDataConfig(n_train=200, n_val=100, n_test=100)
     first, second = generate(cfg), generate(cfg)

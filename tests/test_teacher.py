@@ -9,18 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from autogram.config import DataConfig, DistillConfig, StudentConfig, TeacherConfig, TrainConfig, validate
+from autogram.config import DistillConfig, StudentConfig, TeacherConfig, TrainConfig, load_config, validate
 from autogram.data import load_data
 from autogram.data.base import MultiModalData, Split
 from autogram.teacher import ensure_teacher, read_metadata
-from tests.conftest import tiny_raw
+from tests.conftest import ROOT, tiny_raw
 
 CPU = torch.device("cpu")
 
 
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
 @pytest.fixture(scope="module")
 def builtin() -> MultiModalData:
-    return load_data(DataConfig())
+    """The built-in data as the quickstart generates it (24 keywords per token group)."""
+    return load_data(load_config(QUICKSTART).data)
 
 
 def _blank(data: MultiModalData, modality: str) -> MultiModalData:
@@ -70,7 +74,7 @@ def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(
     from autogram.runtime import accuracy, to_tensors
     from autogram.trial import evaluate_robustness
 
-    cfg = validate({"teacher": {"cache_dir": str(default_teachers)}, "device": "cpu"})
+    cfg = load_config(QUICKSTART, [f"teacher.cache_dir={default_teachers}", "device=cpu"])
     handle = ensure_teacher(cfg.teacher, builtin, CPU)
     test = builtin.splits["test"]
     test_acc = accuracy(handle.model, to_tensors(test.inputs, CPU), torch.from_numpy(test.labels), 500, CPU)
@@ -91,16 +95,14 @@ def test_with_300_labels_a_student_alone_falls_short_and_the_teacher_closes_the_
     label) teaches them through the unlabelled rest at the trial budget."""
     from autogram.trial import run_trial
 
-    def test_accuracy(**distill: float) -> float:
-        raw = {
-            "teacher": {"cache_dir": str(default_teachers)},
-            "device": "cpu",
-            "distill": {"w_kd": 0, "w_gram": 0, "w_xmodal": 0, **distill},
-            "train": {"lr": 0.01, "labelled_samples": 300, "epochs": 12 if not distill else 6},
-        }
-        return run_trial(validate(raw), data=builtin, eval_split="test").accuracy
+    def test_accuracy(w_kd: float, epochs: int) -> float:
+        overrides = [f"teacher.cache_dir={default_teachers}", "device=cpu", "distill.w_gram=0", "distill.w_xmodal=0"]
+        overrides += [f"distill.w_kd={w_kd}", f"train.epochs={epochs}"]
+        cfg = load_config(QUICKSTART, overrides)  # lr 0.01, 300 labelled rows
+        assert cfg.train.labelled_samples == 300 and cfg.data.builtin.keywords == 24
+        return run_trial(cfg, data=builtin, eval_split="test").accuracy
 
-    alone, taught = test_accuracy(), test_accuracy(w_kd=3.0)
+    alone, taught = test_accuracy(0.0, 12), test_accuracy(3.0, 6)
     print(f"300 labels: CE alone {alone:.3f} (12 epochs), KD from the teacher {taught:.3f} (6 epochs)")
     assert alone < 0.65
     assert taught >= alone + 0.25
