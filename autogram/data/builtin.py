@@ -10,8 +10,9 @@ almost always. Losing a modality therefore hurts, measurably.
 
 Each group has ``keywords`` keywords and a sequence shows three of them. With 3 (the
 default, the set as it always was) a few dozen labels teach a student everything. With
-24 (the quickstart) a few hundred labelled rows leave most keywords seen once or never: a
-student with only those labels cannot learn the token half, while a teacher trained on
+24 (the quickstart), 300 labelled rows show each of the 120 keywords about seven times,
+split over two classes: too few for a student with only those labels to learn the token
+half (measured: it stays near 0.5 however long it trains), while a teacher trained on
 every row knows it. That is the setting distillation is for (``train.labelled_samples``
 keeps the student's labels to the first rows; the rest are an unlabelled transfer set).
 """
