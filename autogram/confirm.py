@@ -165,6 +165,7 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
+    picked = {t["number"] for t in chosen}
     baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
     entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
     from autogram.data import load_data
@@ -180,10 +181,16 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
         for i in range(seeds):
             log.info("confirm: %s, seed %d of %d", label, i + 1, seeds)
             runs.append(_score(raw, int(raw.get("seed", 0)) + i, data))
-        picked = any(t["number"] == trial["number"] for t in chosen)
-        row = {"label": label, "trial": trial["number"], "baseline": trial.get("baseline"), "chosen": picked}
-        rows.append({**row, "runs": runs})
-        rows[-1]["summary"] = _summary(runs)
+        rows.append(
+            {
+                "label": label,
+                "trial": trial["number"],
+                "baseline": trial.get("baseline"),
+                "chosen": trial["number"] in picked,
+                "runs": runs,
+                "summary": _summary(runs),
+            }
+        )
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
     result["verdict"] = judge(rows)
     _write(result, source, spec, parent_id, tracking_uri)
