@@ -27,13 +27,47 @@ def builtin() -> MultiModalData:
     return load_data(load_config(QUICKSTART).data)
 
 
-def _blank(data: MultiModalData, modality: str) -> MultiModalData:
-    """The same data with one modality removed everywhere (zeros / mask tokens)."""
-    splits = {
-        name: Split({k: (np.zeros_like(v) if k == modality else v) for k, v in split.inputs.items()}, split.labels)
-        for name, split in data.splits.items()
-    }
-    return MultiModalData(data.modalities, data.num_classes, splits, source=f"{data.source} without {modality}")
+def _probe_features(split: Split, modality: str, vocab: int) -> torch.Tensor:
+    """Fixed, training-free features of one modality: for the image, its Fourier magnitudes
+    (blind to where the template sits) beside its pixels (which keep the template's sign, the
+    in-pair marker); for the tokens, which vocabulary entries occur (a bag of words)."""
+    x = split.inputs[modality]
+    if modality == "tokens":
+        bag = np.zeros((len(x), vocab), np.float32)
+        np.put_along_axis(bag, x, 1.0, axis=1)
+        return torch.from_numpy(bag)
+    pixels = torch.from_numpy(x).flatten(1)
+    return torch.cat([torch.fft.rfft2(torch.from_numpy(x)).abs().flatten(1) / x.shape[-1], pixels], dim=1)
+
+
+def _probe_test_accuracy(data: MultiModalData, modalities: tuple[str, ...]) -> float:
+    """Test accuracy of an L2-regularised multinomial logistic regression on those features.
+
+    The loss is convex and LBFGS starts from zeros, so the figure is the same on every run,
+    thread count and machine (up to float rounding): it measures what the data holds, not how a
+    short, chaotic training run happened to go.
+    """
+    vocab = int(data.splits["train"].inputs["tokens"].max()) + 1
+
+    def features(split: Split) -> torch.Tensor:
+        return torch.cat([_probe_features(split, m, vocab) for m in modalities], dim=1)
+
+    train, test = data.splits["train"], data.splits["test"]
+    x, y = features(train), torch.from_numpy(train.labels)
+    weight = torch.zeros(x.shape[1], data.num_classes, requires_grad=True)
+    bias = torch.zeros(data.num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 1e-3 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        predicted = (features(test) @ weight + bias).argmax(dim=1).numpy()
+    return float((predicted == test.labels).mean())
 
 
 def _student_test_accuracy(data: MultiModalData, epochs: int = 8) -> float:
@@ -52,13 +86,26 @@ def _student_test_accuracy(data: MultiModalData, epochs: int = 8) -> float:
 
 @pytest.mark.slow
 def test_each_modality_alone_is_informative_but_insufficient(builtin: MultiModalData) -> None:
-    image_only = _student_test_accuracy(_blank(builtin, "tokens"))
-    tokens_only = _student_test_accuracy(_blank(builtin, "image"))
-    both = _student_test_accuracy(builtin)
-    print(f"student test accuracy: image only {image_only:.3f}, tokens only {tokens_only:.3f}, both {both:.3f}")
-    assert 0.40 <= image_only <= 0.85
-    assert 0.40 <= tokens_only <= 0.85
-    assert both >= 0.90
+    """Each modality alone pins the class to a pair and its marker lies 30% of the time, so
+    alone it is worth at most about 0.70 (chance: 0.10); together the pairs intersect in one class.
+
+    Measured with a convex probe, not a student trained on one modality: such a student's
+    accuracy spread over 0.34-0.44 (tokens alone, 8 epochs at lr 0.01) with the seed and the
+    thread count, and one seed in six left its fusion layer dead from the first epoch (0.100),
+    so any bound on it sat inside its own run-to-run spread. The probe reads 0.60 (image),
+    0.63 (tokens) and 0.89 (both) on every run. A student trained on both modalities is kept
+    as the check that the product's student combines them: 0.94-0.98 over seeds 0-5.
+    """
+    image_only = _probe_test_accuracy(builtin, ("image",))
+    tokens_only = _probe_test_accuracy(builtin, ("tokens",))
+    both = _probe_test_accuracy(builtin, ("image", "tokens"))
+    student = _student_test_accuracy(builtin)
+    print(f"probe test accuracy: image only {image_only:.3f}, tokens only {tokens_only:.3f}, both {both:.3f}")
+    print(f"student (both modalities) test accuracy {student:.3f}")
+    assert 0.40 <= image_only <= 0.80
+    assert 0.40 <= tokens_only <= 0.80
+    assert both >= max(image_only, tokens_only) + 0.15
+    assert student >= 0.90
 
 
 @pytest.fixture(scope="module")
