@@ -28,11 +28,14 @@ def _add(uses: dict[str, set[str]], taps: list[Any], use: set[str]) -> None:
 def space_uses(cfg: TrialConfig, pair_taps: list[Any], teacher_embeds: dict[str, Any]) -> dict[str, set[str]]:
     """Tap name -> the uses any trial of ``cfg``'s search space can make of it (``pair_taps``:
     the teacher taps of the candidate pairs)."""
+    from autogram.terms import searched_weights
+
     space = cfg.search.space
+    weights = searched_weights(space)
     uses: dict[str, set[str]] = {}
-    if _possible(space.w_gram):
+    if _possible(weights.get("gram", 0.0)):
         _add(uses, pair_taps, _kinds(space.gram_kind))
-    if _possible(space.w_xmodal) and len(teacher_embeds) > 1:
+    if _possible(weights.get("xmodal", 0.0)) and len(teacher_embeds) > 1:
         _add(uses, list(teacher_embeds.values()), {"xmodal"})
     return uses
 
@@ -46,11 +49,17 @@ def trial_uses(cfg: TrialConfig, parts: dict[str, Any]) -> dict[str, set[str]]:
         candidates = resolve_pairs(cfg.search.space.pairs, parts["student_taps"], parts["teacher_taps"])
     except Exception:  # the space names taps of another model: this trial's own pairs suffice
         candidates = []
+    from autogram.terms import TERMS, TermSetup, term_weight
+
     uses = space_uses(cfg, [p.teacher for p in candidates], parts["teacher_embeds"])
-    if cfg.distill.w_gram > 0:
-        _add(uses, [p.teacher for p in parts["pairs"]], {cfg.distill.gram_kind})
-    if cfg.distill.w_xmodal > 0 and len(parts["teacher_embeds"]) > 1:
-        _add(uses, list(parts["teacher_embeds"].values()), {"xmodal"})
+    # This trial's own terms, each saying what it reads.
+    setup = TermSetup(parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    for name, cls in TERMS.items():
+        if term_weight(cfg.distill, name) > 0:
+            term = cls(cfg.distill, setup)
+            if term.applies():
+                for tap, forms in term.teacher_uses().items():
+                    uses.setdefault(tap, set()).update(forms)
     return uses
 
 

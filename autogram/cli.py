@@ -248,10 +248,16 @@ def search(
     extra += [f"search.storage={storage}"] if storage else []
     cfg = _load(config, (*overrides, *extra), quiet)
     from autogram.search import plan_search, run_search
+    from autogram.search.driver import SearchInterrupted
     from autogram.search.front import format_front
 
     plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address)
-    click.echo(format_front(run_search(plan, resume=resume, address=address)))
+    try:
+        document = run_search(plan, resume=resume, address=address)
+    except SearchInterrupted as exc:
+        click.echo(f"autogram: {exc}", err=True)
+        sys.exit(130)  # the shell's code for a command ended by SIGINT
+    click.echo(format_front(document))
 
 
 @main.command()

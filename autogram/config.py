@@ -150,10 +150,17 @@ class DistillConfig(_Strict):
     # Sample Gram only: a student feature wider than 4x this many numbers is count-sketched
     # to this many before its B x B Gram (0: never). Pays where B x D matmuls dominate.
     student_sketch: int = Field(0, ge=0)
+    # Weights by registered loss-term name (autogram/terms), e.g. {dist: 1}; a name here wins
+    # over its w_* field above (the built-in terms keep those, so old configs mean the same).
+    weights: dict[str, float] = {}
 
     @model_validator(mode="after")
     def _some_weight(self) -> DistillConfig:
-        if not any((self.w_ce, self.w_kd, self.w_gram, self.w_xmodal)):
+        for name, weight in self.weights.items():
+            if weight < 0:
+                raise ValueError(f"weights.{name}: must be >= 0, got {weight:g}")
+        legacy = {"ce": self.w_ce, "kd": self.w_kd, "gram": self.w_gram, "xmodal": self.w_xmodal}
+        if not any({**legacy, **self.weights}.values()):
             raise ValueError("every loss weight is 0: nothing to train on")
         return self
 

@@ -45,9 +45,16 @@ class SpaceConfig(_Strict):
     pairs: Literal["auto"] | list[str] = "auto"
     min_pairs: int = Field(1, ge=0)
     max_pairs: int | None = Field(None, ge=1)
+    # Weights of other registered loss terms (autogram/terms) by name, e.g. {dist: {low: 0.1,
+    # high: 10, log: true, optional: true}}; sampled as w_<name>. A name of a built-in term
+    # here replaces its w_* field.
+    weights: dict[str, float | Range] = {}
 
     @model_validator(mode="after")
     def _bounds(self) -> SpaceConfig:
+        for name, value in self.weights.items():
+            if (value.low if isinstance(value, Range) else value) < 0:
+                raise ValueError(f"weights.{name}: must be >= 0")
         for name in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature", "lr", "modality_dropout", "input_noise"):
             value = getattr(self, name)
             if value is None:

@@ -12,70 +12,66 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from autogram.config import DistillConfig, TrainConfig
+from autogram.config import ConfigError, DistillConfig, TrainConfig
 from autogram.data.base import MultiModalData
 from autogram.features import capture
-from autogram.losses import ce_loss, channel_gram_loss, cross_modal_gram_loss, kd_loss, sample_gram_losses
 from autogram.models.taps import Tap, TapPair
 from autogram.runtime import add_noise, autocast, batch_indices, device_split, drop_modalities, split_accuracy
 from autogram.signals import TeacherOutput, TeacherSignals
-from autogram.sketch import CountSketch
+
+if TYPE_CHECKING:
+    from autogram.terms import LossTerm
 
 log = logging.getLogger("autogram")
 Report = Callable[[int, dict[str, float]], None]
 
 
 class Objective(nn.Module):
-    """The weighted loss terms of one trial: ``ce``, ``kd``, ``gram``, ``xmodal``."""
+    """The weighted loss terms of one trial: every registered term (:mod:`autogram.terms`) whose
+    weight is above 0 and that applies here (the Gram term needs tap pairs, the cross-modal term
+    two modalities), summed in registry order."""
 
     def __init__(
         self, cfg: DistillConfig, pairs: list[TapPair], student_embeds: dict[str, Tap], teacher_embeds: dict[str, Tap]
     ) -> None:
         super().__init__()
-        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "gram": cfg.w_gram, "xmodal": cfg.w_xmodal}
-        if not pairs:
-            weights["gram"] = 0.0
-        if len(student_embeds) < 2:  # one modality has no cross-modal structure to transfer
-            weights["xmodal"] = 0.0
-        self.weights = {k: w for k, w in weights.items() if w > 0}
+        from autogram.terms import TERMS, TermSetup, term_weight
+
+        unknown = sorted(set(cfg.weights) - set(TERMS))
+        if unknown:
+            raise ConfigError(f"distill.weights: unknown loss term {unknown[0]!r} (registered: {', '.join(TERMS)})")
+        setup = TermSetup(list(pairs), dict(student_embeds), dict(teacher_embeds))
+        self.terms: dict[str, LossTerm] = {}
+        self.weights: dict[str, float] = {}
+        for name, cls in TERMS.items():
+            weight = term_weight(cfg, name)
+            if weight <= 0:
+                continue
+            term = cls(cfg, setup)
+            if term.applies():
+                self.terms[name], self.weights[name] = term, weight
+        for term in self.terms.values():
+            for attr, module in term.modules().items():
+                self.add_module(attr, module)
         self.temperature = cfg.temperature
         self.gram_kind = cfg.gram_kind
-        self.pairs = pairs if "gram" in self.weights else []
-        self.student_embeds = student_embeds if "xmodal" in self.weights else {}
-        self.teacher_embeds = teacher_embeds if "xmodal" in self.weights else {}
-        # Channel Grams compare C x C matrices, so a narrower student needs a learned 1x1 map.
-        self.projections = nn.ModuleDict(
-            {
-                str(i): nn.Conv1d(p.student.channels, p.teacher.channels, kernel_size=1, bias=False)
-                for i, p in enumerate(self.pairs)
-                if self.gram_kind == "channel" and p.student.channels != p.teacher.channels
-            }
-        )
-
-        # Optional: student features much wider than k are count-sketched before the sample Gram.
-        k = cfg.student_sketch
-        self.student_sketches = nn.ModuleDict(
-            {
-                str(i): CountSketch(p.student.name, math.prod(p.student.shape), k)
-                for i, p in enumerate(self.pairs)
-                if self.gram_kind == "sample" and k and p.student.shape and math.prod(p.student.shape) > 4 * k
-            }
-        )
+        # The pairs that are aligned (none when the Gram term is off).
+        self.pairs = pairs if "gram" in self.terms else []
 
     @property
     def student_taps(self) -> list[Tap]:
         """Student taps that must be hooked (none when their terms are off)."""
-        return _unique([p.student for p in self.pairs] + list(self.student_embeds.values()))
+        return _unique([tap for term in self.terms.values() for tap in term.student_taps()])
 
     @property
     def teacher_taps(self) -> list[Tap]:
         """Teacher taps that must be hooked (none when their terms are off)."""
-        return _unique([p.teacher for p in self.pairs] + list(self.teacher_embeds.values()))
+        return _unique([tap for term in self.terms.values() for tap in term.teacher_taps()])
 
     # Set by the loop when only some training rows keep their labels (train.labelled_samples).
     partial_labels = False
@@ -83,57 +79,29 @@ class Objective(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         """Whether any active term reads the teacher at all."""
-        return bool({"kd", "gram", "xmodal"} & self.weights.keys())
+        return any(term.reads_teacher for term in self.terms.values())
 
     def forward(
         self, logits: torch.Tensor, feats: dict[str, torch.Tensor], labels: torch.Tensor, teacher: TeacherOutput | None
     ) -> dict[str, torch.Tensor]:
-        """The unweighted value of each active term for one batch."""
-        logits = logits.float()
-        terms: dict[str, torch.Tensor] = {}
-        if "ce" in self.weights:
-            terms["ce"] = ce_loss(logits, labels, self.partial_labels)
-        if teacher is None:
-            return terms
-        if "kd" in self.weights:
-            terms["kd"] = kd_loss(logits, teacher.logits, self.temperature)
-        if "gram" in self.weights:
-            terms["gram"] = self._gram(feats, teacher)
-        if "xmodal" in self.weights:
-            terms["xmodal"] = cross_modal_gram_loss(
-                {m: feats[t.name].float() for m, t in self.student_embeds.items()},
-                {m: teacher.features[t.name] for m, t in self.teacher_embeds.items()},
-            )
-        return terms
+        """The unweighted value of each active term for one batch (terms reading the teacher are
+        skipped without one)."""
+        from autogram.terms import Batch
 
-    def _gram(self, feats: dict[str, torch.Tensor], teacher: TeacherOutput) -> torch.Tensor:
-        """Mean Gram loss over the pairs (all sample-Gram pairs in one batched computation)."""
-        if self.gram_kind == "sample":
-            students = [
-                self.student_sketches[str(i)](feats[p.student.name].float())
-                if str(i) in self.student_sketches
-                else feats[p.student.name].float()
-                for i, p in enumerate(self.pairs)
-            ]
-            return sample_gram_losses(students, [teacher.for_sample_gram(p.teacher.name) for p in self.pairs]).mean()
-        values = []
-        for i, pair in enumerate(self.pairs):
-            projection = self.projections[str(i)] if str(i) in self.projections else None
-            weight = projection.weight[:, :, 0] if projection is not None else None
-            name = pair.teacher.name
-            served_gram = name in teacher.grams
-            target = teacher.grams[name] if served_gram else teacher.features[name]
-            values.append(channel_gram_loss(feats[pair.student.name].float(), target, weight, served_gram))
-        return torch.stack(values).mean()
+        batch = Batch(logits.float(), feats, labels, teacher, self.partial_labels)
+        return {
+            name: term.compute(batch)
+            for name, term in self.terms.items()
+            if teacher is not None or not term.reads_teacher
+        }
 
     @property
     def teacher_uses(self) -> dict[str, set[str]]:
         """What each hooked teacher tap is read for: ``sample``/``channel`` Gram, ``xmodal``."""
         uses: dict[str, set[str]] = {}
-        for pair in self.pairs:
-            uses.setdefault(pair.teacher.name, set()).add(self.gram_kind)
-        for tap in self.teacher_embeds.values():
-            uses.setdefault(tap.name, set()).add("xmodal")
+        for term in self.terms.values():
+            for tap, forms in term.teacher_uses().items():
+                uses.setdefault(tap, set()).update(forms)
         return uses
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -148,7 +148,9 @@ class SearchTracker:
         run_id = self.children.get(trial_id)
         if run_id is None or result.get("final") or "epoch" not in result:
             return
-        keys = ("loss", "ce", "kd", "gram", "xmodal", "accuracy", "epoch_seconds")
+        from autogram.terms import TERMS
+
+        keys = ("loss", *TERMS, "accuracy", "epoch_seconds")  # every registered term's curve
         log_metrics(
             self.client, run_id, {f"curve/{k}": result[k] for k in keys if k in result}, step=int(result["epoch"])
         )
@@ -216,14 +218,15 @@ class SearchTracker:
         self.client.log_artifacts(self.parent_id, str(artifacts))
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
-    def abort(self) -> None:
-        """End the parent and every open child after an exception in the driver."""
+    def abort(self, status: str = "FAILED") -> None:
+        """End the parent (``status``: FAILED after an exception, KILLED after an interrupt) and
+        every open child after the driver stopped early."""
         if not self.parent_id:
             return
         for run_id in self.children.values():
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED")
-        self.client.set_terminated(self.parent_id, "FAILED")
+        self.client.set_terminated(self.parent_id, status)
 
 
 def write_artifacts(

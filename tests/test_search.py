@@ -210,6 +210,50 @@ def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_pat
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
+@pytest.mark.parametrize("target", ["driver", "group"])
+def test_sigint_mid_search_exits_130_and_the_resume_keeps_every_result_once(
+    target: str, tmp_path: Path, teacher_cache: Path
+) -> None:
+    """Ctrl-C (to the driver alone, or to its whole process group as a terminal sends it) stops
+    the search with exit 130 and our resume hint; trials cut by it are rerun by ``--resume``
+    and told to Optuna once, so the study, front.json and MLflow agree."""
+    from mlflow.tracking import MlflowClient
+
+    config = _config(tmp_path, teacher_cache, trials=5)
+    directory = tmp_path / "runs" / "s"
+    args = ("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s")
+    driver = start_cli(*args, cwd=tmp_path, capture=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 1:
+        time.sleep(0.1)
+    if target == "driver":
+        os.kill(driver.pid, signal.SIGINT)
+    else:
+        os.killpg(driver.pid, signal.SIGINT)
+    out, err = driver.communicate(timeout=300)
+    done_before = sum(e["event"] == "complete" for e in _events(directory))
+    assert done_before < 5, "the search finished before the interrupt: nothing to test"
+    assert driver.returncode == 130, err[-3000:]
+    assert "--resume" in err and "Tuner.restore" not in err, err[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("autogram").experiment_id
+    parents = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["KILLED"]
+
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(tmp_path)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 5 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 5
+    front = json.loads((directory / "front.json").read_text())
+    statuses = {t["number"]: t["status"] for t in front["trials"]}
+    assert sorted(n for n, st in statuses.items() if st in ("ok", "infeasible")) == sorted(t.number for t in complete)
+    assert [t["baseline"] for t in front["trials"] if t.get("baseline")] == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
+    assert all(t["status"] in ("ok", "infeasible") for t in front["trials"] if t.get("baseline")), statuses
+    runs = client.search_runs([experiment], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

@@ -220,7 +220,10 @@ def test_student_sketch_count_sketches_only_wide_student_features(tiny_config: T
     }
     teacher_feats = {p.teacher.name: torch.randn(32, *p.teacher.shape, generator=generator) for p in parts["pairs"]}
     from autogram.signals import TeacherOutput
+    from autogram.terms import Batch
 
-    teacher = TeacherOutput(torch.zeros(32, 10), teacher_feats)
-    exact, approx = float(plain._gram(feats, teacher)), float(sketched._gram(feats, teacher))
+    batch = Batch(
+        torch.zeros(32, 10), feats, torch.zeros(32, dtype=torch.long), TeacherOutput(torch.zeros(32, 10), teacher_feats)
+    )
+    exact, approx = float(plain.terms["gram"].compute(batch)), float(sketched.terms["gram"].compute(batch))
     assert approx != exact and approx == pytest.approx(exact, rel=0.2)

@@ -37,9 +37,9 @@ RECIPES: dict[str, dict[str, float]] = {
 TEMPERATURE = 4.0
 
 
-def _fixed_value(name: str, wanted: float, space: SpaceConfig) -> tuple[dict[str, Any], str]:
-    """The parameters that set searched term ``name`` to ``wanted`` (0: off); "" or why it cannot."""
-    value = getattr(space, name)
+def _fixed_value(name: str, wanted: float, value: float | Range) -> tuple[dict[str, Any], str]:
+    """The parameters that set searched term weight ``name`` (space entry ``value``) to ``wanted``
+    (0: off); "" or why it cannot."""
     if isinstance(value, Range):
         if wanted == 0:
             return ({f"use_{name}": False}, "") if value.optional else ({}, f"{name} cannot be switched off")
@@ -77,8 +77,15 @@ def baseline_params(
     """The fixed Optuna parameters of baseline ``name``, or ``({}, why the space does not allow it)``."""
     recipe = RECIPES[name]
     params = _plain(name, space, base)
-    for term in ("w_kd", "w_gram", "w_xmodal"):
-        fixed, why = _fixed_value(term, recipe.get(term, 0.0), space)
+    from autogram.terms import searched_weights, weight_param
+
+    # Every registered term but cross-entropy takes the recipe's weight (0 when the recipe does
+    # not name it): a term added to the registry is off in every baseline, never sampled.
+    for term, value in searched_weights(space).items():
+        if term == "ce":
+            continue
+        param = weight_param(term)
+        fixed, why = _fixed_value(param, recipe.get(param, 0.0), value)
         if why:
             return {}, why
         params.update(fixed)

@@ -24,6 +24,32 @@ FRONT_FILE = "front.json"
 SPEC_FILE = "search.json"
 
 
+class SearchInterrupted(Exception):
+    """The search stopped on a signal (Ctrl-C) before its trials ended; it can be resumed."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        super().__init__(
+            f"search {name} interrupted; its finished trials are kept. Resume it with: "
+            f"autogram search CONFIG --name {name} --out {directory.parent} --resume"
+        )
+
+
+class _TuneInterruptNoise(logging.Filter):
+    """Drops Tune's own interrupt lines (its ``Tuner.restore(...)`` hint would mislead: the
+    search resumes with ``autogram search --resume``, which prints instead)."""
+
+    _NOISE = ("Stop signal received", "Tuner.restore", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record but those."""
+        return not any(text in record.getMessage() for text in self._NOISE)
+
+
+def _interrupted(results: Any, trials: int) -> bool:
+    """Whether Tune's run ended on a signal: a trial still unfinished, or fewer trials than asked."""
+    return len(results) < trials or results.num_terminated + results.num_errors < len(results)
+
+
 @dataclass
 class SearchPlan:
     """A validated search, ready to launch."""
@@ -75,6 +101,7 @@ def plan_search(
     from autogram.models import resolve_pairs
     from autogram.runtime import pick_device
     from autogram.search.cluster import check_execution
+    from autogram.search.space import gram_possible
     from autogram.trial import prepare
 
     spec = (out / (name or cfg.name or "") / SPEC_FILE).resolve()
@@ -91,7 +118,7 @@ def plan_search(
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
     candidates = [p.name for p in pairs]
-    if space.w_gram != 0 and space.min_pairs > len(candidates):
+    if gram_possible(space) and space.min_pairs > len(candidates):
         raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
     if space.max_pairs is not None and space.max_pairs > len(candidates):
         raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {len(candidates)} candidate pairs")
@@ -365,10 +392,14 @@ def run_search(
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
             tuner = _tuner(plan, trainable)
-        tuner.fit()
-    except BaseException:
+        logging.getLogger("ray.tune.tune").addFilter(_TuneInterruptNoise())
+        if _interrupted(tuner.fit(), cfg.search.trials):
+            # Trials cut now stay RUNNING in the study (not failed): the resume reruns them and
+            # tells their results, and the baselines never started stay queued for it.
+            raise SearchInterrupted(plan.directory, plan.name)
+    except BaseException as exc:
         if tracker is not None:
-            tracker.abort()
+            tracker.abort("KILLED" if isinstance(exc, SearchInterrupted | KeyboardInterrupt) else "FAILED")
         raise
     finally:
         callbacks.unregister(key)

@@ -49,7 +49,11 @@ def build_front(
     """The ``front.json`` document for ``study``."""
     names = [o["name"] for o in objectives]
     directions = [o["direction"] for o in objectives]
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    from autogram.search.optuna_search import replaced_numbers
+
+    every = study.get_trials(deepcopy=False)
+    replaced = replaced_numbers(every)  # a failed trial rerun on resume is listed once, as its rerun
+    trials = sorted((t for t in every if t.number not in replaced), key=lambda t: t.number)
     entries = []
     for trial in trials:
         status = trial_status(trial)
@@ -97,18 +101,21 @@ def format_front(document: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for trial in document["trials"]:
         counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    weight_columns = _weight_columns(document)
     lines = [
         f"Pareto front of {document['name']}: {len(front)} of {len(document['trials'])} trials "
         f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
         f"hypervolume {document['hypervolume']:.4g} (reference {document['reference_point']})",
-        "  trial  " + "  ".join(f"{n:>11}" for n in names) + "  pairs  weights (ce/kd/gram/xmodal)  T",
+        "  trial  "
+        + "  ".join(f"{n:>11}" for n in names)
+        + f"  pairs  weights ({'/'.join(c.removeprefix('w_') for c in weight_columns)})  T",
     ]
     for trial in front:
         params = trial["params"]
         tag = f"  [{trial['baseline']}]" if trial.get("baseline") else ""
         pair_flags = [v for k, v in params.items() if k.startswith("pair:")]
         pairs = str(sum(pair_flags)) if pair_flags else "-"
-        weights = "/".join(_fmt(params, w) for w in ("w_ce", "w_kd", "w_gram", "w_xmodal"))
+        weights = "/".join(_fmt(params, w) for w in weight_columns)
         lines.append(
             f"  {trial['number']:>5}  "
             + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
@@ -116,6 +123,15 @@ def format_front(document: dict[str, Any]) -> str:
         )
     judged = format_verdict(verdict(document))
     return "\n".join(lines + ([judged] if judged else []))
+
+
+def _weight_columns(document: dict[str, Any]) -> list[str]:
+    """``w_<term>`` of the four built-in terms, then of any other registered term a trial searched."""
+    from autogram.terms import TERMS, weight_param
+
+    builtin = [weight_param(t) for t in ("ce", "kd", "gram", "xmodal")]
+    seen = {k.removeprefix("use_") for t in document["trials"] for k in t["params"]}
+    return builtin + [weight_param(t) for t in TERMS if weight_param(t) not in builtin and weight_param(t) in seen]
 
 
 def _fmt(params: dict[str, Any], name: str) -> str:

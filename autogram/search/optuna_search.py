@@ -46,45 +46,110 @@ def violation(value: float, op: str, bound: float) -> float:
 
 
 class AutogramOptunaSearch(OptunaSearch):
-    """OptunaSearch that records status, reason and constraints, and prunes early-stopped trials."""
+    """OptunaSearch that records status, reason and constraints, prunes early-stopped trials, and
+    tells each Ray trial's outcome to its Optuna trial exactly once, across driver restarts.
+
+    Ray saves this searcher's state (a pickle) and its own list of trials at different moments,
+    so after a killed driver the two can disagree: Ray may rerun a trial the restored searcher
+    never asked. Each Optuna trial therefore carries its Ray trial id from the moment it is
+    asked, and a trial missing from the pickle is found in the study by that id.
+    """
 
     def __init__(self, *args: Any, constraints: list[tuple[str, str, float]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._constraints = list(constraints or [])
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ask Optuna as usual, and record the Ray trial id in the study at once."""
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and ot_trial.user_attrs.get("ray_trial_id") != trial_id:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def _ot_trial(self, trial_id: str) -> Any:
+        """The Optuna trial asked for ``trial_id``: from this searcher's state, else the study."""
+        if trial_id in self._ot_trials:
+            return self._ot_trials[trial_id]
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.user_attrs.get("ray_trial_id") == trial_id:
+                self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+                return self._ot_trials[trial_id]
+        return None
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Tell Optuna the trial's real outcome."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        """Tell Optuna the trial's real outcome (once)."""
+        if trial_id in self._completed_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            # Told before the driver died, after the searcher's last saved state: the resumed
-            # run ran it again. Optuna keeps its first outcome; telling twice would raise.
+        ot_trial = self._ot_trial(trial_id)
+        if ot_trial is None:
+            return
+        state, values, attrs, constraints = self._outcome(trial_id, result or {}, error)
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state.is_finished():
+            # Finished before the driver stopped, and rerun by the resumed driver. A result Optuna
+            # already holds stands (told twice would count twice); a trial that had failed (cut by
+            # an interrupt, or crashed) and now finished gets its result in a new trial that
+            # replaces it, since Optuna cannot change a finished trial.
+            if frozen.state == TrialState.FAIL and state != TrialState.FAIL:
+                self._replace(frozen, state, values, attrs, constraints)
             self._completed_trials.add(trial_id)
             return
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
-        result = result or {}
-        if error or not result:
-            ot_trial.set_user_attr("status", "failed")
-            self._tell(ot_trial, None, TrialState.FAIL)
-        elif not result.get(FINAL):
-            ot_trial.set_user_attr("status", "pruned")
-            ot_trial.set_user_attr("epochs_done", int(result.get("epoch", 0)))
-            self._tell(ot_trial, None, TrialState.PRUNED)
-        else:
-            status = str(result.get("status", "ok"))
-            for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done"):
-                if key in result:
-                    ot_trial.set_user_attr(key, result[key])
-            ot_trial.set_constraint("valid", 0.0 if status == "ok" else 1.0)
-            for metric, op, bound in self._constraints:
-                ot_trial.set_constraint(constraint_name(metric, op, bound), violation(float(result[metric]), op, bound))
-            values = [float(result[m]) for m in self.metric]
-            self._tell(ot_trial, values, TrialState.COMPLETE)
+        for key, value in attrs.items():
+            ot_trial.set_user_attr(key, value)
+        for name, value in constraints.items():
+            ot_trial.set_constraint(name, value)
+        self._ot_study.tell(ot_trial, values, state=state)
         self._completed_trials.add(trial_id)
 
-    def _tell(self, ot_trial: Any, values: list[float] | None, state: TrialState) -> None:
-        self._ot_study.tell(ot_trial, values, state=state)
+    def _outcome(
+        self, trial_id: str, result: dict, error: bool
+    ) -> tuple[TrialState, list[float] | None, dict[str, Any], dict[str, float]]:
+        """(state, values, user attributes, constraints) that Optuna should record."""
+        attrs: dict[str, Any] = {"ray_trial_id": trial_id}
+        if error or not result:
+            return TrialState.FAIL, None, {**attrs, "status": "failed"}, {}
+        if not result.get(FINAL):
+            return (
+                TrialState.PRUNED,
+                None,
+                {**attrs, "status": "pruned", "epochs_done": int(result.get("epoch", 0))},
+                {},
+            )
+        status = str(result.get("status", "ok"))
+        for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done"):
+            if key in result:
+                attrs[key] = result[key]
+        constraints = {"valid": 0.0 if status == "ok" else 1.0}
+        for metric, op, bound in self._constraints:
+            constraints[constraint_name(metric, op, bound)] = violation(float(result[metric]), op, bound)
+        return TrialState.COMPLETE, [float(result[m]) for m in self.metric], attrs, constraints
+
+    def _replace(
+        self,
+        frozen: Any,
+        state: TrialState,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+        constraints: dict[str, float],
+    ) -> None:
+        """Add ``frozen``'s rerun as a new trial marked ``replaces`` (the front leaves the old out)."""
+        kept = {k: v for k, v in frozen.user_attrs.items() if k == "baseline"}
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                values=values,
+                params=frozen.params,
+                distributions=frozen.distributions,
+                user_attrs={**kept, **attrs, "replaces": frozen.number},
+                constraints=constraints or None,
+            )
+        )
+
+
+def replaced_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of failed trials that a later rerun replaced (see ``AutogramOptunaSearch``)."""
+    return {int(t.user_attrs["replaces"]) for t in trials if "replaces" in t.user_attrs}
 
 
 def close_stale_trials(storage_url: str, name: str) -> int:

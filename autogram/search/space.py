@@ -15,18 +15,30 @@ from typing import Any
 from autogram.config import Range, SpaceConfig
 
 PAIR_PREFIX = "pair:"
-# Searched name -> (config section, field).
+# Searched name -> (config section, field); the loss terms' weights come first (see _targets).
 _TARGETS = {
-    "w_ce": ("distill", "w_ce"),
-    "w_kd": ("distill", "w_kd"),
-    "w_gram": ("distill", "w_gram"),
-    "w_xmodal": ("distill", "w_xmodal"),
     "temperature": ("distill", "temperature"),
     "gram_kind": ("distill", "gram_kind"),
     "lr": ("train", "lr"),
     "modality_dropout": ("train", "modality_dropout"),
     "input_noise": ("train", "input_noise"),
 }
+
+
+def _targets(space: SpaceConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """``(parameter, fixed value or Range, config path)`` of everything the space sets: each
+    registered loss term's weight (``w_<term>``), then the other searched values."""
+    from autogram.terms import TERMS, searched_weights, weight_param
+
+    out: list[tuple[str, Any, tuple[str, ...]]] = []
+    for term, value in searched_weights(space).items():
+        legacy = TERMS[term].legacy_field
+        # A built-in term keeps writing its w_* field (so trial configs are as before);
+        # a new term, or one set through search.space.weights, writes distill.weights.
+        path = ("distill", legacy) if legacy and term not in space.weights else ("distill", "weights", term)
+        out.append((weight_param(term), value, path))
+    out += [(name, getattr(space, name), target) for name, target in _TARGETS.items()]
+    return out
 
 
 def pair_param(pair_name: str) -> str:
@@ -44,9 +56,8 @@ class SpaceSampler:
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Suggest on ``trial``; returns the fixed (unsearched) values to add to the config."""
         fixed: dict[str, Any] = {}
-        gram_on = self.space.w_gram != 0
-        for name in _TARGETS:
-            value = getattr(self.space, name)
+        gram_on = gram_possible(self.space)
+        for name, value, _ in _targets(self.space):
             if value is None:
                 continue
             if isinstance(value, Range):
@@ -80,11 +91,22 @@ def selected_pairs(params: dict[str, Any], candidates: list[str]) -> list[str]:
     return [p for p in candidates if int(params.get(pair_param(p), 0)) == 1]
 
 
+def gram_weight(space: SpaceConfig) -> float | Range:
+    """The Gram term's weight in the space (``search.space.weights.gram`` wins over ``w_gram``)."""
+    return space.weights.get("gram", space.w_gram)
+
+
+def gram_possible(space: SpaceConfig) -> bool:
+    """Whether any point of the space can use the Gram term (so tap pairs are searched)."""
+    return gram_weight(space) != 0
+
+
 def gram_enabled(params: dict[str, Any], space: SpaceConfig) -> bool:
     """Whether the sampled point uses the Gram term at all (so pair bounds apply)."""
-    if isinstance(space.w_gram, Range):
-        return not space.w_gram.optional or bool(params.get("use_w_gram"))
-    return space.w_gram != 0
+    weight = gram_weight(space)
+    if isinstance(weight, Range):
+        return not weight.optional or bool(params.get("use_w_gram"))
+    return weight != 0
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfig, candidates: list[str]) -> dict:
@@ -93,8 +115,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfi
     A range marked ``optional`` whose flag is off becomes 0 (the term is skipped).
     """
     raw = copy.deepcopy(base)
-    for name, (section, field) in _TARGETS.items():
-        value = getattr(space, name)
+    for name, value, path in _targets(space):
         if value is None:
             continue  # not part of the space: the config's own value stands
         if name in params:
@@ -107,7 +128,10 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfi
             chosen = value[0]
         else:
             chosen = value
-        raw.setdefault(section, {})[field] = chosen
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = chosen
     raw.setdefault("distill", {})["pairs"] = selected_pairs(params, candidates)
     return raw
 

@@ -1,0 +1,42 @@
+"""Loss terms: one module per term, registered by name (see :mod:`autogram.terms.base`).
+
+Importing this package registers the built-in terms in a fixed order (``ce``, ``kd``, ``gram``,
+``xmodal``): the objective sums them in that order, so totals are reproducible.
+"""
+
+from autogram.terms.base import (
+    TERMS,
+    Batch,
+    LossTerm,
+    TermSetup,
+    register_term,
+    searched_weights,
+    term_weight,
+    unregister_term,
+    weight_param,
+)
+
+# isort: off
+# Registration order is summation order (see above): keep it.
+from autogram.terms.ce import CrossEntropy
+from autogram.terms.kd import HintonKD
+from autogram.terms.gram import Gram
+from autogram.terms.xmodal import CrossModal
+
+# isort: on
+
+__all__ = [
+    "TERMS",
+    "Batch",
+    "CrossEntropy",
+    "CrossModal",
+    "Gram",
+    "HintonKD",
+    "LossTerm",
+    "TermSetup",
+    "register_term",
+    "searched_weights",
+    "term_weight",
+    "unregister_term",
+    "weight_param",
+]

@@ -1,0 +1,138 @@
+"""The loss-term registry: every registered term trains the student, a new term is one class
+defined outside autogram, and the old ``w_*`` keys mean what they always meant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autogram.config import ConfigError, TrialConfig, validate
+from autogram.distill import Objective
+from autogram.features import capture
+from autogram.terms import TERMS, Batch, LossTerm, register_term, term_weight, unregister_term
+from autogram.trial import prepare
+from tests.conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+class ToyCosine(LossTerm):
+    """A logit term written here, outside autogram: 1 - cosine(student logits, teacher logits)."""
+
+    name = "toy_cosine"
+
+    def compute(self, batch: Batch) -> torch.Tensor:
+        """Mean over the batch."""
+        assert batch.teacher is not None
+        return 1 - F.cosine_similarity(batch.logits, batch.teacher.logits.float(), dim=1).mean()
+
+
+@pytest.fixture()
+def toy_term() -> Iterator[type[LossTerm]]:
+    register_term(ToyCosine)
+    try:
+        yield ToyCosine
+    finally:
+        unregister_term(ToyCosine.name)
+
+
+def _weighted(cfg: TrialConfig, weights: dict[str, float]) -> TrialConfig:
+    raw = cfg.model_dump(mode="json")
+    raw["distill"].update({"w_ce": 0.0, "w_kd": 0.0, "w_gram": 0.0, "w_xmodal": 0.0, "weights": weights})
+    return validate(raw)
+
+
+def _first_step(cfg: TrialConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(term values, gradient norm reaching the student) after one backward of the weighted sum."""
+    from autogram.models import build_student
+    from autogram.signals import LiveTeacher
+    from autogram.teacher import ensure_teacher
+
+    parts = prepare(cfg, CPU)
+    handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
+    parts = prepare(cfg, CPU, parts["data"], handle)
+    torch.manual_seed(0)
+    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    student = build_student(parts["data"], cfg.student)
+    train = parts["data"].splits["train"]
+    idx = torch.arange(16)
+    inputs = {k: torch.from_numpy(v[:16]) for k, v in train.inputs.items()}
+    labels = torch.from_numpy(train.labels[:16])
+    signals = LiveTeacher(handle.model, objective.teacher_taps, CPU)(idx, inputs) if objective.needs_teacher else None
+    with capture(student, objective.student_taps) as feats:
+        logits = student(inputs)
+    terms = objective(logits, feats, labels, signals)
+    objective.total(terms).backward()
+    grad = sum(float(p.grad.norm()) for p in student.parameters() if p.grad is not None)
+    return {k: float(v) for k, v in terms.items()}, {"student": grad}
+
+
+def test_every_registered_term_alone_sends_a_gradient_to_the_student(tiny_config: TrialConfig) -> None:
+    assert list(TERMS)[:4] == ["ce", "kd", "gram", "xmodal"]  # summation order
+    for name in TERMS:
+        terms, grad = _first_step(_weighted(tiny_config, {name: 1.0}))
+        assert list(terms) == [name], name
+        assert torch.isfinite(torch.tensor(terms[name])) and grad["student"] > 0, (name, terms, grad)
+
+
+def test_a_term_defined_outside_autogram_trains_a_real_trial(tiny_config: TrialConfig, toy_term: type) -> None:
+    from autogram.trial import run_trial
+
+    cfg = _weighted(tiny_config, {"ce": 1.0, "toy_cosine": 2.0})
+    terms, grad = _first_step(cfg)
+    assert set(terms) == {"ce", "toy_cosine"} and grad["student"] > 0
+    curves: list[dict[str, float]] = []
+    result = run_trial(cfg, report=lambda epoch, metrics: curves.append(metrics))
+    assert result.status == "ok" and 0.0 <= result.accuracy <= 1.0
+    assert all("toy_cosine" in point for point in curves), curves  # its curve is logged per epoch
+
+
+def test_an_unregistered_term_name_is_a_one_line_error(tiny_config: TrialConfig) -> None:
+    cfg = _weighted(tiny_config, {"ce": 1.0, "nosuch": 1.0})
+    parts = prepare(cfg, CPU)
+    with pytest.raises(ConfigError, match="distill.weights: unknown loss term 'nosuch'"):
+        Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+
+
+def test_old_weight_keys_and_the_weights_mapping_mean_the_same(tiny_config: TrialConfig) -> None:
+    old = validate({**tiny_config.model_dump(mode="json"), "distill": {"w_kd": 2.0, "w_gram": 0.0}})
+    assert [term_weight(old.distill, t) for t in ("ce", "kd", "gram", "xmodal")] == [1.0, 2.0, 0.0, 1.0]
+    new = _weighted(tiny_config, {"ce": 1.0, "kd": 2.0, "xmodal": 1.0})
+    assert [term_weight(new.distill, t) for t in ("ce", "kd", "gram", "xmodal")] == [1.0, 2.0, 0.0, 1.0]
+    assert _first_step(old)[0] == _first_step(new)[0]
+    with pytest.raises(Exception, match="every loss weight is 0"):
+        _weighted(tiny_config, {})
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "search_spaces").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
+)
+def test_shipped_configs_still_validate(path: Path) -> None:
+    from autogram.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.distill.weights == {} and cfg.search.space.weights == {}
+
+
+def test_searched_weights_follow_the_registry(toy_term: type) -> None:
+    from autogram.config import Range, SpaceConfig
+    from autogram.search.baselines import baseline_params
+    from autogram.search.space import SpaceSampler, trial_config
+
+    space = SpaceConfig(weights={"toy_cosine": Range(low=0.1, high=10, log=True, optional=True)})
+    import optuna
+
+    study = optuna.create_study(directions=["maximize"])
+    trial = study.ask()
+    fixed = SpaceSampler(space, [])(trial)
+    assert "use_w_toy_cosine" in trial.params
+    raw = trial_config({"distill": {}}, {**trial.params, **fixed}, space, [])
+    expected = trial.params.get("w_toy_cosine", 0.0) if trial.params["use_w_toy_cosine"] else 0.0
+    assert raw["distill"]["weights"] == {"toy_cosine": expected}
+    # Every baseline switches the new term off (it is in none of the standard recipes).
+    params, why = baseline_params("kd", space, [], {})
+    assert not why and params["use_w_toy_cosine"] is False
