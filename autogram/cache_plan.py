@@ -49,17 +49,13 @@ def trial_uses(cfg: TrialConfig, parts: dict[str, Any]) -> dict[str, set[str]]:
         candidates = resolve_pairs(cfg.search.space.pairs, parts["student_taps"], parts["teacher_taps"])
     except Exception:  # the space names taps of another model: this trial's own pairs suffice
         candidates = []
-    from autogram.terms import TERMS, TermSetup, term_weight
+    from autogram.terms import TermSetup, active_terms, teacher_uses
 
     uses = space_uses(cfg, [p.teacher for p in candidates], parts["teacher_embeds"])
     # This trial's own terms, each saying what it reads.
     setup = TermSetup(parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
-    for name, cls in TERMS.items():
-        if term_weight(cfg.distill, name) > 0:
-            term = cls(cfg.distill, setup)
-            if term.applies():
-                for tap, forms in term.teacher_uses().items():
-                    uses.setdefault(tap, set()).update(forms)
+    for tap, forms in teacher_uses([term for term, _ in active_terms(cfg.distill, setup).values()]).items():
+        uses.setdefault(tap, set()).update(forms)
     return uses
 
 

@@ -40,26 +40,17 @@ class Objective(nn.Module):
         self, cfg: DistillConfig, pairs: list[TapPair], student_embeds: dict[str, Tap], teacher_embeds: dict[str, Tap]
     ) -> None:
         super().__init__()
-        from autogram.terms import TERMS, TermSetup, term_weight
+        from autogram.terms import TERMS, TermSetup, active_terms
 
         unknown = sorted(set(cfg.weights) - set(TERMS))
         if unknown:
             raise ConfigError(f"distill.weights: unknown loss term {unknown[0]!r} (registered: {', '.join(TERMS)})")
-        setup = TermSetup(list(pairs), dict(student_embeds), dict(teacher_embeds))
-        self.terms: dict[str, LossTerm] = {}
-        self.weights: dict[str, float] = {}
-        for name, cls in TERMS.items():
-            weight = term_weight(cfg, name)
-            if weight <= 0:
-                continue
-            term = cls(cfg, setup)
-            if term.applies():
-                self.terms[name], self.weights[name] = term, weight
+        active = active_terms(cfg, TermSetup(list(pairs), dict(student_embeds), dict(teacher_embeds)))
+        self.terms: dict[str, LossTerm] = {name: term for name, (term, _) in active.items()}
+        self.weights = {name: weight for name, (_, weight) in active.items()}
         for term in self.terms.values():
             for attr, module in term.modules().items():
                 self.add_module(attr, module)
-        self.temperature = cfg.temperature
-        self.gram_kind = cfg.gram_kind
         # The pairs that are aligned (none when the Gram term is off).
         self.pairs = pairs if "gram" in self.terms else []
 
@@ -98,11 +89,9 @@ class Objective(nn.Module):
     @property
     def teacher_uses(self) -> dict[str, set[str]]:
         """What each hooked teacher tap is read for: ``sample``/``channel`` Gram, ``xmodal``."""
-        uses: dict[str, set[str]] = {}
-        for term in self.terms.values():
-            for tap, forms in term.teacher_uses().items():
-                uses.setdefault(tap, set()).update(forms)
-        return uses
+        from autogram.terms import teacher_uses
+
+        return teacher_uses(list(self.terms.values()))
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """``sum(weight * term)``."""

@@ -136,3 +136,20 @@ def test_searched_weights_follow_the_registry(toy_term: type) -> None:
     # Every baseline switches the new term off (it is in none of the standard recipes).
     params, why = baseline_params("kd", space, [], {})
     assert not why and params["use_w_toy_cosine"] is False
+
+
+def test_the_front_prints_a_column_for_every_searched_term_weight() -> None:
+    from autogram.search.front import format_front
+
+    trial = {"number": 0, "status": "ok", "pareto": True, "values": {"accuracy": 0.5}, "reason": ""}
+    params = {"w_kd": 2.0, "use_w_gram": False, "use_w_xmodal": False, "use_w_toy_cosine": True, "w_toy_cosine": 0.25}
+    document = {
+        "name": "s",
+        "objectives": [{"name": "accuracy", "direction": "maximize"}],
+        "reference_point": [0.0],
+        "hypervolume": 0.5,
+        "trials": [{**trial, "params": params}],
+    }
+    # The term need not be registered in the process that prints the front.
+    text = format_front(document)
+    assert "weights (ce/kd/gram/xmodal/toy_cosine)" in text and "fixed/2/off/off/0.25" in text, text

@@ -45,6 +45,9 @@ class _TuneInterruptNoise(logging.Filter):
         return not any(text in record.getMessage() for text in self._NOISE)
 
 
+_TUNE_NOISE = _TuneInterruptNoise()
+
+
 def _interrupted(results: Any, trials: int) -> bool:
     """Whether Tune's run ended on a signal: a trial still unfinished, or fewer trials than asked."""
     return len(results) < trials or results.num_terminated + results.num_errors < len(results)
@@ -392,7 +395,7 @@ def run_search(
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
             tuner = _tuner(plan, trainable)
-        logging.getLogger("ray.tune.tune").addFilter(_TuneInterruptNoise())
+        logging.getLogger("ray.tune.tune").addFilter(_TUNE_NOISE)  # adds it once per process
         if _interrupted(tuner.fit(), cfg.search.trials):
             # Trials cut now stay RUNNING in the study (not failed): the resume reruns them and
             # tells their results, and the baselines never started stay queued for it.

@@ -126,12 +126,16 @@ def format_front(document: dict[str, Any]) -> str:
 
 
 def _weight_columns(document: dict[str, Any]) -> list[str]:
-    """``w_<term>`` of the four built-in terms, then of any other registered term a trial searched."""
-    from autogram.terms import TERMS, weight_param
-
-    builtin = [weight_param(t) for t in ("ce", "kd", "gram", "xmodal")]
-    seen = {k.removeprefix("use_") for t in document["trials"] for k in t["params"]}
-    return builtin + [weight_param(t) for t in TERMS if weight_param(t) not in builtin and weight_param(t) in seen]
+    """``w_<term>`` of the four built-in terms, then of every other term a trial searched (read
+    from the trials' parameters: the process printing the front need not have that term
+    registered, and need not import torch to print it)."""
+    columns = ["w_ce", "w_kd", "w_gram", "w_xmodal"]
+    for trial in document["trials"]:
+        for key in trial["params"]:
+            name = key.removeprefix("use_")
+            if name.startswith("w_") and name not in columns:
+                columns.append(name)
+    return columns
 
 
 def _fmt(params: dict[str, Any], name: str) -> str:

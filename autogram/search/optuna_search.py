@@ -62,9 +62,8 @@ class AutogramOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """Ask Optuna as usual, and record the Ray trial id in the study at once."""
         config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and ot_trial.user_attrs.get("ray_trial_id") != trial_id:
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return config
 
     def _ot_trial(self, trial_id: str) -> Any:
@@ -110,12 +109,8 @@ class AutogramOptunaSearch(OptunaSearch):
         if error or not result:
             return TrialState.FAIL, None, {**attrs, "status": "failed"}, {}
         if not result.get(FINAL):
-            return (
-                TrialState.PRUNED,
-                None,
-                {**attrs, "status": "pruned", "epochs_done": int(result.get("epoch", 0))},
-                {},
-            )
+            attrs.update(status="pruned", epochs_done=int(result.get("epoch", 0)))
+            return TrialState.PRUNED, None, attrs, {}
         status = str(result.get("status", "ok"))
         for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done"):
             if key in result:

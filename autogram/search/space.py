@@ -93,7 +93,9 @@ def selected_pairs(params: dict[str, Any], candidates: list[str]) -> list[str]:
 
 def gram_weight(space: SpaceConfig) -> float | Range:
     """The Gram term's weight in the space (``search.space.weights.gram`` wins over ``w_gram``)."""
-    return space.weights.get("gram", space.w_gram)
+    from autogram.terms import searched_weights
+
+    return searched_weights(space).get("gram", 0.0)
 
 
 def gram_possible(space: SpaceConfig) -> bool:

@@ -111,6 +111,28 @@ def unregister_term(name: str) -> None:
     TERMS.pop(name, None)
 
 
+def active_terms(cfg: DistillConfig, setup: TermSetup) -> dict[str, tuple[LossTerm, float]]:
+    """``{name: (term, weight)}`` of every registered term weighted above 0 that applies to
+    ``setup``, in registry order (the objective's summation order)."""
+    out: dict[str, tuple[LossTerm, float]] = {}
+    for name, cls in TERMS.items():
+        weight = term_weight(cfg, name)
+        if weight > 0:
+            term = cls(cfg, setup)
+            if term.applies():
+                out[name] = (term, weight)
+    return out
+
+
+def teacher_uses(terms: list[LossTerm]) -> dict[str, set[str]]:
+    """Teacher tap name -> every form ``terms`` read it in (what the teacher cache must hold)."""
+    uses: dict[str, set[str]] = {}
+    for term in terms:
+        for tap, forms in term.teacher_uses().items():
+            uses.setdefault(tap, set()).update(forms)
+    return uses
+
+
 def term_weight(cfg: DistillConfig, name: str) -> float:
     """The weight of term ``name`` in ``cfg``: ``distill.weights`` first, then its legacy field, else 0."""
     if name in cfg.weights:
