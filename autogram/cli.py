@@ -248,8 +248,8 @@ def search(
     extra += [f"search.storage={storage}"] if storage else []
     cfg = _load(config, (*overrides, *extra), quiet)
     from autogram.search import plan_search, run_search
-    from autogram.search.driver import SearchInterrupted
     from autogram.search.front import format_front
+    from autogram.search.resume import SearchInterrupted
 
     plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address)
     try:

@@ -114,6 +114,14 @@ class SearchTracker:
         log.info("mlflow: parent run %s in experiment %s (%s)", self.parent_id, self.experiment_id, self.uri)
         return self.parent_id
 
+    def drop_children(self, trial_ids: list[str]) -> None:
+        """Delete the child runs of trials a resume queued again under new ids (MLflow's delete
+        is soft: the runs stay restorable), so each point is one run, as in front.json."""
+        for trial_id in trial_ids:
+            run_id = self.children.pop(trial_id, None)
+            if run_id is not None:
+                self.client.delete_run(run_id)
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

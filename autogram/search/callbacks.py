@@ -13,16 +13,20 @@ from typing import Any
 from ray.tune import Callback
 
 _LISTENERS: dict[str, list[Any]] = {}
+_FINISHED: dict[str, frozenset[str]] = {}
 
 
-def register(key: str, listeners: list[Any]) -> None:
-    """Make ``listeners`` receive the events of the search keyed ``key`` in this process."""
+def register(key: str, listeners: list[Any], finished: frozenset[str] = frozenset()) -> None:
+    """Make ``listeners`` receive the events of the search keyed ``key`` in this process, except
+    those of the ``finished`` trials (Ray trial ids whose result a killed driver already told)."""
     _LISTENERS[key] = list(listeners)
+    _FINISHED[key] = finished
 
 
 def unregister(key: str) -> None:
     """Stop forwarding events for ``key``."""
     _LISTENERS.pop(key, None)
+    _FINISHED.pop(key, None)
 
 
 class DriverCallback(Callback):
@@ -31,9 +35,11 @@ class DriverCallback(Callback):
     def __init__(self, key: str) -> None:
         self.key = key
 
-    def _each(self, method: str, *args: Any) -> None:
+    def _each(self, method: str, trial_id: str, *args: Any) -> None:
+        if trial_id in _FINISHED.get(self.key, frozenset()):
+            return  # its start, curve and result were recorded before the driver stopped
         for listener in _LISTENERS.get(self.key, []):
-            getattr(listener, method)(*args)
+            getattr(listener, method)(trial_id, *args)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial (re)started."""

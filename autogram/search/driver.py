@@ -16,41 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, TrialConfig
+from autogram.search.resume import TUNE_DIR, TUNE_NOISE, SearchInterrupted, interrupted, requeue_lost_trials
 
 log = logging.getLogger("autogram")
-TUNE_DIR = "tune"
 STUDY_FILE = "optuna.db"
 FRONT_FILE = "front.json"
 SPEC_FILE = "search.json"
-
-
-class SearchInterrupted(Exception):
-    """The search stopped on a signal (Ctrl-C) before its trials ended; it can be resumed."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        super().__init__(
-            f"search {name} interrupted; its finished trials are kept. Resume it with: "
-            f"autogram search CONFIG --name {name} --out {directory.parent} --resume"
-        )
-
-
-class _TuneInterruptNoise(logging.Filter):
-    """Drops Tune's own interrupt lines (its ``Tuner.restore(...)`` hint would mislead: the
-    search resumes with ``autogram search --resume``, which prints instead)."""
-
-    _NOISE = ("Stop signal received", "Tuner.restore", "Trials did not complete")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep every record but those."""
-        return not any(text in record.getMessage() for text in self._NOISE)
-
-
-_TUNE_NOISE = _TuneInterruptNoise()
-
-
-def _interrupted(results: Any, trials: int) -> bool:
-    """Whether Tune's run ended on a signal: a trial still unfinished, or fewer trials than asked."""
-    return len(results) < trials or results.num_terminated + results.num_errors < len(results)
 
 
 @dataclass
@@ -163,7 +134,14 @@ def plan_search(
     )
 
 
-def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path | None, teacher: Any) -> Any:
+def _trainable(
+    plan: SearchPlan,
+    data: Any,
+    blob: bytes | None,
+    cache_dir: Path | None,
+    teacher: Any,
+    finished: frozenset[str] = frozenset(),
+) -> Any:
     from dataclasses import replace
 
     from ray import tune
@@ -188,6 +166,7 @@ def _trainable(plan: SearchPlan, data: Any, blob: bytes | None, cache_dir: Path 
         cpus=resources.cpu,
         gpus=resources.gpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
+        finished=finished,
     )
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
@@ -373,7 +352,12 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     key = str(plan.directory)
-    callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])])
+    from autogram.search.optuna_search import finished_trials
+
+    finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
+    if resume:
+        requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
+    callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])], finished)
     restore = code_path(plan, address)
     try:
         if not ray.is_initialized():  # a cluster (--address) was joined while planning
@@ -386,7 +370,7 @@ def run_search(
             cfg.search.sampler,
             plan.directory,
         )
-        trainable = _trainable(plan, data, blob, cache_dir, handle)
+        trainable = _trainable(plan, data, blob, cache_dir, handle, finished)
         if resume:
             tune_path = str(plan.directory / TUNE_DIR)
             if not tune.Tuner.can_restore(tune_path):
@@ -395,8 +379,8 @@ def run_search(
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
             tuner = _tuner(plan, trainable)
-        logging.getLogger("ray.tune.tune").addFilter(_TUNE_NOISE)  # adds it once per process
-        if _interrupted(tuner.fit(), cfg.search.trials):
+        logging.getLogger("ray.tune.tune").addFilter(TUNE_NOISE)  # adds it once per process
+        if interrupted(tuner.fit(), cfg.search.trials):
             # Trials cut now stay RUNNING in the study (not failed): the resume reruns them and
             # tells their results, and the baselines never started stay queued for it.
             raise SearchInterrupted(plan.directory, plan.name)

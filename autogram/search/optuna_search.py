@@ -83,14 +83,18 @@ class AutogramOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trial(trial_id)
         if ot_trial is None:
             return
-        state, values, attrs, constraints = self._outcome(trial_id, result or {}, error)
         frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state.is_finished() and frozen.state != TrialState.FAIL:
+            # Told before the driver stopped, but Ray had not saved it as finished: the resumed
+            # run restarted it (and the worker reported it done at once, see ``finished_trials``).
+            # The result Optuna holds stands: told twice would count twice.
+            self._completed_trials.add(trial_id)
+            return
+        state, values, attrs, constraints = self._outcome(trial_id, result or {}, error)
         if frozen.state.is_finished():
-            # Finished before the driver stopped, and rerun by the resumed driver. A result Optuna
-            # already holds stands (told twice would count twice); a trial that had failed (cut by
-            # an interrupt, or crashed) and now finished gets its result in a new trial that
-            # replaces it, since Optuna cannot change a finished trial.
-            if frozen.state == TrialState.FAIL and state != TrialState.FAIL:
+            # It had failed (cut by an interrupt, or crashed); if the rerun finished, its result
+            # goes into a new trial that replaces it, since Optuna cannot change a finished trial.
+            if state != TrialState.FAIL:
                 self._replace(frozen, state, values, attrs, constraints)
             self._completed_trials.add(trial_id)
             return
@@ -142,9 +146,50 @@ class AutogramOptunaSearch(OptunaSearch):
         )
 
 
+def finished_trials(storage_url: str, name: str) -> frozenset[str]:
+    """Ray trial ids whose result the study already holds (COMPLETE or PRUNED): a resumed search
+    must not train or report them again. Empty when the study does not exist yet."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_url)
+    except KeyError:
+        return frozenset()
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    return frozenset(
+        t.user_attrs["ray_trial_id"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state in done and "ray_trial_id" in t.user_attrs
+    )
+
+
+def requeue_orphans(storage_url: str, name: str, saved: set[str]) -> list[str]:
+    """Close the trials the killed driver asked for but Ray never saved (``saved``: the Ray trial
+    ids of Ray's saved state), and queue each one's parameters again, so the resumed search
+    runs that point (a baseline keeps its name) under a trial that ``replaces`` it. Returns the
+    orphans' Ray trial ids (their MLflow runs are dropped by the caller)."""
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    orphans = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ray_id = trial.user_attrs.get("ray_trial_id")
+        if ray_id in saved:
+            continue  # Ray restarts it and its result is told as usual
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, "status", "failed")
+        storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted before Ray saved it: queued again")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params:
+            kept = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+            study.enqueue_trial(trial.params, user_attrs={**kept, "replaces": trial.number}, skip_if_exists=False)
+        if ray_id:
+            orphans.append(ray_id)
+    return orphans
+
+
 def replaced_numbers(trials: list[Any]) -> set[int]:
-    """Numbers of failed trials that a later rerun replaced (see ``AutogramOptunaSearch``)."""
-    return {int(t.user_attrs["replaces"]) for t in trials if "replaces" in t.user_attrs}
+    """Numbers of failed trials that a later rerun replaced (see ``AutogramOptunaSearch`` and
+    ``requeue_orphans``; a queued rerun counts once it has run)."""
+    return {
+        int(t.user_attrs["replaces"]) for t in trials if "replaces" in t.user_attrs and t.state != TrialState.WAITING
+    }
 
 
 def close_stale_trials(storage_url: str, name: str) -> int:

@@ -66,6 +66,7 @@ def trainable(
     cpus: float = 1.0,
     gpus: float = 0.0,
     cache_dir: str | None = None,
+    finished: frozenset[str] = frozenset(),
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
     import ray
@@ -78,6 +79,11 @@ def trainable(
     from autogram.trial import run_trial
 
     assert base is not None and space is not None and candidates is not None
+    if tune.get_context().get_trial_id() in finished:
+        # Its result reached the study before the driver was killed, after Ray's last saved
+        # state: end it at once (the searcher keeps the told result, the listeners skip it).
+        tune.report({FINAL: True, "status": "already_finished"})
+        return
     PYTHON_OBJECTS.update(python_objects or {})
     logging.getLogger("autogram").setLevel(logging.WARNING)
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; size torch's pool to match on purpose.
