@@ -281,28 +281,34 @@ def test_a_trial_started_but_never_saved_by_ray_is_run_again_as_the_same_point(
     from mlflow.tracking import MlflowClient
     from ray import cloudpickle
 
+    from autogram.search import tune_state
+
     config, directory, before, ray_id = _kill_mid_trial(tmp_path, teacher_cache)
     # Make Ray's three saved files what a save taken just before that trial was created holds
     # (Ray saves them together, so after the real race all three lack the trial). Their format
     # is Ray 2.60's own: if it changes, these asserts fail loudly rather than test nothing.
     tune = directory / "tune"
-    state = sorted(tune.glob("experiment_state-*.json"))[-1]
+    tune_state.repair(tune)  # the kill may have cut a file mid-write: then the save before it
+    state = tune_state.newest_state(tune)
+    assert state is not None
     saved = json.loads(state.read_text())
     kept = [e for e in saved["trial_data"] if json.loads(e[0] if isinstance(e, list) else e)["trial_id"] != ray_id]
-    assert len(kept) == len(saved["trial_data"]) - 1
-    state.write_text(json.dumps({**saved, "trial_data": kept}))
     generator_file = sorted(tune.glob("search_gen_state-*.json"))[-1]
     generator = pickle.loads(generator_file.read_bytes())
     limiter = generator["name:ConcurrencyLimiter"]
-    assert ray_id in limiter["live_trials"]
-    limiter["live_trials"].discard(ray_id)
-    limiter["num_unfinished_live_trials"] -= 1
-    generator["counter"] -= 1
-    generator_file.write_bytes(cloudpickle.dumps(generator))  # it holds a lambda, as Ray saved it
     searcher_file = sorted(tune.glob("searcher-state-*.pkl"))[-1]
     searcher = pickle.loads(searcher_file.read_bytes())
-    del searcher["_ot_trials"][ray_id]
-    searcher_file.write_bytes(cloudpickle.dumps(searcher))
+    if len(kept) < len(saved["trial_data"]):  # else the save the repair went back to lacks it already
+        assert len(kept) == len(saved["trial_data"]) - 1
+        state.write_text(json.dumps({**saved, "trial_data": kept}))
+        assert ray_id in limiter["live_trials"]
+        limiter["live_trials"].discard(ray_id)
+        limiter["num_unfinished_live_trials"] -= 1
+        generator["counter"] -= 1
+        generator_file.write_bytes(cloudpickle.dumps(generator))  # it holds a lambda, as Ray saved it
+        del searcher["_ot_trials"][ray_id]
+        searcher_file.write_bytes(cloudpickle.dumps(searcher))
+    assert ray_id not in limiter["live_trials"] and ray_id not in searcher["_ot_trials"]
     (lost,) = [t for t in _study(tmp_path).trials if t.user_attrs.get("ray_trial_id") == ray_id]
 
     _resume(config, tmp_path)
@@ -321,6 +327,32 @@ def test_a_trial_started_but_never_saved_by_ray_is_run_again_as_the_same_point(
         t.user_attrs["ray_trial_id"] for t in complete
     )
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_kill_that_cuts_rays_saved_state_mid_write_resumes_from_the_save_before(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    """Ray writes its experiment state in place and copies it to the search folder file by
+    file: a kill mid-write left an empty ``experiment_state-*.json`` (seen in CI), which Ray
+    cannot restore. The resume goes back to the save before it, kept whole by autogram, and
+    the search still ends with each point trained and told once."""
+    config, directory, _, _ = _kill_mid_trial(tmp_path, teacher_cache)
+    tune = directory / "tune"
+    state = sorted(tune.glob("experiment_state-*.json"))[-1]
+    state.write_bytes(state.read_bytes()[: len(state.read_bytes()) // 2])  # cut mid-write
+    searcher = sorted(tune.glob("searcher-state-*.pkl"))[-1]
+    searcher.write_bytes(b"")  # and the copy of the next file not begun
+    proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from the save before it" in proc.stderr
+    study = _study(tmp_path)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 4
+    front = json.loads((directory / "front.json").read_text())
+    assert sorted(t["number"] for t in front["trials"] if t["status"] in ("ok", "infeasible")) == sorted(
+        t.number for t in complete
+    )
+    assert [t["baseline"] for t in front["trials"] if t.get("baseline")] == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
 
 
 @pytest.mark.parametrize("target", ["driver", "group"])

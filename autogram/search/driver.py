@@ -323,6 +323,13 @@ def run_search(
             "experiment": plan.experiment,
         },
     )
+    from autogram.search import tune_state
+
+    if resume:
+        try:  # before anything reads Ray's state: a file cut by the kill goes back one save
+            tune_state.repair(plan.directory / TUNE_DIR)
+        except tune_state.TuneStateError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
     # MLflow's database and experiment exist before any trial starts; only this process writes.
     tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory) if track else None
     if tracker is not None:
@@ -380,6 +387,7 @@ def run_search(
         else:
             tuner = _tuner(plan, trainable)
         logging.getLogger("ray.tune.tune").addFilter(TUNE_NOISE)  # adds it once per process
+        tune_state.keep_in(plan.directory / TUNE_DIR)
         if interrupted(tuner.fit(), cfg.search.trials):
             # Trials cut now stay RUNNING in the study (not failed): the resume reruns them and
             # tells their results, and the baselines never started stay queued for it.
@@ -389,6 +397,7 @@ def run_search(
             tracker.abort("KILLED" if isinstance(exc, SearchInterrupted | KeyboardInterrupt) else "FAILED")
         raise
     finally:
+        tune_state.keep_in(None)
         callbacks.unregister(key)
         if address is None and ray.is_initialized():
             ray.shutdown()

@@ -66,6 +66,13 @@ class AutogramOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return config
 
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Ray's save of this searcher; the save before it is first bundled (see tune_state)."""
+        from autogram.search.tune_state import keep_previous_save
+
+        keep_previous_save(checkpoint_dir, session_str)
+        super().save_to_dir(checkpoint_dir, session_str)
+
     def _ot_trial(self, trial_id: str) -> Any:
         """The Optuna trial asked for ``trial_id``: from this searcher's state, else the study."""
         if trial_id in self._ot_trials:

@@ -7,7 +7,6 @@ Ray does. These helpers bring the two back in line before a resume.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,22 +39,12 @@ class _TuneInterruptNoise(logging.Filter):
 TUNE_NOISE = _TuneInterruptNoise()
 
 
-def _saved_trial_ids(tune_path: Path) -> set[str] | None:
-    """Ray trial ids in Ray's newest saved experiment state (None if it cannot be read: its
-    format is Ray's own, so a change there turns the orphan check off rather than failing)."""
-    states = sorted(tune_path.glob("experiment_state-*.json"))
-    try:
-        entries = json.loads(states[-1].read_text())["trial_data"]
-        return {json.loads(e[0] if isinstance(e, list) else e)["trial_id"] for e in entries}
-    except (IndexError, KeyError, TypeError, ValueError, OSError):
-        return None
-
-
 def requeue_lost_trials(directory: Path, storage_url: str, name: str, tracker: Any) -> None:
     """Trials the killed driver started but Ray never saved: queue their points again."""
     from autogram.search.optuna_search import requeue_orphans
+    from autogram.search.tune_state import saved_trial_ids
 
-    saved = _saved_trial_ids(directory / TUNE_DIR)
+    saved = saved_trial_ids(directory / TUNE_DIR)
     if saved is None:
         log.warning("could not read Ray's saved trials: trials it lost are marked failed, not rerun")
         return
