@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from autogram.config import ConfigError, TrialConfig, load_config
+from autogram.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "load_weights", "run_trial", "search", "train"]
 
 

@@ -55,7 +55,7 @@ def search(
     the config names; they reach Ray workers through the object store.
     """
     from autogram.data import load_data
-    from autogram.search import plan_search, run_search
+    from autogram.study import plan_search, run_search
 
     cfg = with_objects(config, teacher, student)
     loaded = load_data(cfg.data, data) if data is not None else None

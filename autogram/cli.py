@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from autogram import __version__
 from autogram.config import ConfigError, TrialConfig, load_config
+from autogram.version import __version__
 
 log = logging.getLogger("autogram")
 
@@ -89,7 +89,7 @@ def main() -> None:
 def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """List the teacher's and student's feature taps and their default pairing."""
     cfg = _load(config, overrides, quiet)
-    from autogram.runtime import pick_device
+    from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 
     parts = prepare(cfg, pick_device("cpu"))
@@ -154,8 +154,8 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
     cfg = _load(config, overrides, quiet)
     from autogram.data import load_data
     from autogram.models import parameter_count
-    from autogram.runtime import pick_device
     from autogram.teacher import ensure_teacher
+    from autogram.tensors.runtime import pick_device
 
     data = load_data(cfg.data)
     handle = ensure_teacher(cfg.teacher, data, pick_device(cfg.device), retrain=retrain)
@@ -247,9 +247,9 @@ def search(
     extra += [f"search.concurrency={concurrency}"] if concurrency else []
     extra += [f"search.storage={storage}"] if storage else []
     cfg = _load(config, (*overrides, *extra), quiet)
-    from autogram.search import plan_search, run_search
-    from autogram.search.front import format_front
-    from autogram.search.resume import SearchInterrupted
+    from autogram.report.front import format_front
+    from autogram.study import plan_search, run_search
+    from autogram.study.resume import SearchInterrupted
 
     plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address)
     try:
@@ -269,9 +269,9 @@ def search(
 def front(name: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
     """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
     _setup_logging(quiet)
-    from autogram.search.front import format_front
-    from autogram.tracking import read_front
-    from autogram.tracking import tracking_uri as resolve_uri
+    from autogram.report.front import format_front
+    from autogram.report.tracking import read_front
+    from autogram.report.tracking import tracking_uri as resolve_uri
 
     document = read_front(resolve_uri(tracking_uri), name)
     click.echo(json.dumps(document, indent=2) if as_json else format_front(document))
@@ -391,7 +391,7 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, g
     if as_json:
         click.echo(json.dumps(result))
         return
-    from autogram.bench_report import format_bench, format_gpu_bench
+    from autogram.bench.report import format_bench, format_gpu_bench
 
     click.echo(format_gpu_bench(result) if gpu_only else format_bench(result) + "\n" + format_gpu_bench(result))
 

@@ -210,7 +210,7 @@ def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id:
     _plot(result, target / "confirm.png")
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:
-        from autogram.tracking import client_for, find_parent
+        from autogram.report.tracking import client_for, find_parent
 
         parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
         client_for(uri).log_artifacts(parent_id, str(target), "confirm")

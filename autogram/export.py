@@ -43,7 +43,7 @@ def _passes(value: float, op: str, bound: float) -> bool:
 
 def choose(document: dict[str, Any], pick: str, weights: list[float] | None, where: list[str]) -> dict[str, Any]:
     """The trial entry chosen by ``pick`` among ok trials passing ``where``; ConfigError if none."""
-    from autogram.pareto import pick as pareto_pick
+    from autogram.report.pareto import pick as pareto_pick
 
     names = [o["name"] for o in document["objectives"]]
     directions = [o["direction"] for o in document["objectives"]]
@@ -72,8 +72,8 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
         if not (path / "front.json").is_file() or not (path / "search.json").is_file():
             raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
         return json.loads((path / "front.json").read_text()), json.loads((path / "search.json").read_text()), ""
-    from autogram.tracking import client_for, read_front
-    from autogram.tracking import tracking_uri as resolve_uri
+    from autogram.report.tracking import client_for, read_front
+    from autogram.report.tracking import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     document = read_front(uri, source)
@@ -85,8 +85,8 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
 
 def trial_training_config(spec: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:
     """The raw config that retrains ``trial`` of the search ``spec`` describes, teacher pinned."""
-    from autogram.search.driver import pin_teacher
-    from autogram.search.space import trial_config
+    from autogram.study.driver import pin_teacher
+    from autogram.study.space import trial_config
     from autogram.teacher import read_metadata
 
     config = spec["config"]
@@ -149,7 +149,7 @@ def export(
 
 def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
     """(parent run id, the trial's child run id) of a search folder's MLflow record, or ("", "")."""
-    from autogram.tracking import PARENT, client_for, find_parent
+    from autogram.report.tracking import PARENT, client_for, find_parent
 
     try:
         parent = find_parent(uri, name)
@@ -165,7 +165,7 @@ def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
 def _log_export(out: Path, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
     import logging
 
-    from autogram.tracking import client_for, find_parent
+    from autogram.report.tracking import client_for, find_parent
 
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:

@@ -144,7 +144,7 @@ def _flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 def _mlflow_run(cfg: TrialConfig, uri: str, experiment: str, run_id: str, config_path: Path) -> str:
     from mlflow.entities import Param
 
-    from autogram.tracking import client_for, ensure_experiment
+    from autogram.report.tracking import client_for, ensure_experiment
 
     client = client_for(uri)
     if run_id:
@@ -179,9 +179,9 @@ def train(
     Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
     from autogram.distill import Objective, train_student
-    from autogram.runtime import pick_device
-    from autogram.tracking import client_for, log_metrics
-    from autogram.tracking import tracking_uri as resolve_uri
+    from autogram.report.tracking import client_for, log_metrics
+    from autogram.report.tracking import tracking_uri as resolve_uri
+    from autogram.tensors.runtime import pick_device
     from autogram.trial import evaluate_robustness, prepare, teacher_signals
 
     config_path = Path(config_path)

@@ -72,7 +72,7 @@ def evaluate_robustness(
     import torch
 
     from autogram.data.corruptions import corrupted_views
-    from autogram.runtime import accuracy, correct_count, resident, to_tensors
+    from autogram.tensors.runtime import accuracy, correct_count, resident, to_tensors
 
     part = data.splits[split]
     severities, scale = cfg.eval.noise_severities, data.noise_scale
@@ -157,16 +157,16 @@ def teacher_signals(
     """What the loop reads from the teacher (``None`` when no term does) and the teacher's
     description: its cache when ``teacher.cache`` is on (``cache_dir``, or found/built here,
     a too-big one refused before the teacher trains), else the live model."""
-    from autogram.signals import LiveTeacher
     from autogram.teacher import ensure_teacher
+    from autogram.teacher.signals import LiveTeacher
 
     if not objective.needs_teacher:
         return None, {}
     data, teacher = parts["data"], parts["teacher"]
     layout = None
     if config.teacher.cache and cache_dir is None:
-        from autogram.cache_plan import layout_for, trial_uses
-        from autogram.teacher_cache import check_cache_size
+        from autogram.distill.cache_plan import layout_for, trial_uses
+        from autogram.teacher.cache import check_cache_size
 
         layout = layout_for(config, parts["teacher_taps"], trial_uses(config, parts))
         if all(t.shape for t in layout.taps):
@@ -178,8 +178,8 @@ def teacher_signals(
             raise RuntimeError("a live teacher was asked for, but only the teacher's cache metadata was given")
         handle.model.to(device)
         return LiveTeacher(handle.model, objective.teacher_taps, device), info
-    from autogram.cache_reader import CachedTeacher
-    from autogram.teacher_cache import ensure_cache
+    from autogram.teacher.cache import ensure_cache
+    from autogram.teacher.reader import CachedTeacher
 
     if cache_dir is None:
         root = config.teacher.cache_dir / "signals"
@@ -211,7 +211,7 @@ def run_trial(
 
     from autogram.distill import Objective, train_student
     from autogram.models import parameter_count
-    from autogram.runtime import pick_device
+    from autogram.tensors.runtime import pick_device
 
     device = pick_device(config.device)
     parts = prepare(config, device, data, teacher)

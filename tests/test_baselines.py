@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from autogram.config import ConfigError, validate
-from autogram.search.baselines import format_verdict, plan_baselines, verdict
+from autogram.report.verdict import format_verdict, verdict
+from autogram.study.baselines import plan_baselines
 from tests.conftest import run_cli, tiny_raw
 
 CANDIDATES = ["image.block1:image.layer1", "tokens.block1:tokens.layer1"]
@@ -39,7 +40,7 @@ def test_every_standard_recipe_the_default_space_allows_with_its_fixed_values() 
 def test_a_searched_input_noise_is_suggested_and_baselines_take_the_configs_value() -> None:
     import optuna
 
-    from autogram.search.space import SpaceSampler, trial_config
+    from autogram.study.space import SpaceSampler, trial_config
 
     space = validate({"search": {"space": {"input_noise": {"low": 0.0, "high": 1.5}}}}).search.space
     planned = plan_baselines(None, space, CANDIDATES, {"train": {**BASE["train"], "input_noise": 0.25}})
@@ -157,7 +158,7 @@ def test_an_unknown_baseline_is_a_one_line_error_and_writes_nothing(tmp_path: Pa
 def test_no_more_baselines_are_enqueued_than_trials() -> None:
     import optuna
 
-    from autogram.search.baselines import enqueue_baselines
+    from autogram.study.baselines import enqueue_baselines
 
     space = validate({"search": {}}).search.space
     planned = plan_baselines(None, space, CANDIDATES, BASE)
@@ -168,8 +169,8 @@ def test_no_more_baselines_are_enqueued_than_trials() -> None:
     assert enqueue_baselines(study, planned, trials=4) == []  # a study with trials is a resume: none again
 
 
-def test_autogram_search_stays_callable_once_the_search_package_is_imported() -> None:
+def test_autogram_search_stays_the_function_once_the_search_package_is_imported() -> None:
     import autogram
-    import autogram.search.baselines  # noqa: F401 - rebinds autogram.search to the package
+    import autogram.study.baselines  # noqa: F401 - the package no longer shares the function's name
 
-    assert callable(autogram.search)
+    assert callable(autogram.search) and autogram.search.__module__ == "autogram"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autogram.config import ConfigError
-from autogram.credentials import masked, storage_url, tracking_url
+from autogram.config.credentials import masked, storage_url, tracking_url
 
 
 def test_masked_hides_only_the_password() -> None:

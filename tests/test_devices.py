@@ -16,9 +16,9 @@ import torch
 
 from autogram.config import TrialConfig, load_config
 from autogram.models import build_student, build_teacher, example_inputs, model_taps, parameter_count, resolved_taps
-from autogram.runtime import batch_indices, correct_count
-from autogram.signals import LiveTeacher
 from autogram.teacher import ensure_teacher, teacher_from_bytes
+from autogram.teacher.signals import LiveTeacher
+from autogram.tensors.runtime import batch_indices, correct_count
 from autogram.trial import prepare
 from tests.conftest import ROOT
 
@@ -92,7 +92,7 @@ def test_gpu_config_is_sized_for_a_gpu() -> None:
 def test_gpu_bench_figures_are_null_without_cuda(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the cuda tests cover the figures")
-    from autogram.bench_gpu import GPU_KEYS, gpu_figures
+    from autogram.bench.gpu import GPU_KEYS, gpu_figures
 
     def never(*_: object) -> dict:
         raise AssertionError("no search runs without CUDA")
@@ -101,7 +101,7 @@ def test_gpu_bench_figures_are_null_without_cuda(tmp_path: Path) -> None:
 
 
 def test_trial_overhead_counts_only_trials_after_the_first_wave() -> None:
-    from autogram.bench_gpu import trial_overheads
+    from autogram.bench.gpu import trial_overheads
 
     events = [
         {"event": "start", "trial": "a", "time": 0.0},
@@ -121,7 +121,7 @@ def test_trial_overhead_counts_only_trials_after_the_first_wave() -> None:
 def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path: Path, teacher_cache: Path) -> None:
     """The GPU bench's measurement, run on the CPU (a real local Ray search; no NVML there)."""
     from autogram.bench import _search
-    from autogram.bench_gpu import GPU_KEYS, packed_run
+    from autogram.bench.gpu import GPU_KEYS, packed_run
     from autogram.config import validate
     from tests.conftest import tiny_raw
 
@@ -160,7 +160,7 @@ def _gpu_raw(teacher_cache: Path) -> dict:
 @pytest.mark.cuda
 def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: Path) -> None:
     from autogram.config import validate
-    from autogram.teacher_cache import CachedTeacher, ensure_cache
+    from autogram.teacher.cache import CachedTeacher, ensure_cache
     from autogram.trial import run_trial
 
     cfg = validate(_gpu_raw(teacher_cache))
@@ -181,8 +181,8 @@ def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: 
 def test_cuda_training_steps_never_wait_for_the_gpu(teacher_cache: Path) -> None:
     from autogram.config import validate
     from autogram.distill import Objective, _step
-    from autogram.runtime import device_split, drop_modalities
-    from autogram.teacher_cache import CachedTeacher, ensure_cache
+    from autogram.teacher.cache import CachedTeacher, ensure_cache
+    from autogram.tensors.runtime import device_split, drop_modalities
 
     cfg = validate(_gpu_raw(teacher_cache))
     cuda = torch.device("cuda")

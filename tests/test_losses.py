@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from autogram.losses import channel_gram, cross_modal_gram_loss, gram_loss, kd_loss
+from autogram.tensors.losses import channel_gram, cross_modal_gram_loss, gram_loss, kd_loss
 
 
 def _softmax(values: list[float]) -> list[float]:
@@ -121,7 +121,7 @@ def test_cross_modal_rejects_mismatched_modalities() -> None:
 
 
 def test_batched_sample_gram_losses_match_the_per_pair_loss_and_its_gradient() -> None:
-    from autogram.losses import sample_gram_losses
+    from autogram.tensors.losses import sample_gram_losses
 
     generator = torch.Generator().manual_seed(0)
     shapes = [(16, 64), (8, 24), (8, 24), (40,)]  # two of equal width share one batched matmul

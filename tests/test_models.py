@@ -9,7 +9,6 @@ import torch
 
 from autogram.config import BuiltinDataConfig, DataConfig, StudentConfig, TeacherConfig
 from autogram.data import load_data
-from autogram.features import capture, hook_count
 from autogram.models import (
     build_student,
     build_teacher,
@@ -18,6 +17,7 @@ from autogram.models import (
     parameter_count,
     resolved_taps,
 )
+from autogram.models.features import capture, hook_count
 from tests.conftest import ROOT, run_cli
 
 

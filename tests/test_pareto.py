@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autogram.pareto import hypervolume, pareto_front, pick
+from autogram.report.pareto import hypervolume, pareto_front, pick
 
 DIRECTIONS = st.sampled_from(["maximize", "minimize"])
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from autogram.pareto import pareto_front
+from autogram.report.pareto import pareto_front
 from tests.conftest import ROOT, run_cli, start_cli, tiny_raw
 
 pytestmark = pytest.mark.slow
@@ -281,7 +281,7 @@ def test_a_trial_started_but_never_saved_by_ray_is_run_again_as_the_same_point(
     from mlflow.tracking import MlflowClient
     from ray import cloudpickle
 
-    from autogram.search import tune_state
+    from autogram.study import tune_state
 
     config, directory, before, ray_id = _kill_mid_trial(tmp_path, teacher_cache)
     # Make Ray's three saved files what a save taken just before that trial was created holds

@@ -10,15 +10,23 @@ import pytest
 import torch
 import yaml
 
-from autogram.cache_plan import layout_for
-from autogram.cache_reader import CachedTeacher
 from autogram.config import ConfigError, TrialConfig, validate
 from autogram.distill import Objective
-from autogram.features import capture
-from autogram.losses import channel_gram, channel_gram_loss, gram_loss, sample_gram_losses
-from autogram.sketch import GRAM, SKETCH, Sketcher, forms_for, from_upper_triangle, sketch_error_bound, upper_triangle
+from autogram.distill.cache_plan import layout_for
+from autogram.models.features import capture
 from autogram.teacher import ensure_teacher
-from autogram.teacher_cache import CacheLayout, _stored, cache_key, ensure_cache, read_manifest
+from autogram.teacher.cache import CacheLayout, _stored, cache_key, ensure_cache, read_manifest
+from autogram.teacher.reader import CachedTeacher
+from autogram.teacher.sketch import (
+    GRAM,
+    SKETCH,
+    Sketcher,
+    forms_for,
+    from_upper_triangle,
+    sketch_error_bound,
+    upper_triangle,
+)
+from autogram.tensors.losses import channel_gram, channel_gram_loss, gram_loss, sample_gram_losses
 from autogram.trial import prepare
 from tests.conftest import run_cli, tiny_raw
 from tests.test_teacher_cache import first_step_terms
@@ -219,8 +227,8 @@ def test_student_sketch_count_sketches_only_wide_student_features(tiny_config: T
         for p in parts["pairs"]
     }
     teacher_feats = {p.teacher.name: torch.randn(32, *p.teacher.shape, generator=generator) for p in parts["pairs"]}
-    from autogram.signals import TeacherOutput
-    from autogram.terms import Batch
+    from autogram.distill.terms import Batch
+    from autogram.teacher.signals import TeacherOutput
 
     batch = Batch(
         torch.zeros(32, 10), feats, torch.zeros(32, dtype=torch.long), TeacherOutput(torch.zeros(32, 10), teacher_feats)

@@ -14,11 +14,11 @@ import yaml
 from autogram.config import ModelSource, validate
 from autogram.data import load_data
 from autogram.data.base import Modality
-from autogram.features import hook_count
 from autogram.models.discover import find_taps
+from autogram.models.features import hook_count
 from autogram.models.source import Adapted, user_module
 from autogram.teacher import ensure_teacher
-from autogram.teacher_cache import cache_bytes, ensure_cache
+from autogram.teacher.cache import cache_bytes, ensure_cache
 from tests.conftest import ROOT, run_cli
 
 FIXTURES = ROOT / "tests" / "fixtures_byo"

@@ -74,7 +74,7 @@ def _student_test_accuracy(data: MultiModalData, epochs: int = 8) -> float:
     """A CE-only student's test accuracy with every label (lr 0.01: the keywords need it)."""
     from autogram.distill import Objective, train_student
     from autogram.models import build_student
-    from autogram.runtime import accuracy, to_tensors
+    from autogram.tensors.runtime import accuracy, to_tensors
 
     torch.manual_seed(0)
     student = build_student(data, StudentConfig())
@@ -118,7 +118,7 @@ def default_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(
     builtin: MultiModalData, default_teachers: Path
 ) -> None:
-    from autogram.runtime import accuracy, to_tensors
+    from autogram.tensors.runtime import accuracy, to_tensors
     from autogram.trial import evaluate_robustness
 
     cfg = load_config(QUICKSTART, [f"teacher.cache_dir={default_teachers}", "device=cpu"])

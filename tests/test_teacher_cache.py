@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from autogram.cache_reader import CachedTeacher
 from autogram.config import TrialConfig, validate
 from autogram.distill import Objective
-from autogram.features import capture
 from autogram.models import build_student, build_teacher, resolved_taps
-from autogram.signals import LiveTeacher
+from autogram.models.features import capture
 from autogram.teacher import ensure_teacher
-from autogram.teacher_cache import CacheInvalid, ensure_cache, open_cache
+from autogram.teacher.cache import CacheInvalid, ensure_cache, open_cache
+from autogram.teacher.reader import CachedTeacher
+from autogram.teacher.signals import LiveTeacher
 from autogram.trial import prepare
 from tests.conftest import tiny_raw
 

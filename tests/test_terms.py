@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from autogram.config import ConfigError, TrialConfig, validate
 from autogram.distill import Objective
-from autogram.features import capture
-from autogram.terms import TERMS, Batch, LossTerm, register_term, term_weight, unregister_term
+from autogram.distill.terms import TERMS, Batch, LossTerm, register_term, term_weight, unregister_term
+from autogram.models.features import capture
 from autogram.trial import prepare
 from tests.conftest import ROOT
 
@@ -49,8 +49,8 @@ def _weighted(cfg: TrialConfig, weights: dict[str, float]) -> TrialConfig:
 def _first_step(cfg: TrialConfig) -> tuple[dict[str, float], dict[str, float]]:
     """(term values, gradient norm reaching the student) after one backward of the weighted sum."""
     from autogram.models import build_student
-    from autogram.signals import LiveTeacher
     from autogram.teacher import ensure_teacher
+    from autogram.teacher.signals import LiveTeacher
 
     parts = prepare(cfg, CPU)
     handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
@@ -120,8 +120,8 @@ def test_shipped_configs_still_validate(path: Path) -> None:
 
 def test_searched_weights_follow_the_registry(toy_term: type) -> None:
     from autogram.config import Range, SpaceConfig
-    from autogram.search.baselines import baseline_params
-    from autogram.search.space import SpaceSampler, trial_config
+    from autogram.study.baselines import baseline_params
+    from autogram.study.space import SpaceSampler, trial_config
 
     space = SpaceConfig(weights={"toy_cosine": Range(low=0.1, high=10, log=True, optional=True)})
     import optuna
@@ -139,7 +139,7 @@ def test_searched_weights_follow_the_registry(toy_term: type) -> None:
 
 
 def test_the_front_prints_a_column_for_every_searched_term_weight() -> None:
-    from autogram.search.front import format_front
+    from autogram.report.front import format_front
 
     trial = {"number": 0, "status": "ok", "pareto": True, "values": {"accuracy": 0.5}, "reason": ""}
     params = {"w_kd": 2.0, "use_w_gram": False, "use_w_xmodal": False, "use_w_toy_cosine": True, "w_toy_cosine": 0.25}

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from autogram.config import load_config
-from autogram.pareto import pareto_front
+from autogram.report.pareto import pareto_front
 from tests.conftest import run_cli, tiny_raw
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_one_parent_and_one_finished_child_per_trial(sqlite_search: dict) -> Non
 
 
 def test_a_new_search_in_a_reused_folder_gets_its_own_parent_run(tmp_path: Path) -> None:
-    from autogram.tracking import SearchTracker
+    from autogram.report.tracking import SearchTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     folder = tmp_path / "runs" / "again"

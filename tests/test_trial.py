@@ -51,8 +51,8 @@ class _HookLog:
     """Records the class of every module a forward hook is registered on while training runs."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import autogram.distill as distill
         import autogram.trial as trial_module
-        from autogram import distill
 
         self.training = False
         self.classes: list[str] = []
@@ -117,7 +117,7 @@ def test_channel_gram_and_listed_pairs(tiny_config: TrialConfig) -> None:
 
 
 def test_labelled_samples_keep_ce_to_the_first_rows_and_kd_on_every_row(tiny_config: TrialConfig) -> None:
-    from autogram.losses import ce_loss
+    from autogram.tensors.losses import ce_loss
 
     logits, labels = torch.randn(6, 3), torch.tensor([0, 2, -1, 1, -1, -1])
     assert ce_loss(logits, labels, partial=True) == pytest.approx(float(ce_loss(logits[[0, 1, 3]], labels[[0, 1, 3]])))
@@ -136,7 +136,7 @@ def test_labelled_samples_keep_ce_to_the_first_rows_and_kd_on_every_row(tiny_con
 def test_ce_alone_with_labelled_samples_draws_every_batch_from_the_labelled_rows(tiny_config: TrialConfig) -> None:
     from autogram.data import load_data
     from autogram.data.base import MultiModalData, Split
-    from autogram.runtime import batch_indices
+    from autogram.tensors.runtime import batch_indices
 
     order = torch.cat([host for host, _ in batch_indices(10, 4, torch.Generator().manual_seed(0), pool=4)])
     assert len(order) == 10 and int(order.max()) < 4
@@ -162,7 +162,7 @@ def test_ce_alone_with_labelled_samples_draws_every_batch_from_the_labelled_rows
 
 def test_input_noise_perturbs_the_students_float_inputs_only() -> None:
     from autogram.data.base import Modality
-    from autogram.runtime import add_noise
+    from autogram.tensors.runtime import add_noise
 
     modalities = [Modality("image", "image", (1, 8, 8)), Modality("tokens", "tokens", (6,), 20)]
     inputs = {"image": torch.zeros(400, 1, 8, 8), "tokens": torch.randint(1, 20, (400, 6))}

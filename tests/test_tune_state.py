@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autogram.search import tune_state
+from autogram.study import tune_state
 
 SESSION = "2026-12-02_03-00-00"
 

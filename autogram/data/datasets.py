@@ -67,7 +67,7 @@ def from_datasets(splits: Any, cfg: DataConfig, source: str) -> MultiModalData:
 
 def load_factory(cfg: DataConfig) -> MultiModalData:
     """Call ``data.factory`` with ``data.kwargs`` and wrap the datasets it returns."""
-    from autogram.models.source import call_factory, resolve_factory
+    from autogram.config.factories import call_factory, resolve_factory
 
     assert cfg.factory is not None
     fn = resolve_factory(cfg.factory, "data.factory")

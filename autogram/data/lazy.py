@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autogram.config import ConfigError, DataConfig
-from autogram.data.arrays import check_finite, infer_kind
 from autogram.data.base import SPLITS, LazySplit, Modality, MultiModalData
+from autogram.data.checks import check_finite, infer_kind
 
 Fetch = Callable[[np.ndarray], dict[str, np.ndarray]]
 SCAN_CHUNK = 512

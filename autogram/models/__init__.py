@@ -111,7 +111,7 @@ def example_inputs(data: Any, n: int = 2) -> dict[str, torch.Tensor]:
 def resolved_taps(model: torch.nn.Module, data: Any) -> list[Tap]:
     """A built-in model's taps with output shapes filled in from one forward pass, run on
     the model's own device (a model on another device than its inputs fails loudly)."""
-    from autogram.models.taps import with_shapes
+    from autogram.models.features import with_shapes
 
     device = next(model.parameters()).device
     example = {k: v.to(device) for k, v in example_inputs(data).items()}

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from autogram.config import ConfigError, ModelSource
+from autogram.config.factories import call_factory, resolve_factory
 
 # In-memory objects given to the Python API, by the name a config's ``python:`` field holds.
 # A worker process fills it from the object store before it runs a trial.
@@ -33,28 +33,6 @@ def use_python_path(folders: list[Path]) -> None:
     for folder in reversed([str(Path(f).resolve()) for f in folders]):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-
-
-def resolve_factory(path: str, field: str) -> Callable[..., Any]:
-    """The callable ``path`` names (``package.module:function``), or a one-line ConfigError."""
-    try:
-        target = pkgutil.resolve_name(path)
-    except Exception as exc:  # ImportError, AttributeError, ValueError: all mean "not found"
-        raise ConfigError(f"{field}: cannot import {path!r} ({type(exc).__name__}: {exc})") from None
-    if not callable(target):
-        raise ConfigError(f"{field}: {path!r} is a {type(target).__name__}, not a function or class")
-    return target
-
-
-def call_factory(fn: Callable[..., Any], field: str, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a user factory; whatever it raises becomes one line quoting its message."""
-    try:
-        return fn(*args, **kwargs)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        message = " ".join(str(exc).split()) or "(no message)"
-        raise ConfigError(f"{field} {name!r} raised {type(exc).__name__}: {message}") from None
 
 
 def _module(value: Any, field: str, name: str) -> nn.Module:

@@ -7,7 +7,7 @@ and its output shape. Models are never edited to return features; hooks read the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -96,18 +96,6 @@ def canonical(output: object, layout: Layout) -> torch.Tensor:
     if layout == "channels_first" and output.dim() > 3:
         return output.flatten(2)
     return output
-
-
-def with_shapes(model: torch.nn.Module, taps: list[Tap], example: dict[str, torch.Tensor]) -> list[Tap]:
-    """Fill each tap's per-sample output shape by one forward pass on ``example``."""
-    from autogram.features import capture
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), capture(model, taps, raw=True) as feats:
-        model(example)
-    model.train(was_training)
-    return [replace(t, shape=tuple(feats[t.name].shape[1:])) for t in taps]
 
 
 def default_pairs(student_taps: list[Tap], teacher_taps: list[Tap]) -> list[TapPair]:

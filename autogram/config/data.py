@@ -1,0 +1,113 @@
+"""The ``data:`` section of a config: the built-in generator's sizes, held-out groups, and
+where the data comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from autogram.config.base import Strict as _Strict
+from autogram.config.sources import ModalityKindName, import_path
+
+
+class BuiltinDataConfig(_Strict):
+    """Sizes of the built-in synthetic image + token data set."""
+
+    n_train: int = Field(3000, ge=100)
+    n_val: int = Field(1000, ge=50)
+    n_test: int = Field(1000, ge=50)
+    image_size: int = Field(16, ge=12, le=64)
+    seq_len: int = Field(24, ge=8, le=256)
+    vocab_size: int = Field(64, ge=32, le=4096)
+    # Keywords per token group: more of them, more labelled rows to learn them all (the
+    # quickstart: 24). 3, the default, keeps the data of configs written before this field.
+    keywords: int = Field(3, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _room_for_filler(self) -> BuiltinDataConfig:
+        # Five groups of keywords, two markers, the mask id and at least 8 filler ids.
+        need = 5 * self.keywords + 11
+        if self.vocab_size < need:
+            raise ValueError(
+                f"vocab_size {self.vocab_size} is too small for {self.keywords} keywords per group "
+                f"(need >= {need}): raise vocab_size or lower keywords"
+            )
+        return self
+
+
+class GroupSplit(_Strict):
+    """Re-split the data by a per-sample group (a speaker, a site, a patient): every sample of
+    a ``test`` group (and of a ``val`` group) goes to that split, the rest trains. Groups are
+    the values of the 1-D ``{split}_{by}`` arrays, or names from a ``{by}_names`` array."""
+
+    by: str = Field(min_length=1)
+    test: list[str | int] = Field(min_length=1)
+    # Empty: the validation split is carved at random from the training groups (val_fraction).
+    val: list[str | int] = []
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> GroupSplit:
+        both = set(map(str, self.test)) & set(map(str, self.val))
+        if both:
+            raise ValueError(f"group(s) {', '.join(sorted(both))} in both test and val")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the data comes from: the built-in generator (the default), an ``.npz`` file
+    (``path``), a Hugging Face ``DatasetDict`` saved on disk (``hf``) or a Python factory."""
+
+    path: Path | None = None
+    hf: Path | None = None
+    # {modality: column, label: column} of the Hugging Face dataset (default: label column
+    # "label", every other column a modality).
+    columns: dict[str, str] = {}
+    factory: str | None = None
+    kwargs: dict[str, Any] = {}
+    builtin: BuiltinDataConfig = BuiltinDataConfig()
+    modalities: list[str] | None = None
+    modality_kinds: dict[str, ModalityKindName] = {}
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    max_train: int | None = Field(None, ge=10)
+    # Held-out groups (.npz data): honest numbers on unseen speakers or sites.
+    split_by: GroupSplit | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"data file not found: {value}")
+        return value
+
+    @field_validator("hf")
+    @classmethod
+    def _hf_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"Hugging Face dataset folder not found: {value}")
+        return value
+
+    _factory_syntax = field_validator("factory")(classmethod(lambda cls, v: import_path(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        chosen = [k for k in ("path", "hf", "factory") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one data source, not {' and '.join(chosen)}")
+        if self.columns and self.hf is None:
+            raise ValueError("columns: only for a Hugging Face dataset (data.hf)")
+        if self.split_by is not None and self.source != "npz":
+            raise ValueError("split_by: only for an .npz file (data.path) with {split}_<by> arrays")
+        return self
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``npz``, ``hf`` or ``factory``."""
+        if self.path is not None:
+            return "npz"
+        if self.hf is not None:
+            return "hf"
+        return "factory" if self.factory is not None else "builtin"

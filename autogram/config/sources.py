@@ -1,0 +1,73 @@
+"""Config types of model sources: where a teacher or student comes from, how it is called
+and which of its layers are taps."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import field_validator
+
+from autogram.config.base import Strict as _Strict
+
+ModalityKindName = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector"]
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+
+
+def import_path(value: str | None) -> str | None:
+    """Check the ``package.module:function`` syntax of a factory (None passes)."""
+    if value is not None and not _IMPORT_PATH.match(value):
+        raise ValueError(f"{value!r} is not an import path like 'package.module:function'")
+    return value
+
+
+class TapSpec(_Strict):
+    """One tap named by hand: a module path of the model and the modality it belongs to."""
+
+    name: str
+    module_path: str
+    modality: str
+    # How the module's output is laid out: (B, C, ...) "channels_first", (B, L, D)
+    # "tokens_last", (B, D) "vector"; default: guessed from the module and the output.
+    layout: Literal["channels_first", "tokens_last", "vector"] | None = None
+
+
+class ModelSource(_Strict):
+    """Where a model comes from and how autogram calls it and reads its features.
+
+    ``factory`` unset: the built-in model. Otherwise ``"package.module:function"`` called
+    with ``kwargs`` (a student factory also gets a description of the data first).
+    """
+
+    factory: str | None = None
+    kwargs: dict[str, Any] = {}
+    # "dict": model({modality: tensor}); "kwargs": model(**{inputs[modality]: tensor}).
+    call: Literal["dict", "kwargs"] = "dict"
+    inputs: dict[str, str] = {}
+    # For token modalities under call: kwargs, the argument that gets the padding mask
+    # (token id 0 is padding); default "attention_mask" when the model's forward takes it.
+    attention_mask: dict[str, str] = {}
+    # null: the built-in model's own taps, or "auto" for a factory model.
+    taps: Literal["auto"] | list[TapSpec] | None = None
+    modality_of: dict[str, str] = {}
+    # {modality: module_path} for the cross-modal term (default: each modality's last tap).
+    embeddings: dict[str, str] = {}
+    # Set by the Python API for an in-memory model; a YAML file cannot name one.
+    python: str | None = None
+
+    _factory_syntax = field_validator("factory")(classmethod(lambda cls, v: import_path(v)))
+
+    @property
+    def source(self) -> str:
+        """``builtin``, ``factory`` or ``python``."""
+        if self.python is not None:
+            return "python"
+        return "factory" if self.factory is not None else "builtin"
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the source in provenance and keys."""
+        if self.source == "builtin":
+            return {"source": "builtin"}
+        if self.source == "python":
+            return {"source": "python", "object": self.python}
+        return {"source": "factory", "factory": self.factory, "kwargs": self.kwargs}

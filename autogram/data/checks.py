@@ -1,0 +1,46 @@
+"""What every data source checks the same way: a modality's kind and shape, finite values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autogram.config import ConfigError
+
+
+def infer_kind(
+    name: str, sample_shape: tuple[int, ...], integer: bool, declared: str | None, where: str
+) -> tuple[str, tuple[int, ...]]:
+    """(kind, model-ready per-sample shape) of a modality from one sample's shape and dtype.
+
+    Integer 1-D: tokens. Float 1-D: a vector (or a declared waveform). 2-D: a grid (image, or
+    a declared spectrogram) that gets a channel axis, (1, H, W). 3-D: (C, H, W). 4-D: video.
+    """
+    dims = len(sample_shape)
+    if integer and dims == 1 and declared in (None, "tokens"):
+        return "tokens", sample_shape
+    if declared == "tokens":
+        raise ConfigError(f"{where}: data.modality_kinds.{name}: tokens need a 1-D integer array per sample")
+    default = {1: "vector", 2: "image", 3: "image", 4: "video"}.get(dims)
+    kind = declared or default
+    if kind is None:
+        raise ConfigError(f"{where}: modality {name!r} has per-sample shape {sample_shape}: expected 1 to 4 dimensions")
+    allowed = {"vector": (1,), "waveform": (1, 2), "image": (2, 3), "spectrogram": (2, 3), "video": (4,)}[kind]
+    if dims not in allowed:
+        raise ConfigError(
+            f"{where}: data.modality_kinds.{name}: {kind} needs {' or '.join(f'{d}-D' for d in allowed)} "
+            f"samples, got shape {sample_shape}"
+        )
+    shape = (1, *sample_shape) if kind in ("image", "spectrogram") and dims == 2 else sample_shape
+    return kind, shape
+
+
+def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
+    """Refuse NaN or inf in a float modality: it would train silently into garbage."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad)) + offset
+            raise ConfigError(
+                f"{what} has NaN or inf values in {int(bad.sum())} sample(s) (first: sample {first}); "
+                "clean or drop them"
+            )

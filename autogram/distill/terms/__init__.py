@@ -1,0 +1,46 @@
+"""Loss terms: one module per term, registered by name (see :mod:`autogram.distill.terms.base`).
+
+Importing this package registers the built-in terms in a fixed order (``ce``, ``kd``, ``gram``,
+``xmodal``): the objective sums them in that order, so totals are reproducible.
+"""
+
+from autogram.distill.terms.base import (
+    TERMS,
+    Batch,
+    LossTerm,
+    TermSetup,
+    active_terms,
+    register_term,
+    searched_weights,
+    teacher_uses,
+    term_weight,
+    unregister_term,
+    weight_param,
+)
+
+# isort: off
+# Registration order is summation order (see above): keep it.
+from autogram.distill.terms.ce import CrossEntropy
+from autogram.distill.terms.kd import HintonKD
+from autogram.distill.terms.gram import Gram
+from autogram.distill.terms.xmodal import CrossModal
+
+# isort: on
+
+__all__ = [
+    "TERMS",
+    "Batch",
+    "CrossEntropy",
+    "CrossModal",
+    "Gram",
+    "HintonKD",
+    "LossTerm",
+    "TermSetup",
+    "active_terms",
+    "register_term",
+    "searched_weights",
+    "teacher_uses",
+    "term_weight",
+    "unregister_term",
+    "weight_param",
+]

@@ -1,0 +1,1 @@
+"""What a search found, for people: the Pareto front and verdict, plots, MLflow records."""

@@ -1,0 +1,155 @@
+"""The search's outcome, read back from its Optuna study: statuses, Pareto front, hypervolume.
+
+Only trials that trained to the end (``ok``) and meet every constraint can be on the
+front; pruned, diverged, failed and infeasible ones never are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from autogram.report.pareto import hypervolume, pareto_front
+from autogram.report.verdict import format_verdict, verdict
+
+
+def trial_status(trial: Any) -> str:
+    """ok, pruned, diverged, failed or infeasible, from the Optuna trial's state and attributes."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.PRUNED:
+        return "pruned"
+    if trial.state != TrialState.COMPLETE:
+        return "failed"
+    status = trial.user_attrs.get("status", "ok")
+    if status != "ok":
+        return status
+    if any(v > 0 for v in trial.constraints.values()):
+        return "infeasible"
+    return "ok"
+
+
+def default_reference(objectives: list[dict[str, str]], rows: list[list[float]]) -> list[float]:
+    """Accuracy and robustness: 0 (maximised) ; cost: 1.1 x the largest cost seen (minimised)."""
+    reference = []
+    for k, objective in enumerate(objectives):
+        if objective["name"] in ("accuracy", "robustness"):
+            reference.append(0.0 if objective["direction"] == "maximize" else 1.0)
+        else:
+            worst = max((row[k] for row in rows), default=1.0)
+            reference.append(worst * 1.1 if objective["direction"] == "minimize" else 0.0)
+    return reference
+
+
+def build_front(
+    study: Any, name: str, objectives: list[dict[str, str]], reference: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The ``front.json`` document for ``study``."""
+    names = [o["name"] for o in objectives]
+    directions = [o["direction"] for o in objectives]
+
+    every = study.get_trials(deepcopy=False)
+    replaced = replaced_numbers(every)  # a failed trial rerun on resume is listed once, as its rerun
+    trials = sorted((t for t in every if t.number not in replaced), key=lambda t: t.number)
+    entries = []
+    for trial in trials:
+        status = trial_status(trial)
+        values = dict(zip(names, trial.values, strict=True)) if trial.values is not None else {}
+        entries.append(
+            {
+                "number": trial.number,
+                "status": status,
+                "params": dict(trial.params),
+                "values": values,
+                "reason": trial.user_attrs.get("reason", ""),
+                "pareto": False,
+                "baseline": trial.user_attrs.get("baseline"),
+            }
+        )
+    ok = [e for e in entries if e["status"] == "ok"]
+    rows = [[e["values"][n] for n in names] for e in ok]
+    for index in pareto_front(rows, directions):
+        ok[index]["pareto"] = True
+    ref = [reference[n] for n in names] if reference else default_reference(objectives, rows)
+    document = {
+        "name": name,
+        "objectives": objectives,
+        "reference_point": ref,
+        "hypervolume": hypervolume(rows, directions, ref) if rows else 0.0,
+        "trials": entries,
+    }
+    document["verdict"] = verdict(document)
+    return document
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write atomically: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2))
+    os.replace(tmp, path)
+
+
+def format_front(document: dict[str, Any]) -> str:
+    """The Pareto front as a text table, best first by the first objective."""
+    names = [o["name"] for o in document["objectives"]]
+    front = [t for t in document["trials"] if t["pareto"]]
+    first = document["objectives"][0]
+    front.sort(key=lambda t: t["values"][names[0]], reverse=first["direction"] == "maximize")
+    counts: dict[str, int] = {}
+    for trial in document["trials"]:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    weight_columns = _weight_columns(document)
+    lines = [
+        f"Pareto front of {document['name']}: {len(front)} of {len(document['trials'])} trials "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+        f"hypervolume {document['hypervolume']:.4g} (reference {document['reference_point']})",
+        "  trial  "
+        + "  ".join(f"{n:>11}" for n in names)
+        + f"  pairs  weights ({'/'.join(c.removeprefix('w_') for c in weight_columns)})  T",
+    ]
+    for trial in front:
+        params = trial["params"]
+        tag = f"  [{trial['baseline']}]" if trial.get("baseline") else ""
+        pair_flags = [v for k, v in params.items() if k.startswith("pair:")]
+        pairs = str(sum(pair_flags)) if pair_flags else "-"
+        weights = "/".join(_fmt(params, w) for w in weight_columns)
+        lines.append(
+            f"  {trial['number']:>5}  "
+            + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
+            + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}{tag}"
+        )
+    judged = format_verdict(verdict(document))
+    return "\n".join(lines + ([judged] if judged else []))
+
+
+def _weight_columns(document: dict[str, Any]) -> list[str]:
+    """``w_<term>`` of the four built-in terms, then of every other term a trial searched (read
+    from the trials' parameters: the process printing the front need not have that term
+    registered, and need not import torch to print it)."""
+    columns = ["w_ce", "w_kd", "w_gram", "w_xmodal"]
+    for trial in document["trials"]:
+        for key in trial["params"]:
+            name = key.removeprefix("use_")
+            if name.startswith("w_") and name not in columns:
+                columns.append(name)
+    return columns
+
+
+def _fmt(params: dict[str, Any], name: str) -> str:
+    if name in params:
+        return f"{params[name]:.3g}"
+    if params.get(f"use_{name}") is False:
+        return "off"
+    return "fixed"
+
+
+def replaced_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of failed trials that a later rerun replaced (see ``AutogramOptunaSearch`` and
+    ``requeue_orphans``; a queued rerun counts once it has run)."""
+    from optuna.trial import TrialState
+
+    return {
+        int(t.user_attrs["replaces"]) for t in trials if "replaces" in t.user_attrs and t.state != TrialState.WAITING
+    }

@@ -1,0 +1,135 @@
+"""Standard recipes run as the first trials of every search, and the verdict against them.
+
+A user runs autogram to learn whether a searched recipe beats what they would have done
+by hand. So each search first runs, with fixed parameters, the plain recipes its space
+allows (``search.baselines``):
+
+- ``ce``: cross-entropy only;
+- ``kd``: Hinton KD (``w_kd`` 1, temperature 4);
+- ``kd_gram_all``: KD + the sample Gram on every candidate pair (``w_gram`` 3000, the
+  similarity-preserving KD paper's weight);
+- ``kd_xmodal``: KD + the cross-modal term (``w_xmodal`` 10).
+
+Every other searched value (learning rate, modality dropout) takes the base config's value.
+A value outside the space's range is clipped into it. The baselines are enqueued in the
+Optuna study (``study.enqueue_trial``), count toward ``--trials``, carry ``baseline=<name>``
+and can be on the front. At the end, :func:`verdict` says which front points dominate each
+baseline, and by how much.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autogram.config import ConfigError, Range, SpaceConfig
+from autogram.study.space import pair_param
+
+log = logging.getLogger("autogram")
+BASELINES = ("ce", "kd", "kd_gram_all", "kd_xmodal")
+# The recipes' fixed values (clipped into the space's ranges).
+RECIPES: dict[str, dict[str, float]] = {
+    "ce": {},
+    "kd": {"w_kd": 1.0},
+    "kd_gram_all": {"w_kd": 1.0, "w_gram": 3000.0},
+    "kd_xmodal": {"w_kd": 1.0, "w_xmodal": 10.0},
+}
+TEMPERATURE = 4.0
+
+
+def _fixed_value(name: str, wanted: float, value: float | Range) -> tuple[dict[str, Any], str]:
+    """The parameters that set searched term weight ``name`` (space entry ``value``) to ``wanted``
+    (0: off); "" or why it cannot."""
+    if isinstance(value, Range):
+        if wanted == 0:
+            return ({f"use_{name}": False}, "") if value.optional else ({}, f"{name} cannot be switched off")
+        clipped = min(max(wanted, value.low), value.high)
+        params: dict[str, Any] = {f"use_{name}": True} if value.optional else {}
+        if value.low != value.high:
+            params[name] = clipped
+        return params, ""
+    if (value == 0) != (wanted == 0):
+        return {}, f"{name} is fixed at {value:g}"
+    return {}, ""
+
+
+def _plain(name: str, space: SpaceConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """Temperature, learning rate, modality dropout, input noise and Gram kind at the recipe's values."""
+    params: dict[str, Any] = {}
+    wanted = {
+        "temperature": TEMPERATURE,
+        "lr": base.get("train", {}).get("lr", 3e-3),
+        "modality_dropout": base.get("train", {}).get("modality_dropout", 0.0),
+        "input_noise": base.get("train", {}).get("input_noise", 0.0),
+    }
+    for key, target in wanted.items():
+        value = getattr(space, key)
+        if isinstance(value, Range) and value.low != value.high:
+            params[key] = min(max(float(target), value.low), value.high)
+    if isinstance(space.gram_kind, list) and len(space.gram_kind) > 1:
+        params["gram_kind"] = "sample" if "sample" in space.gram_kind else space.gram_kind[0]
+    return params
+
+
+def baseline_params(
+    name: str, space: SpaceConfig, candidates: list[str], base: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """The fixed Optuna parameters of baseline ``name``, or ``({}, why the space does not allow it)``."""
+    recipe = RECIPES[name]
+    params = _plain(name, space, base)
+    from autogram.distill.terms import searched_weights, weight_param
+
+    # Every registered term but cross-entropy takes the recipe's weight (0 when the recipe does
+    # not name it): a term added to the registry is off in every baseline, never sampled.
+    for term, value in searched_weights(space).items():
+        if term == "ce":
+            continue
+        param = weight_param(term)
+        fixed, why = _fixed_value(param, recipe.get(param, 0.0), value)
+        if why:
+            return {}, why
+        params.update(fixed)
+    gram_on = recipe.get("w_gram", 0.0) > 0
+    if gram_on:
+        if not candidates:
+            return {}, "there are no candidate pairs"
+        if space.max_pairs is not None and space.max_pairs < len(candidates):
+            return {}, f"max_pairs ({space.max_pairs}) is below the {len(candidates)} candidate pairs"
+    if gram_on:  # every candidate pair on (the flags are only suggested while the term is on)
+        params.update({pair_param(c): 1 for c in candidates})
+    return params, ""
+
+
+def plan_baselines(
+    names: list[str] | None, space: SpaceConfig, candidates: list[str], base: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``{baseline: fixed params}``: every standard recipe the space allows when ``names`` is
+    None; the named ones otherwise (one the space does not allow is a ConfigError)."""
+    planned = {}
+    for name in BASELINES if names is None else names:
+        params, why = baseline_params(name, space, candidates, base)
+        if why:
+            if names is not None:
+                raise ConfigError(f"search.baselines: {name} is not in this search space: {why}")
+            log.info("baseline %s skipped: %s", name, why)
+            continue
+        planned[name] = params
+    return planned
+
+
+def enqueue_baselines(study: Any, planned: dict[str, dict[str, Any]], trials: int) -> list[str]:
+    """Enqueue the baselines as the study's first trials, at most ``trials`` of them (an
+    enqueued trial never asked would end as a failed one), and not again on a resumed study;
+    returns the names enqueued."""
+    if not planned or study.get_trials(deepcopy=False):
+        return []
+    names = list(planned)[:trials]
+    if len(names) < len(planned):
+        log.warning(
+            "only %d trial(s): baselines %s left out (raise --trials to run them)",
+            trials,
+            ", ".join(list(planned)[trials:]),
+        )
+    for name in names:
+        study.enqueue_trial(planned[name], user_attrs={"baseline": name}, skip_if_exists=False)
+    return names

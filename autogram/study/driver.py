@@ -1,0 +1,325 @@
+"""The search driver: Ray Tune runs the trials, Optuna (in an RDB storage) chooses them.
+
+Everything that can be wrong with the search space is checked before Ray starts. The
+teacher is trained (or found) once, here, and shipped to workers as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError
+from autogram.study.plan import FRONT_FILE, SPEC_FILE, STUDY_FILE, SearchPlan, plan_search
+from autogram.study.resume import TUNE_DIR, TUNE_NOISE, SearchInterrupted, interrupted, requeue_lost_trials
+
+__all__ = ["FRONT_FILE", "SPEC_FILE", "STUDY_FILE", "SearchPlan", "plan_search", "run_search"]
+
+log = logging.getLogger("autogram")
+
+
+def _trainable(
+    plan: SearchPlan,
+    data: Any,
+    blob: bytes | None,
+    cache_dir: Path | None,
+    teacher: Any,
+    finished: frozenset[str] = frozenset(),
+) -> Any:
+    from dataclasses import replace
+
+    from ray import tune
+
+    from autogram.study.worker import trainable
+
+    resources = plan.config.search.resources
+    shipped = dict(plan.python_objects or {})
+    if cache_dir is not None:  # trials read the cache: an in-memory teacher need not travel
+        shipped.pop(plan.config.teacher.python or "", None)
+    # Through the object store, once per worker: data, the built-in teacher's bytes, the
+    # teacher's taps and key (all a trial reading the cache needs), in-memory user objects.
+    fn = tune.with_parameters(
+        trainable,
+        base=plan.base,
+        space=plan.config.search.space,
+        candidates=plan.candidates,
+        data=data,
+        teacher_blob=blob,
+        teacher_meta=replace(teacher, model=None),
+        python_objects=shipped,
+        cpus=resources.cpu,
+        gpus=resources.gpu,
+        cache_dir=str(cache_dir.resolve()) if cache_dir else None,
+        finished=finished,
+    )
+    return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def _tuner(plan: SearchPlan, trainable: Any) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from autogram.study.callbacks import DriverCallback
+    from autogram.study.optuna_search import AutogramOptunaSearch, make_sampler
+    from autogram.study.space import SpaceSampler
+
+    search = plan.config.search
+    searcher = AutogramOptunaSearch(
+        space=SpaceSampler(search.space, plan.candidates),
+        metric=[o.name for o in search.objectives],
+        mode=["max" if o.direction == "maximize" else "min" for o in search.objectives],
+        sampler=make_sampler(search.sampler, search.seed, search.trials),
+        study_name=plan.name,
+        storage=optuna.storages.RDBStorage(plan.storage_url),
+        constraints=search.parsed_constraints(),
+    )
+    from autogram.study.baselines import enqueue_baselines
+
+    enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials)
+    if enqueued:
+        log.info("baselines first: %s", ", ".join(enqueued))
+    scheduler = None
+    if search.early_stopping is not None:
+        stop = search.early_stopping
+        # Per-epoch reports are iterations 1..epochs, the final scored report is epochs + 1.
+        scheduler = tune.schedulers.ASHAScheduler(
+            metric=stop.metric,
+            mode=stop.mode,
+            max_t=plan.config.train.epochs + 1,
+            grace_period=stop.grace_period,
+            reduction_factor=stop.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=search.trials,
+            max_concurrent_trials=search.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(plan.directory),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            # Only Ray's JSON logger (its result grid reads result.json): with the default set,
+            # the TensorBoard logger warns "Summary name ... is illegal" for names like noise@0.5.
+            callbacks=[DriverCallback(str(plan.directory)), JsonLoggerCallback()],
+            verbose=0,
+        ),
+    )
+
+
+def _space_summary(plan: SearchPlan) -> dict[str, Any]:
+    search = plan.config.search
+    params: dict[str, Any] = {f"space.{k}": json.dumps(v) for k, v in search.space.model_dump(mode="json").items()}
+    params.update(
+        {
+            "sampler": search.sampler,
+            "seed": search.seed,
+            "trials": search.trials,
+            "concurrency": search.concurrency,
+            "objectives": json.dumps(plan.objectives),
+            "constraints": json.dumps(search.constraints),
+            "early_stopping": json.dumps(search.early_stopping.model_dump() if search.early_stopping else None),
+            "candidate_pairs": json.dumps(plan.candidates),
+            "trial_epochs": plan.config.train.epochs,
+        }
+    )
+    return params
+
+
+def pin_teacher(raw: dict[str, Any], path: str, key: str) -> None:
+    """Pin the search's teacher in an exported config: a built-in one by its checkpoint file,
+    a user's by its key (its factory rebuilds it; changed weights are refused)."""
+    teacher = raw["teacher"]
+    if teacher.get("factory") is None and teacher.get("python") is None:
+        teacher["checkpoint"] = path
+    teacher["checkpoint_key"] = key or None
+
+
+def _pareto_configs(plan: SearchPlan, study: Any, document: dict[str, Any], teacher: Any) -> dict[int, dict]:
+    """A self-contained training config for each Pareto point (teacher pinned)."""
+    from autogram.study.space import trial_config
+
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    configs = {}
+    for entry in document["trials"]:
+        if entry["pareto"]:
+            raw = trial_config(plan.base, params[entry["number"]], plan.config.search.space, plan.candidates)
+            pin_teacher(raw, str(teacher.path or ""), teacher.key)
+            configs[entry["number"]] = raw
+    return configs
+
+
+def run_search(
+    plan: SearchPlan, resume: bool = False, address: str | None = None, track: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the search; writes ``front.json``, logs to MLflow (unless ``track`` is
+    off, as in benchmarks), returns the front."""
+    import optuna
+    import ray
+    from ray import tune
+
+    from autogram.data import load_data
+    from autogram.report.front import build_front, write_json
+    from autogram.report.tracking import SearchTracker, host, temp_artifacts, write_artifacts
+    from autogram.study import callbacks
+    from autogram.study.progress import Progress
+    from autogram.study.ray_setup import CHDIR_ENV, code_path, init_ray, ray_runtime_env
+    from autogram.teacher import ensure_teacher
+    from autogram.tensors.runtime import pick_device
+
+    cfg = plan.config
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    data = plan.data if plan.data is not None else load_data(cfg.data)
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and cfg.search.resources.gpu == 0:
+        log.info(
+            "trials run on the CPU: search.resources.gpu is 0 (the teacher and its cache use the GPU); "
+            "set it to pack trials on the GPU, e.g. --set search.resources.gpu=0.25"
+        )
+    handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)  # once
+    handle.model.to(device)
+    blob = handle.path.read_bytes() if cfg.teacher.source == "builtin" else None
+    cache_dir = None
+    if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
+        from autogram.distill.cache_plan import search_layout
+        from autogram.teacher.cache import ensure_cache
+
+        # Only the taps a candidate pair or the cross-modal term can use, in the forms they need.
+        layout = search_layout(cfg, plan.candidates, handle.taps)
+        root = cfg.teacher.cache_dir / "signals"
+        cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
+    write_json(
+        plan.directory / SPEC_FILE,
+        {
+            "name": plan.name,
+            "config": cfg.model_dump(mode="json"),
+            "candidates": plan.candidates,
+            "teacher": str(handle.path or ""),
+            "teacher_key": handle.key,
+            "teacher_source": handle.source,
+            "storage": plan.storage_url,
+            "tracking_uri": plan.tracking_uri,
+            "experiment": plan.experiment,
+        },
+    )
+    from autogram.study import tune_state
+
+    if resume:
+        try:  # before anything reads Ray's state: a file cut by the kill goes back one save
+            tune_state.repair(plan.directory / TUNE_DIR)
+        except tune_state.TuneStateError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+    # MLflow's database and experiment exist before any trial starts; only this process writes.
+    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory) if track else None
+    if tracker is not None:
+        tracker.start_parent(
+            _space_summary(plan),
+            {
+                "optuna_storage": plan.storage_url,
+                "host": host(),
+                "teacher_checkpoint": str(handle.path or ""),
+                "teacher_key": handle.key,
+                "teacher_source": json.dumps(handle.source, default=str),
+            },
+            resume=resume,
+        )
+    # Save the experiment state at every controller step, so a killed driver resumes
+    # without rerunning a trial that had already finished.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Per-epoch reports carry only the training curve; the objectives come in the final one.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Trials run in the driver's working directory, not one folder per trial: relative paths
+    # in the config (data, python_path, a factory's kwargs) mean the same on every worker.
+    os.environ.setdefault(CHDIR_ENV, "0")
+    # Results go to Optuna, MLflow and trials.jsonl; of Ray's default loggers only the JSON one
+    # is kept (see _tuner): TensorBoard's warns once per metric per trial on names like noise@0.5.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    key = str(plan.directory)
+    from autogram.study.optuna_search import finished_trials
+
+    finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
+    if resume:
+        requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
+    callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])], finished)
+    restore = code_path(plan, address)
+    try:
+        if not ray.is_initialized():  # a cluster (--address) was joined while planning
+            init_ray(address, ray_runtime_env(cfg, address))
+        log.info(
+            "search %s: %d trials, concurrency %d, sampler %s -> %s",
+            plan.name,
+            cfg.search.trials,
+            cfg.search.concurrency,
+            cfg.search.sampler,
+            plan.directory,
+        )
+        trainable = _trainable(plan, data, blob, cache_dir, handle, finished)
+        if resume:
+            tune_path = str(plan.directory / TUNE_DIR)
+            if not tune.Tuner.can_restore(tune_path):
+                raise ConfigError(f"--resume: {tune_path} has no restorable Ray Tune state")
+            log.info("resuming from %s", tune_path)
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = _tuner(plan, trainable)
+        logging.getLogger("ray.tune.tune").addFilter(TUNE_NOISE)  # adds it once per process
+        tune_state.keep_in(plan.directory / TUNE_DIR)
+        if interrupted(tuner.fit(), cfg.search.trials):
+            # Trials cut now stay RUNNING in the study (not failed): the resume reruns them and
+            # tells their results, and the baselines never started stay queued for it.
+            raise SearchInterrupted(plan.directory, plan.name)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.abort("KILLED" if isinstance(exc, SearchInterrupted | KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        tune_state.keep_in(None)
+        callbacks.unregister(key)
+        if address is None and ray.is_initialized():
+            ray.shutdown()
+        for name, value in (restore or {}).items():
+            if value:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
+    from autogram.study.optuna_search import close_stale_trials
+
+    stale = close_stale_trials(plan.storage_url, plan.name)
+    if stale:
+        log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
+    study = optuna.load_study(study_name=plan.name, storage=plan.storage_url)
+    document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
+    document["wall_seconds"] = round(time.perf_counter() - started, 2)
+    write_json(plan.directory / FRONT_FILE, document)
+    if document["verdict"]:
+        from autogram.report.verdict import format_verdict
+
+        log.info("%s", format_verdict(document["verdict"]))
+    if tracker is None:
+        return document
+    with temp_artifacts() as artifacts:
+        history = write_artifacts(
+            document, study, plan.candidates, _pareto_configs(plan, study, document, handle), artifacts
+        )
+        shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
+        tracker.finish(document, history, artifacts)
+    log.info(
+        "wrote %s (wall time %.1fs); MLflow run %s",
+        plan.directory / FRONT_FILE,
+        document["wall_seconds"],
+        tracker.parent_id,
+    )
+    return document

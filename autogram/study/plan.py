@@ -1,0 +1,127 @@
+"""Planning a search: everything that can be wrong with it is checked before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError, TrialConfig
+from autogram.study.resume import TUNE_DIR
+
+log = logging.getLogger("autogram")
+STUDY_FILE = "optuna.db"
+FRONT_FILE = "front.json"
+SPEC_FILE = "search.json"
+
+
+@dataclass
+class SearchPlan:
+    """A validated search, ready to launch."""
+
+    config: TrialConfig
+    base: dict[str, Any]
+    candidates: list[str]
+    directory: Path
+    name: str
+    tracking_uri: str = ""
+    experiment: str = ""
+    # Resolved while planning, reused by the run: the data and, for a user's teacher, the
+    # loaded teacher (a built-in one is trained or found when the search starts).
+    data: Any = None
+    teacher: Any = None
+    # In-memory objects of the Python API, by the names the config's ``python:`` fields hold.
+    python_objects: dict[str, Any] | None = None
+    # Other user objects whose code workers must import (the Python API's datasets).
+    code_targets: list[Any] | None = None
+    # The standard recipes run first: {baseline name: fixed Optuna parameters}.
+    baselines: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna RDB storage of this search: ``search.storage`` (its password, if any, moved
+        to the environment while planning), else an sqlite file in the search's folder."""
+        return self.config.search.storage or f"sqlite:///{(self.directory / STUDY_FILE).resolve()}"
+
+    @property
+    def objectives(self) -> list[dict[str, str]]:
+        """Objectives as plain dicts, in order."""
+        return [o.model_dump() for o in self.config.search.objectives]
+
+
+def plan_search(
+    cfg: TrialConfig,
+    name: str | None,
+    out: Path,
+    resume: bool,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    data: Any = None,
+    address: str | None = None,
+) -> SearchPlan:
+    """Validate the space against the real taps and the search directory; raises ConfigError.
+
+    ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
+    """
+    from autogram.models import resolve_pairs
+    from autogram.study.cluster import check_execution
+    from autogram.study.space import gram_possible
+    from autogram.tensors.runtime import pick_device
+    from autogram.trial import prepare
+
+    spec = (out / (name or cfg.name or "") / SPEC_FILE).resolve()
+    if resume and not cfg.search.storage and spec.is_file():  # resume against the study's own database
+        recorded = json.loads(spec.read_text()).get("config", {}).get("search", {}).get("storage")
+        if recorded:
+            cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": recorded})})
+    # Devices, storage and cluster first: a bad one fails in seconds, before models are built.
+    cfg = check_execution(cfg, out, address)
+    space = cfg.search.space
+    parts = prepare(cfg, pick_device(cfg.device), data)
+    try:
+        pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
+    candidates = [p.name for p in pairs]
+    if gram_possible(space) and space.min_pairs > len(candidates):
+        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
+    if space.max_pairs is not None and space.max_pairs > len(candidates):
+        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {len(candidates)} candidate pairs")
+    name = name or cfg.name
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--name: {name!r} is not a usable directory name")
+    directory = (out / name).resolve()
+    if resume:
+        if not (directory / TUNE_DIR).is_dir():
+            raise ConfigError(f"--resume: no search to resume in {directory}")
+    elif directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
+    if cfg.teacher.cache:  # a cache too big for the disk is refused now, before anything is built
+        from autogram.distill.cache_plan import search_layout
+        from autogram.teacher.cache import check_cache_size
+
+        layout = search_layout(cfg, candidates, parts["teacher_taps"])
+        if all(t.shape for t in layout.taps):
+            train = parts["data"].splits["train"]
+            check_cache_size(layout, len(train), parts["data"].num_classes, cfg.teacher.cache_max_gb)
+    base = cfg.model_dump(mode="json", exclude={"search"})
+    from autogram.study.baselines import plan_baselines
+
+    baselines = plan_baselines(cfg.search.baselines, space, candidates, base)
+    from autogram.config.credentials import tracking_url
+    from autogram.report.tracking import tracking_uri as resolve_uri
+
+    return SearchPlan(
+        config=cfg,
+        base=base,
+        candidates=candidates,
+        directory=directory,
+        name=name,
+        tracking_uri=tracking_url(resolve_uri(tracking_uri)),
+        experiment=experiment or cfg.search.experiment or cfg.name,
+        data=parts["data"],
+        teacher=parts["teacher"],
+        baselines=baselines,
+    )

@@ -1,0 +1,149 @@
+"""The search space: YAML ranges -> define-by-run Optuna suggestions -> a trial config.
+
+A layer subset is one fixed 0/1 parameter per candidate pair, ``pair:<student>:<teacher>``
+(Optuna cannot take lists, and a categorical whose choices change between trials is
+refused). A selection outside ``min_pairs``..``max_pairs`` is not repaired: the trial is
+reported as ``infeasible`` without training and told to Optuna as violating the
+``valid`` constraint, so the sampler learns to avoid it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from autogram.config import Range, SpaceConfig
+
+PAIR_PREFIX = "pair:"
+# Searched name -> (config section, field); the loss terms' weights come first (see _targets).
+_TARGETS = {
+    "temperature": ("distill", "temperature"),
+    "gram_kind": ("distill", "gram_kind"),
+    "lr": ("train", "lr"),
+    "modality_dropout": ("train", "modality_dropout"),
+    "input_noise": ("train", "input_noise"),
+}
+
+
+def _targets(space: SpaceConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """``(parameter, fixed value or Range, config path)`` of everything the space sets: each
+    registered loss term's weight (``w_<term>``), then the other searched values."""
+    from autogram.distill.terms import TERMS, searched_weights, weight_param
+
+    out: list[tuple[str, Any, tuple[str, ...]]] = []
+    for term, value in searched_weights(space).items():
+        legacy = TERMS[term].legacy_field
+        # A built-in term keeps writing its w_* field (so trial configs are as before);
+        # a new term, or one set through search.space.weights, writes distill.weights.
+        path = ("distill", legacy) if legacy and term not in space.weights else ("distill", "weights", term)
+        out.append((weight_param(term), value, path))
+    out += [(name, getattr(space, name), target) for name, target in _TARGETS.items()]
+    return out
+
+
+def pair_param(pair_name: str) -> str:
+    """The 0/1 parameter that switches a candidate pair on."""
+    return f"{PAIR_PREFIX}{pair_name}"
+
+
+class SpaceSampler:
+    """A picklable define-by-run function: suggests every searched value on an Optuna trial."""
+
+    def __init__(self, space: SpaceConfig, candidates: list[str]) -> None:
+        self.space = space
+        self.candidates = list(candidates)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        """Suggest on ``trial``; returns the fixed (unsearched) values to add to the config."""
+        fixed: dict[str, Any] = {}
+        gram_on = gram_possible(self.space)
+        for name, value, _ in _targets(self.space):
+            if value is None:
+                continue
+            if isinstance(value, Range):
+                if value.optional and not trial.suggest_categorical(f"use_{name}", [True, False]):
+                    gram_on = gram_on and name != "w_gram"
+                    continue
+                if value.low == value.high:
+                    fixed[name] = value.low
+                else:
+                    trial.suggest_float(name, value.low, value.high, log=value.log)
+            elif isinstance(value, list):
+                if len(value) == 1:
+                    fixed[name] = value[0]
+                else:
+                    trial.suggest_categorical(name, list(value))
+            else:
+                fixed[name] = value
+        if gram_on:  # the subset only means something when the Gram term is on
+            for pair in self.candidates:
+                trial.suggest_int(pair_param(pair), 0, 1)
+        # Not parameters: let the driver name MLflow runs after Optuna's trial number, and
+        # tag the standard recipes enqueued first (autogram/study/baselines.py).
+        fixed["trial_number"] = trial.number
+        if trial.user_attrs.get("baseline"):
+            fixed["baseline"] = trial.user_attrs["baseline"]
+        return fixed
+
+
+def selected_pairs(params: dict[str, Any], candidates: list[str]) -> list[str]:
+    """The candidate pairs whose 0/1 parameter is 1, in candidate order."""
+    return [p for p in candidates if int(params.get(pair_param(p), 0)) == 1]
+
+
+def gram_weight(space: SpaceConfig) -> float | Range:
+    """The Gram term's weight in the space (``search.space.weights.gram`` wins over ``w_gram``)."""
+    from autogram.distill.terms import searched_weights
+
+    return searched_weights(space).get("gram", 0.0)
+
+
+def gram_possible(space: SpaceConfig) -> bool:
+    """Whether any point of the space can use the Gram term (so tap pairs are searched)."""
+    return gram_weight(space) != 0
+
+
+def gram_enabled(params: dict[str, Any], space: SpaceConfig) -> bool:
+    """Whether the sampled point uses the Gram term at all (so pair bounds apply)."""
+    weight = gram_weight(space)
+    if isinstance(weight, Range):
+        return not weight.optional or bool(params.get("use_w_gram"))
+    return weight != 0
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfig, candidates: list[str]) -> dict:
+    """The raw trial config: ``base`` with every sampled or fixed value written in.
+
+    A range marked ``optional`` whose flag is off becomes 0 (the term is skipped).
+    """
+    raw = copy.deepcopy(base)
+    for name, value, path in _targets(space):
+        if value is None:
+            continue  # not part of the space: the config's own value stands
+        if name in params:
+            chosen = params[name]
+        elif isinstance(value, Range) and value.optional and not params.get(f"use_{name}", False):
+            chosen = 0.0
+        elif isinstance(value, Range):
+            chosen = value.low
+        elif isinstance(value, list):
+            chosen = value[0]
+        else:
+            chosen = value
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = chosen
+    raw.setdefault("distill", {})["pairs"] = selected_pairs(params, candidates)
+    return raw
+
+
+def pair_violation(params: dict[str, Any], space: SpaceConfig, candidates: list[str]) -> str:
+    """Why the selected subset breaks ``min_pairs``/``max_pairs`` ("" when it does not)."""
+    if not gram_enabled(params, space):
+        return ""
+    count = len(selected_pairs(params, candidates))
+    upper = space.max_pairs if space.max_pairs is not None else len(candidates)
+    if count < space.min_pairs or count > upper:
+        return f"{count} tap pairs selected, outside min_pairs..max_pairs = {space.min_pairs}..{upper}"
+    return ""
