@@ -104,3 +104,34 @@ def test_truncated_or_corrupt_cache_is_detected_and_rebuilt(
         open_cache(directory)
     _setup(cfg, tmp_path)
     assert open_cache(directory)
+
+
+def test_every_registered_term_reads_the_same_from_its_own_cache_as_from_the_live_teacher(
+    tiny_config: TrialConfig, tmp_path: Path
+) -> None:
+    """Each registered term alone (the Gram term in both kinds), its cache laid out by the
+    cache plan from what the term says it reads, at float32 and without sketches: the first
+    step's value matches the live teacher's within the exact rows' tolerance (test_sketch.py
+    holds the tolerances of float16 and sketched caches)."""
+    from autogram.distill.cache_plan import layout_for, trial_uses
+    from autogram.distill.terms import TERMS
+
+    handle = None
+    for name in TERMS:
+        for kind in ("sample", "channel") if name == "gram" else ("sample",):
+            raw = tiny_config.model_dump(mode="json")
+            raw["distill"].update({"w_ce": 0.0, "w_kd": 0.0, "w_gram": 0.0, "w_xmodal": 0.0, "gram_kind": kind})
+            raw["distill"]["weights"] = {name: 1.0}
+            raw["teacher"].update(cache_precision="float32", cache_sketch=0)
+            cfg = validate(raw)
+            parts = prepare(cfg, CPU)
+            handle = handle or ensure_teacher(cfg.teacher, parts["data"], CPU)
+            parts = prepare(cfg, CPU, parts["data"], handle)
+            torch.manual_seed(0)
+            objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+            assert list(objective.terms) == [name]
+            layout = layout_for(cfg, parts["teacher_taps"], trial_uses(cfg, parts))
+            directory = ensure_cache(handle.model, handle.key, parts["data"], layout, CPU, tmp_path / name / kind)
+            cached = CachedTeacher(directory, objective.teacher_taps, CPU, uses=objective.teacher_uses)
+            terms = first_step_terms(cfg, parts, handle, objective, cached)
+            assert terms["cache"][name] == pytest.approx(terms["live"][name], rel=1e-5, abs=1e-7), (name, kind)

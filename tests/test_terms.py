@@ -153,3 +153,46 @@ def test_the_front_prints_a_column_for_every_searched_term_weight() -> None:
     # The term need not be registered in the process that prints the front.
     text = format_front(document)
     assert "weights (ce/kd/gram/xmodal/toy_cosine)" in text and "fixed/2/off/off/0.25" in text, text
+
+
+@pytest.mark.slow
+def test_a_term_defined_outside_autogram_is_searched_on_ray_workers(
+    tmp_path: Path, teacher_cache: Path, toy_term: type
+) -> None:
+    """The toy term is registered in this test module only; a real 2-trial search (local Ray,
+    sqlite Optuna and MLflow stores) samples its weight, and each worker process trains with it
+    (an unknown term would fail the trial) and logs its curve."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    import autogram
+    from tests.conftest import tiny_raw
+
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {
+        "trials": 2,
+        "concurrency": 1,
+        "sampler": "random",
+        "baselines": [],
+        "space": {"w_kd": 0, "w_gram": 0, "w_xmodal": 0, "weights": {"toy_cosine": {"low": 0.5, "high": 2.0}}},
+    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    front = autogram.search(validate(raw), name="toy", out=tmp_path / "runs", tracking_uri=uri)
+    assert [t["status"] for t in front["trials"]] == ["ok", "ok"], front["trials"]
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'runs' / 'toy' / 'optuna.db'}")
+    weights = [t.params["w_toy_cosine"] for t in study.trials]
+    assert len(weights) == 2 and all(0.5 <= w <= 2.0 for w in weights) and weights[0] != weights[1]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("autogram").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    assert all(any("toy_cosine" in key for key in r.data.metrics) for r in children), [r.data.metrics for r in children]
+
+
+def test_an_unregistered_term_in_the_search_space_is_a_one_line_error() -> None:
+    """Not a weight silently left out of every trial (a worker without the term did just that)."""
+    from autogram.config import SpaceConfig
+    from autogram.distill.terms import searched_weights
+
+    with pytest.raises(ConfigError, match="search.space.weights: unknown loss term 'nosuch'"):
+        searched_weights(SpaceConfig(weights={"nosuch": 1.0}))

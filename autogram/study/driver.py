@@ -35,7 +35,7 @@ def _trainable(
 
     from ray import tune
 
-    from autogram.study.worker import trainable
+    from autogram.study.worker import pack_terms, trainable
 
     resources = plan.config.search.resources
     shipped = dict(plan.python_objects or {})
@@ -56,6 +56,7 @@ def _trainable(
         gpus=resources.gpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
         finished=finished,
+        terms=pack_terms(),  # loss terms registered here but defined outside autogram
     )
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
@@ -195,7 +196,7 @@ def run_search(
         from autogram.teacher.cache import ensure_cache
 
         # Only the taps a candidate pair or the cross-modal term can use, in the forms they need.
-        layout = search_layout(cfg, plan.candidates, handle.taps)
+        layout = search_layout(cfg, plan.setup, handle.taps)
         root = cfg.teacher.cache_dir / "signals"
         cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
     write_json(

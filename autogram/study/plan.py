@@ -38,6 +38,9 @@ class SearchPlan:
     code_targets: list[Any] | None = None
     # The standard recipes run first: {baseline name: fixed Optuna parameters}.
     baselines: dict[str, dict[str, Any]] | None = None
+    # The candidate pairs and embeddings as the loss terms see them (a TermSetup): what the
+    # search's teacher cache must serve follows from it.
+    setup: Any = None
 
     @property
     def storage_url(self) -> str:
@@ -65,6 +68,7 @@ def plan_search(
 
     ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
     """
+    from autogram.distill.terms import TermSetup
     from autogram.models import resolve_pairs
     from autogram.study.cluster import check_execution
     from autogram.study.space import gram_possible
@@ -85,6 +89,7 @@ def plan_search(
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
     candidates = [p.name for p in pairs]
+    setup = TermSetup(pairs, parts["student_embeds"], parts["teacher_embeds"])
     if gram_possible(space) and space.min_pairs > len(candidates):
         raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
     if space.max_pairs is not None and space.max_pairs > len(candidates):
@@ -102,7 +107,7 @@ def plan_search(
         from autogram.distill.cache_plan import search_layout
         from autogram.teacher.cache import check_cache_size
 
-        layout = search_layout(cfg, candidates, parts["teacher_taps"])
+        layout = search_layout(cfg, setup, parts["teacher_taps"])
         if all(t.shape for t in layout.taps):
             train = parts["data"].splits["train"]
             check_cache_size(layout, len(train), parts["data"].num_classes, cfg.teacher.cache_max_gb)
@@ -124,4 +129,5 @@ def plan_search(
         data=parts["data"],
         teacher=parts["teacher"],
         baselines=baselines,
+        setup=setup,
     )

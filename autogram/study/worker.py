@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def trainable(
     gpus: float = 0.0,
     cache_dir: str | None = None,
     finished: frozenset[str] = frozenset(),
+    terms: bytes | None = None,
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
     import ray
@@ -85,6 +87,7 @@ def trainable(
         tune.report({FINAL: True, "status": "already_finished"})
         return
     PYTHON_OBJECTS.update(python_objects or {})
+    _register_terms(terms)
     logging.getLogger("autogram").setLevel(logging.WARNING)
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; size torch's pool to match on purpose.
     torch.set_num_threads(max(1, int(cpus)))
@@ -126,6 +129,39 @@ def trainable(
     final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     final.update(worker_pid=os.getpid(), warm_start=warm, node_id=ray.get_runtime_context().get_node_id())
     tune.report(final)
+
+
+def pack_terms() -> bytes | None:
+    """The registered loss terms defined outside autogram, pickled by value for the workers
+    (their module, a user's script or a test, need not be importable there); None if none."""
+    from ray import cloudpickle
+
+    from autogram.distill.terms import outside_terms
+
+    classes = outside_terms()
+    if not classes:
+        return None
+    modules = {sys.modules[c.__module__] for c in classes if c.__module__ != "__main__" and c.__module__ in sys.modules}
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(classes)
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _register_terms(blob: bytes | None) -> None:
+    """Register the driver's own terms in this worker, in the driver's order (once per process)."""
+    if blob is None:
+        return
+    from ray import cloudpickle
+
+    from autogram.distill.terms import TERMS, register_term
+
+    for cls in cloudpickle.loads(blob):
+        if cls.name not in TERMS:
+            register_term(cls)
 
 
 def _trial_device(requested: str, gpus: float) -> Any:

@@ -84,6 +84,16 @@ class LossTerm:
         """What each teacher tap is read for (``sample``/``channel`` Gram, ``xmodal``): the cache keeps those forms."""
         return {}
 
+    @classmethod
+    def search_uses(cls, space: Any, setup: TermSetup) -> dict[str, set[str]]:
+        """What any trial of a search over ``space`` may read from the teacher through this term
+        (``setup``: every candidate pair), so one cache serves them all. By default, what the
+        term reads under the default settings; a term with searched settings of its own widens it."""
+        from autogram.config import DistillConfig
+
+        term = cls(DistillConfig(), setup)
+        return term.teacher_uses() if term.applies() else {}
+
     def modules(self) -> dict[str, nn.Module]:
         """Learned modules, registered on the objective under these names (trained with the student)."""
         return {}
@@ -109,6 +119,12 @@ def register_term(cls: type[LossTerm]) -> type[LossTerm]:
 def unregister_term(name: str) -> None:
     """Remove a term (tests that register a toy term clean up with this)."""
     TERMS.pop(name, None)
+
+
+def outside_terms() -> list[type[LossTerm]]:
+    """Registered terms defined outside autogram (a user's, a test's), in registry order: a Ray
+    worker, a fresh process, knows only autogram's own until these are shipped to it."""
+    return [cls for cls in TERMS.values() if not cls.__module__.startswith("autogram.")]
 
 
 def active_terms(cfg: DistillConfig, setup: TermSetup) -> dict[str, tuple[LossTerm, float]]:
@@ -143,7 +159,13 @@ def term_weight(cfg: DistillConfig, name: str) -> float:
 
 def searched_weights(space: Any) -> dict[str, Any]:
     """``{term: fixed weight or Range}`` of every registered term the search space sets, in
-    registry order: the legacy fields of the built-in terms, then ``search.space.weights``."""
+    registry order: the legacy fields of the built-in terms, then ``search.space.weights``.
+    A name no term is registered under is an error, not a weight silently left out."""
+    unknown = sorted(set(space.weights) - set(TERMS))
+    if unknown:
+        from autogram.config import ConfigError
+
+        raise ConfigError(f"search.space.weights: unknown loss term {unknown[0]!r} (registered: {', '.join(TERMS)})")
     out: dict[str, Any] = {}
     for name, cls in TERMS.items():
         if name in space.weights:

@@ -4,6 +4,7 @@ similarity-preserving KD) or per channel (``channel``, the C x C style Gram)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,12 @@ class Gram(LossTerm):
     def teacher_uses(self) -> dict[str, set[str]]:
         """Each paired teacher tap, read for this Gram kind."""
         return {p.teacher.name: {self.cfg.gram_kind} for p in self.setup.pairs}
+
+    @classmethod
+    def search_uses(cls, space: Any, setup: TermSetup) -> dict[str, set[str]]:
+        """Every candidate pair's teacher tap, in each Gram kind the space allows."""
+        kinds = {space.gram_kind} if isinstance(space.gram_kind, str) else set(space.gram_kind)
+        return {p.teacher.name: set(kinds) for p in setup.pairs}
 
     def compute(self, batch: Batch) -> torch.Tensor:
         """The mean Gram loss over the pairs."""
