@@ -95,7 +95,7 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
     parts = prepare(cfg, pick_device("cpu"))
     from autogram.models import default_pairs
 
-    auto = default_pairs(parts["student_taps"], parts["teacher_taps"])
+    auto = default_pairs(parts.student_taps, parts.teacher_taps)
     if as_json:
 
         def tap_dict(t: Any) -> dict[str, Any]:
@@ -111,22 +111,22 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
         click.echo(
             json.dumps(
                 {
-                    "teacher": [tap_dict(t) for t in parts["teacher_taps"]],
-                    "student": [tap_dict(t) for t in parts["student_taps"]],
+                    "teacher": [tap_dict(t) for t in parts.teacher_taps],
+                    "student": [tap_dict(t) for t in parts.student_taps],
                     "default_pairs": [p.name for p in auto],
-                    "pairs": [p.name for p in parts["pairs"]],
+                    "pairs": [p.name for p in parts.pairs],
                     "cross_modal": {
-                        "student": [t.name for t in parts["student_embeds"].values()],
-                        "teacher": [t.name for t in parts["teacher_embeds"].values()],
+                        "student": [t.name for t in parts.student_embeds.values()],
+                        "teacher": [t.name for t in parts.teacher_embeds.values()],
                     },
                 },
                 indent=2,
             )
         )
         return
-    data = parts["data"]
+    data = parts.data
     click.echo(f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}")
-    for title, taps in (("teacher taps", parts["teacher_taps"]), ("student taps", parts["student_taps"])):
+    for title, taps in (("teacher taps", parts.teacher_taps), ("student taps", parts.student_taps)):
         click.echo(f"\n{title} (name, modality, relative depth, output shape per sample, module path):")
         for tap in taps:
             click.echo(f"  {tap.describe()}")
@@ -135,12 +135,12 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) 
         click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
     if cfg.distill.pairs != "auto":
         click.echo("\nconfigured pairs (distill.pairs):")
-        for pair in parts["pairs"]:
+        for pair in parts.pairs:
             click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
     click.echo(
         "\ncross-modal term taps (embeddings entering fusion): "
-        f"student {', '.join(t.name for t in parts['student_embeds'].values())}; "
-        f"teacher {', '.join(t.name for t in parts['teacher_embeds'].values())}"
+        f"student {', '.join(t.name for t in parts.student_embeds.values())}; "
+        f"teacher {', '.join(t.name for t in parts.teacher_embeds.values())}"
     )
 
 

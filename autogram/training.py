@@ -165,6 +165,22 @@ def _mlflow_run(cfg: TrialConfig, uri: str, experiment: str, run_id: str, config
     return run.info.run_id
 
 
+def _check_start(config: TrialConfig, ckpt_dir: Path, resume: bool) -> None:
+    """Refuse, before anything loads, a run that would overwrite or cannot continue another."""
+    from autogram.models.source import PYTHON_OBJECTS
+
+    if not resume and (ckpt_dir / STATE).is_file():
+        raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
+    if resume:  # a finished or re-budgeted run is refused before anything loads
+        _check_resumable(ckpt_dir, config.train.epochs)
+    for role, source in (("teacher", config.teacher), ("student", config.student)):
+        if source.source == "python" and source.python not in PYTHON_OBJECTS:
+            raise ConfigError(
+                f"{role}.python: this config names an in-memory {role} ({source.python}); train it from Python with "
+                f"autogram.train(config, {role}=...)"
+            )
+
+
 def train(
     config: TrialConfig,
     config_path: str | Path = "train.yaml",
@@ -178,7 +194,7 @@ def train(
     Files go beside ``config_path``: ``<stem>.student.safetensors`` and ``<stem>.checkpoints/``.
     Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
-    from autogram.distill import Objective, train_student
+    from autogram.distill import train_student
     from autogram.report.tracking import client_for, log_metrics
     from autogram.report.tracking import tracking_uri as resolve_uri
     from autogram.tensors.runtime import pick_device
@@ -186,22 +202,11 @@ def train(
 
     config_path = Path(config_path)
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
-    if not resume and (ckpt_dir / STATE).is_file():
-        raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
-    if resume:  # a finished or re-budgeted run is refused before anything loads
-        _check_resumable(ckpt_dir, config.train.epochs)
-    from autogram.models.source import PYTHON_OBJECTS
-
-    for role, source in (("teacher", config.teacher), ("student", config.student)):
-        if source.source == "python" and source.python not in PYTHON_OBJECTS:
-            raise ConfigError(
-                f"{role}.python: this config names an in-memory {role} ({source.python}); train it from Python with "
-                f"autogram.train(config, {role}=...)"
-            )
+    _check_start(config, ckpt_dir, resume)
     device = pick_device(config.device)
     parts = prepare(config, device, data)
-    data, student = parts["data"], parts["student"]
-    objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
+    data, student = parts.data, parts.student
+    objective = parts.objective(config.distill).to(device)
     # The same teacher signals as the trial this config came from (its cache, sketched as the
     # search's was), so a trial's budget reproduces the trial's scores.
     signals, _ = teacher_signals(config, parts, objective, device)
@@ -241,17 +246,7 @@ def train(
         resumed_from_epoch=checkpointer.resumed_from,
         history=outcome.history,
     )
-    final = {
-        "val_accuracy": result.accuracy,
-        "val_robustness": result.robustness,
-        "test_accuracy": result.test_accuracy,
-        "test_robustness": result.test_robustness,
-    }
-    final.update({f"test_corruption/{k}": v for k, v in test_corr.items()})
-    log_metrics(client, run_id, final)
-    client.set_tag(run_id, "status", outcome.status)
-    result.model_uri = _log_model(student, data, uri, run_id, student_path, config)
-    client.set_terminated(run_id, "FINISHED")
+    result.model_uri = _close_run(client, uri, result, student, data, config)
     log.info(
         "test accuracy %.4f, test robustness %.4f; student -> %s; MLflow run %s",
         result.test_accuracy,
@@ -260,6 +255,25 @@ def train(
         run_id,
     )
     return result
+
+
+def _close_run(client: Any, uri: str, result: TrainResult, student: Any, data: Any, config: TrialConfig) -> str:
+    """The run's final scores, status and model in MLflow; returns the model's URI."""
+    from autogram.report.tracking import log_metrics
+
+    run_id = result.mlflow_run_id
+    final = {
+        "val_accuracy": result.accuracy,
+        "val_robustness": result.robustness,
+        "test_accuracy": result.test_accuracy,
+        "test_robustness": result.test_robustness,
+    }
+    final.update({f"test_corruption/{k}": v for k, v in result.test_corruptions.items()})
+    log_metrics(client, run_id, final)
+    client.set_tag(run_id, "status", result.status)
+    model_uri = _log_model(student, data, uri, run_id, Path(result.student_path), config)
+    client.set_terminated(run_id, "FINISHED")
+    return model_uri
 
 
 def _check_resumable(directory: Path, epochs: int) -> None:

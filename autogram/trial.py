@@ -8,9 +8,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autogram.config import TrialConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autogram.config import DistillConfig
+    from autogram.data.base import MultiModalData
+    from autogram.distill import Objective
+    from autogram.distill.terms import TermSetup
+    from autogram.models.taps import Tap, TapPair
+    from autogram.teacher import TeacherHandle
 
 log = logging.getLogger("autogram")
 
@@ -111,13 +121,41 @@ def evaluate_robustness(
     return clean, {name: hits / total for name, hits in correct.items()}
 
 
-def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None) -> dict[str, Any]:
+@dataclass
+class TrialSetup:
+    """What a trial is built from: the data, a fresh student, both models' taps, the pairs the
+    Gram term aligns and the embeddings the cross-modal term reads (``teacher``: the loaded
+    teacher, when it had to be loaded to know its taps)."""
+
+    data: MultiModalData
+    student: nn.Module
+    student_taps: list[Tap]
+    teacher_taps: list[Tap]
+    teacher: TeacherHandle | None
+    pairs: list[TapPair]
+    student_embeds: dict[str, Tap]
+    teacher_embeds: dict[str, Tap]
+
+    def objective(self, distill: DistillConfig) -> Objective:
+        """The objective of ``distill`` on these taps (the one place that builds it)."""
+        from autogram.distill import Objective
+
+        return Objective(distill, self.pairs, self.student_embeds, self.teacher_embeds)
+
+    def term_setup(self, pairs: list[TapPair] | None = None) -> TermSetup:
+        """What the loss terms may align here (``pairs``: other candidates than this trial's)."""
+        from autogram.distill.terms import TermSetup
+
+        return TermSetup(list(self.pairs if pairs is None else pairs), self.student_embeds, self.teacher_embeds)
+
+
+def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None) -> TrialSetup:
     """Load data, build the student and resolve taps and pairs (fails fast on a bad tap name).
 
     ``teacher`` (a :class:`~autogram.teacher.TeacherHandle`) gives the teacher's taps when
     the caller has resolved it; otherwise a built-in teacher's taps come from an untrained
     instance (so a wrong tap name fails before minutes of training) and a user's teacher is
-    loaded here (returned as ``parts["teacher"]``).
+    loaded here (returned as ``TrialSetup.teacher``).
     """
     from autogram.data import load_data
     from autogram.models import build_teacher, embedding_taps, make_student, model_taps, resolve_pairs
@@ -139,20 +177,20 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
         teacher = ensure_teacher(cfg.teacher, data, device)
         teacher_taps = teacher.taps
     pairs = resolve_pairs(cfg.distill.pairs, student_taps, teacher_taps)
-    return {
-        "data": data,
-        "student": student.to(device),
-        "student_taps": student_taps,
-        "teacher_taps": teacher_taps,
-        "teacher": teacher,
-        "pairs": pairs,
-        "student_embeds": embedding_taps(student_taps),
-        "teacher_embeds": embedding_taps(teacher_taps),
-    }
+    return TrialSetup(
+        data=data,
+        student=student.to(device),
+        student_taps=student_taps,
+        teacher_taps=teacher_taps,
+        teacher=teacher,
+        pairs=pairs,
+        student_embeds=embedding_taps(student_taps),
+        teacher_embeds=embedding_taps(teacher_taps),
+    )
 
 
 def teacher_signals(
-    config: TrialConfig, parts: dict[str, Any], objective: Any, device: Any, cache_dir: Any = None
+    config: TrialConfig, parts: TrialSetup, objective: Any, device: Any, cache_dir: Any = None
 ) -> tuple[Any, dict[str, Any]]:
     """What the loop reads from the teacher (``None`` when no term does) and the teacher's
     description: its cache when ``teacher.cache`` is on (``cache_dir``, or found/built here,
@@ -162,13 +200,13 @@ def teacher_signals(
 
     if not objective.needs_teacher:
         return None, {}
-    data, teacher = parts["data"], parts["teacher"]
+    data, teacher = parts.data, parts.teacher
     layout = None
     if config.teacher.cache and cache_dir is None:
         from autogram.distill.cache_plan import layout_for, trial_uses
         from autogram.teacher.cache import check_cache_size
 
-        layout = layout_for(config, parts["teacher_taps"], trial_uses(config, parts))
+        layout = layout_for(config, parts.teacher_taps, trial_uses(config, parts))
         if all(t.shape for t in layout.taps):
             check_cache_size(layout, len(data.splits["train"]), data.num_classes, config.teacher.cache_max_gb)
     handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
@@ -209,30 +247,55 @@ def run_trial(
     """
     import torch
 
-    from autogram.distill import Objective, train_student
-    from autogram.models import parameter_count
+    from autogram.distill import train_student
     from autogram.tensors.runtime import pick_device
 
     device = pick_device(config.device)
     parts = prepare(config, device, data, teacher)
-    data, teacher = parts["data"], parts["teacher"]
-    objective = Objective(config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(device)
+    data, teacher = parts.data, parts.teacher
+    objective = parts.objective(config.distill).to(device)
     signals, teacher_info = teacher_signals(config, parts, objective, device, cache_dir)
     torch.manual_seed(config.seed)
-    outcome = train_student(parts["student"], objective, signals, data, config.train, config.seed, device, report)
+    outcome = train_student(parts.student, objective, signals, data, config.train, config.seed, device, report)
     eval_started = time.perf_counter()
-    clean, corruptions = evaluate_robustness(parts["student"], data, config, device, eval_split)
+    clean, corruptions = evaluate_robustness(parts.student, data, config, device, eval_split)
     eval_seconds = time.perf_counter() - eval_started
-    robustness = sum(corruptions.values()) / len(corruptions)
+    result = _result(config, parts, objective, outcome, signals, teacher_info, (clean, corruptions), device)
+    result.eval_seconds = eval_seconds
+    log.info(
+        "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",
+        result.status,
+        result.accuracy,
+        result.robustness,
+        result.cost,
+        config.cost,
+    )
+    return result
+
+
+def _result(
+    config: TrialConfig,
+    parts: TrialSetup,
+    objective: Any,
+    outcome: Any,
+    signals: Any,
+    teacher_info: dict[str, Any],
+    scores: tuple[float, dict[str, float]],
+    device: Any,
+) -> TrialResult:
+    """The trial's record from its training outcome and its (clean, per-corruption) scores."""
+    from autogram.models import parameter_count
+
+    clean, corruptions = scores
     flops_per_sample = outcome.flops_per_sample
     if teacher_info.get("source") == "cache":
         # The cost objective is the recipe's compute, wherever the teacher's forward ran:
         # add the forward the cache replaced, so cached and live trials score the same cost.
         flops_per_sample += signals.flops_per_sample
     gflops = flops_per_sample * outcome.samples / 1e9
-    result = TrialResult(
+    return TrialResult(
         accuracy=clean,
-        robustness=robustness,
+        robustness=sum(corruptions.values()) / len(corruptions),
         cost=gflops if config.cost == "train_gflops" else outcome.seconds,
         train_seconds=outcome.seconds,
         train_gflops=gflops,
@@ -248,17 +311,7 @@ def run_trial(
             "teacher": [t.name for t in objective.teacher_taps],
         },
         teacher=teacher_info,
-        student_params=parameter_count(parts["student"]),
+        student_params=parameter_count(parts.student),
         device=str(device),
-        eval_seconds=eval_seconds,
         detail=robustness_detail(clean, corruptions, config.eval.noise_severities),
     )
-    log.info(
-        "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",
-        result.status,
-        result.accuracy,
-        result.robustness,
-        result.cost,
-        config.cost,
-    )
-    return result

@@ -28,14 +28,14 @@ CPU = torch.device("cpu")
 
 def test_a_meta_model_fed_host_tensors_fails_like_a_cuda_model(tiny_config: TrialConfig) -> None:
     """The stand-in is sound: the mistake that crashed the search on CUDA fails here too."""
-    data = prepare(tiny_config, CPU)["data"]
+    data = prepare(tiny_config, CPU).data
     teacher = build_teacher(data, tiny_config.teacher.architecture()).to(META)
     with pytest.raises(RuntimeError, match="not on the expected device"):
         teacher(example_inputs(data))
 
 
 def test_the_drivers_teacher_and_tap_paths_feed_each_model_on_its_own_device(tiny_config: TrialConfig) -> None:
-    data = prepare(tiny_config, CPU)["data"]
+    data = prepare(tiny_config, CPU).data
     trained = ensure_teacher(tiny_config.teacher, data, CPU)  # trains (or reuses) the checkpoint on the CPU
     on_cpu = [(t.name, t.shape) for t in trained.taps]
 
@@ -48,13 +48,13 @@ def test_the_drivers_teacher_and_tap_paths_feed_each_model_on_its_own_device(tin
 
     # What a trial does: its student and taps on the trial's device, the teacher from bytes.
     parts = prepare(tiny_config, META, data, teacher=handle)
-    assert next(parts["student"].parameters()).device == META
+    assert next(parts.student.parameters()).device == META
     worker = teacher_from_bytes(trained.path.read_bytes(), data, META, handle.taps)
     assert next(worker.model.parameters()).device == META
 
     # The student's taps on a student that already sits on the device.
     student = build_student(data, tiny_config.student).to(META)
-    assert len(model_taps(student, tiny_config.student, data, "student")) == len(parts["student_taps"])
+    assert len(model_taps(student, tiny_config.student, data, "student")) == len(parts.student_taps)
 
     # The live teacher and the evaluation get batches from the device they run on.
     batch = {k: v.to(META) for k, v in example_inputs(data, 4).items()}
@@ -167,7 +167,7 @@ def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: 
     result = run_trial(cfg)
     assert result.status == "ok" and result.device.startswith("cuda") and result.teacher["source"] == "cache"
     cuda = torch.device("cuda")
-    data = prepare(cfg, cuda)["data"]
+    data = prepare(cfg, cuda).data
     handle = ensure_teacher(cfg.teacher, data, cuda)
     assert next(handle.model.parameters()).is_cuda
     directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, tmp_path / "signals")
@@ -180,19 +180,19 @@ def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: 
 @pytest.mark.cuda
 def test_cuda_training_steps_never_wait_for_the_gpu(teacher_cache: Path) -> None:
     from autogram.config import validate
-    from autogram.distill import Objective, _step
+    from autogram.distill import _step
     from autogram.teacher.cache import CachedTeacher, ensure_cache
     from autogram.tensors.runtime import device_split, drop_modalities
 
     cfg = validate(_gpu_raw(teacher_cache))
     cuda = torch.device("cuda")
     parts = prepare(cfg, cuda)
-    data = parts["data"]
+    data = parts.data
     handle = ensure_teacher(cfg.teacher, data, cuda)
     directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, cfg.teacher.cache_dir / "signals")
-    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"]).to(cuda)
+    objective = parts.objective(cfg.distill).to(cuda)
     signals = CachedTeacher(directory, objective.teacher_taps, cuda)
-    student = parts["student"].train()
+    student = parts.student.train()
     optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
     train = device_split(data, "train", cuda)
     generator = torch.Generator().manual_seed(0)

@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from autogram.config import ConfigError, TrialConfig, validate
-from autogram.distill import Objective
 from autogram.distill.cache_plan import layout_for
 from autogram.models.features import capture
 from autogram.teacher import ensure_teacher
@@ -46,14 +45,14 @@ def _sqrt_loss_errors(student: torch.Tensor, teacher: torch.Tensor, k: int, draw
 
 def _real_features(cfg: TrialConfig) -> tuple[torch.Tensor, torch.Tensor]:
     parts = prepare(cfg, CPU)
-    handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
-    pair = parts["pairs"][0]
-    split = parts["data"].splits["train"]
+    handle = ensure_teacher(cfg.teacher, parts.data, CPU)
+    pair = parts.pairs[0]
+    split = parts.data.splits["train"]
     inputs = {k: torch.from_numpy(v) for k, v in split.rows(np.arange(64)).items()}
     with torch.no_grad(), capture(handle.model, [pair.teacher]) as t_feats:
         handle.model(inputs)
-    with torch.no_grad(), capture(parts["student"], [pair.student]) as s_feats:
-        parts["student"](inputs)
+    with torch.no_grad(), capture(parts.student, [pair.student]) as s_feats:
+        parts.student(inputs)
     return s_feats[pair.student.name], t_feats[pair.teacher.name]
 
 
@@ -120,10 +119,10 @@ def _cache_for(cfg: TrialConfig, root: Path, kind: str) -> tuple:
     raw["distill"]["gram_kind"] = kind
     cfg = validate(raw)
     parts = prepare(cfg, CPU)
-    handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
-    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    handle = ensure_teacher(cfg.teacher, parts.data, CPU)
+    objective = parts.objective(cfg.distill)
     directory = ensure_cache(
-        handle.model, handle.key, parts["data"], layout_for(cfg, handle.taps, objective.teacher_uses), CPU, root
+        handle.model, handle.key, parts.data, layout_for(cfg, handle.taps, objective.teacher_uses), CPU, root
     )
     return cfg, parts, handle, objective, directory
 
@@ -154,8 +153,8 @@ def test_cached_terms_match_the_live_teacher(
 
 def test_cache_key_changes_with_sketch_size_and_precision(tiny_config: TrialConfig) -> None:
     parts = prepare(tiny_config, CPU)
-    taps = parts["teacher_taps"]
-    uses = {p.teacher.name: {"sample"} for p in parts["pairs"]}
+    taps = parts.teacher_taps
+    uses = {p.teacher.name: {"sample"} for p in parts.pairs}
     keys = {
         cache_key("t", "d", CacheLayout.plan(taps, uses, k, precision), CPU)
         for k in (0, 256, 512)
@@ -215,18 +214,18 @@ def test_student_sketch_count_sketches_only_wide_student_features(tiny_config: T
     raw["distill"]["student_sketch"] = 64
     cfg = validate(raw)
     parts = prepare(cfg, CPU)
-    plain = Objective(tiny_config.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
-    sketched = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
-    wide = [i for i, p in enumerate(parts["pairs"]) if math.prod(p.student.shape) > 4 * 64]
+    plain = parts.objective(tiny_config.distill)
+    sketched = parts.objective(cfg.distill)
+    wide = [i for i, p in enumerate(parts.pairs) if math.prod(p.student.shape) > 4 * 64]
     assert wide and sorted(int(i) for i in sketched.student_sketches) == wide
     assert set(sketched.state_dict()) == set(plain.state_dict())  # nothing new in checkpoints
     generator = torch.Generator().manual_seed(0)
     feats = {  # deep features share a common component
         p.student.name: torch.randn(1, *p.student.shape, generator=generator)
         + 0.5 * torch.randn(32, *p.student.shape, generator=generator)
-        for p in parts["pairs"]
+        for p in parts.pairs
     }
-    teacher_feats = {p.teacher.name: torch.randn(32, *p.teacher.shape, generator=generator) for p in parts["pairs"]}
+    teacher_feats = {p.teacher.name: torch.randn(32, *p.teacher.shape, generator=generator) for p in parts.pairs}
     from autogram.distill.terms import Batch
     from autogram.teacher.signals import TeacherOutput
 

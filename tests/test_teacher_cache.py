@@ -25,15 +25,15 @@ CPU = torch.device("cpu")
 
 def _setup(cfg: TrialConfig, root: Path) -> tuple:
     parts = prepare(cfg, CPU)
-    handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
-    taps = resolved_taps(build_teacher(parts["data"], handle.model.arch), parts["data"])
-    directory = ensure_cache(handle.model, handle.key, parts["data"], taps, CPU, root)
+    handle = ensure_teacher(cfg.teacher, parts.data, CPU)
+    taps = resolved_taps(build_teacher(parts.data, handle.model.arch), parts.data)
+    directory = ensure_cache(handle.model, handle.key, parts.data, taps, CPU, root)
     return parts, handle, directory
 
 
-def first_step_terms(cfg: TrialConfig, parts: dict, handle: Any, objective: Objective, cached: Any) -> dict:
+def first_step_terms(cfg: TrialConfig, parts: Any, handle: Any, objective: Objective, cached: Any) -> dict:
     """The loss terms of one batch for a fresh student, with the live teacher and with ``cached``."""
-    data = parts["data"]
+    data = parts.data
     torch.manual_seed(0)
     student = build_student(data, cfg.student)
     indices = torch.tensor([5, 3, 17, 42, 8, 99, 0, 250])
@@ -54,7 +54,7 @@ def test_first_step_terms_match_the_live_teacher(tiny_config: TrialConfig, tmp_p
     cfg = validate(raw)
     parts, handle, directory = _setup(cfg, tmp_path)
     torch.manual_seed(0)
-    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    objective = parts.objective(cfg.distill)
     terms = first_step_terms(cfg, parts, handle, objective, CachedTeacher(directory, objective.teacher_taps, CPU))
     assert set(terms["live"]) == {"ce", "kd", "gram", "xmodal"}
     for key, value in terms["live"].items():
@@ -125,13 +125,13 @@ def test_every_registered_term_reads_the_same_from_its_own_cache_as_from_the_liv
             raw["teacher"].update(cache_precision="float32", cache_sketch=0)
             cfg = validate(raw)
             parts = prepare(cfg, CPU)
-            handle = handle or ensure_teacher(cfg.teacher, parts["data"], CPU)
-            parts = prepare(cfg, CPU, parts["data"], handle)
+            handle = handle or ensure_teacher(cfg.teacher, parts.data, CPU)
+            parts = prepare(cfg, CPU, parts.data, handle)
             torch.manual_seed(0)
-            objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+            objective = parts.objective(cfg.distill)
             assert list(objective.terms) == [name]
-            layout = layout_for(cfg, parts["teacher_taps"], trial_uses(cfg, parts))
-            directory = ensure_cache(handle.model, handle.key, parts["data"], layout, CPU, tmp_path / name / kind)
+            layout = layout_for(cfg, parts.teacher_taps, trial_uses(cfg, parts))
+            directory = ensure_cache(handle.model, handle.key, parts.data, layout, CPU, tmp_path / name / kind)
             cached = CachedTeacher(directory, objective.teacher_taps, CPU, uses=objective.teacher_uses)
             terms = first_step_terms(cfg, parts, handle, objective, cached)
             assert terms["cache"][name] == pytest.approx(terms["live"][name], rel=1e-5, abs=1e-7), (name, kind)

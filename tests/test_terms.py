@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from autogram.config import ConfigError, TrialConfig, validate
-from autogram.distill import Objective
 from autogram.distill.terms import TERMS, Batch, LossTerm, register_term, term_weight, unregister_term
 from autogram.models.features import capture
 from autogram.trial import prepare
@@ -53,12 +52,12 @@ def _first_step(cfg: TrialConfig) -> tuple[dict[str, float], dict[str, float]]:
     from autogram.teacher.signals import LiveTeacher
 
     parts = prepare(cfg, CPU)
-    handle = ensure_teacher(cfg.teacher, parts["data"], CPU)
-    parts = prepare(cfg, CPU, parts["data"], handle)
+    handle = ensure_teacher(cfg.teacher, parts.data, CPU)
+    parts = prepare(cfg, CPU, parts.data, handle)
     torch.manual_seed(0)
-    objective = Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
-    student = build_student(parts["data"], cfg.student)
-    train = parts["data"].splits["train"]
+    objective = parts.objective(cfg.distill)
+    student = build_student(parts.data, cfg.student)
+    train = parts.data.splits["train"]
     idx = torch.arange(16)
     inputs = {k: torch.from_numpy(v[:16]) for k, v in train.inputs.items()}
     labels = torch.from_numpy(train.labels[:16])
@@ -95,7 +94,7 @@ def test_an_unregistered_term_name_is_a_one_line_error(tiny_config: TrialConfig)
     cfg = _weighted(tiny_config, {"ce": 1.0, "nosuch": 1.0})
     parts = prepare(cfg, CPU)
     with pytest.raises(ConfigError, match="distill.weights: unknown loss term 'nosuch'"):
-        Objective(cfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+        parts.objective(cfg.distill)
 
 
 def test_old_weight_keys_and_the_weights_mapping_mean_the_same(tiny_config: TrialConfig) -> None:

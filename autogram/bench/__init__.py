@@ -39,7 +39,7 @@ log = logging.getLogger("autogram")
 
 def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
     """Median step time of each loss variant / the CE+KD step, teacher cached."""
-    from autogram.distill import Objective, _step
+    from autogram.distill import _step
     from autogram.distill.cache_plan import layout_for
     from autogram.teacher import ensure_teacher
     from autogram.teacher.cache import ensure_cache
@@ -67,14 +67,14 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
         raw["distill"].update(overrides)
         vcfg = validate(raw)
         parts = prepare(vcfg, device, data, teacher=handle)
-        objective = Objective(vcfg.distill, parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+        objective = parts.objective(vcfg.distill)
         objective = objective.to(device)
         signals = None
         if objective.needs_teacher:  # each variant's cache at the configured sketch size and precision
             layout = layout_for(vcfg, handle.taps, objective.teacher_uses)
             cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, cfg.teacher.cache_dir / "signals")
             signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
-        student = parts["student"].train()
+        student = parts.student.train()
         optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
         setups[name] = (student, objective, signals, optimizer)
     samples: dict[str, list[float]] = {name: [] for name in variants}

@@ -119,7 +119,7 @@ def cache_figures(base: dict[str, Any], data: Any, root: Path, batches: int = 50
     device = pick_device(cfg.device)
     handle = ensure_teacher(cfg.teacher, data, device)
     parts = prepare(cfg, device, data, teacher=handle)
-    pairs = parts["pairs"]
+    pairs = parts.pairs
     uses = {p.teacher.name: {"sample"} for p in pairs}
     k, precision = cfg.teacher.cache_sketch, cfg.teacher.cache_precision
     layouts = {
@@ -142,7 +142,7 @@ def cache_figures(base: dict[str, Any], data: Any, root: Path, batches: int = 50
     out["vit_tap"] = _vit_tap(k, precision)
 
     # A real training trajectory: CE + the exact sample Gram; both teachers scored on each batch.
-    student = parts["student"].train()
+    student = parts.student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.train.lr)
     train = DeviceSplit(data.splits["train"], device)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -208,6 +208,81 @@ def _drain(
     return False
 
 
+def _labels_and_pool(
+    cfg: TrainConfig, objective: Objective, labels: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, int | None]:
+    """``train.labelled_samples``: the labels the loop sees, and the rows batches are drawn
+    from (None: all of them)."""
+    if cfg.labelled_samples is None or cfg.labelled_samples >= rows:
+        return labels, None
+    # Rows are in the file's (shuffled) order, so the first N are a fair labelled subset.
+    if objective.needs_teacher:
+        # The rest are an unlabelled transfer set: only the teacher's terms learn from them.
+        labels = labels.clone()
+        labels[cfg.labelled_samples :] = -1
+        objective.partial_labels = True
+        return labels, None
+    # Nothing learns from an unlabelled row without a teacher: every batch is drawn from the
+    # labelled rows, epochs keep their length, so steps and compute match a recipe that reads
+    # the teacher (a fair comparison at the same budget).
+    return labels, cfg.labelled_samples
+
+
+@dataclass
+class _Loop:
+    """What every epoch of one training run shares."""
+
+    student: nn.Module
+    objective: Objective
+    teacher: TeacherSignals | None
+    data: MultiModalData
+    cfg: TrainConfig
+    device: torch.device
+    train: Any
+    labels: torch.Tensor
+    pool: int | None
+    state: LoopState
+    # Drawn on the device (no host copy per batch) and reseeded each epoch, so a run resumed
+    # at an epoch boundary sees the same noise as one that never stopped.
+    noise: torch.Generator | None
+
+
+def _epoch(loop: _Loop, epoch: int) -> tuple[dict[str, float], bool]:
+    """Train one epoch: (summed terms by name, whether the loss became non-finite)."""
+    cfg, data, outcome, generator = loop.cfg, loop.data, loop.state.outcome, loop.state.generator
+    sums: dict[str, float] = {}
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    rows = len(loop.labels)
+    for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, loop.device, loop.pool):
+        clean = loop.train.batch(idx, host_idx)
+        # The teacher sees clean inputs; the student may see modalities blanked, so KD
+        # and Gram terms teach it what the missing modality would have said.
+        inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
+        if loop.noise is not None:
+            inputs = add_noise(inputs, data.modalities, cfg.input_noise, data.noise_scale, loop.noise)
+        args = (
+            loop.student,
+            loop.objective,
+            loop.teacher,
+            loop.state.optimizer,
+            loop.device,
+            host_idx,
+            clean,
+            inputs,
+            loop.labels[idx],
+        )
+        if outcome.steps == 0 and not pending:
+            flops, step_terms = _count_flops(_step, *args)
+            outcome.flops_per_sample = flops / len(host_idx)
+        else:
+            step_terms = _step(*args)
+        loop.state.schedule.step()
+        pending.append((len(host_idx), step_terms))
+        if len(pending) >= SYNC_EVERY and _drain(pending, sums, outcome, epoch):
+            return sums, True
+    return sums, _drain(pending, sums, outcome, epoch)
+
+
 def train_student(
     student: nn.Module,
     objective: Objective,
@@ -228,64 +303,27 @@ def train_student(
     """
     # Kept on the device for the next trial of this process (a search worker runs many).
     train = device_split(data, "train", device)
-    labels = train.labels
     val = device_split(data, "val", device)
     params = list(student.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rows = len(labels)
-    pool = None
-    if cfg.labelled_samples is not None and cfg.labelled_samples < rows:
-        # Rows are in the file's (shuffled) order, so the first N are a fair labelled subset.
-        if objective.needs_teacher:
-            # The rest are an unlabelled transfer set: only the teacher's terms learn from them.
-            labels = labels.clone()
-            labels[cfg.labelled_samples :] = -1
-            objective.partial_labels = True
-        else:
-            # Nothing learns from an unlabelled row without a teacher: every batch is drawn
-            # from the labelled rows, epochs keep their length, so steps and compute match a
-            # recipe that reads the teacher (a fair comparison at the same budget).
-            pool = cfg.labelled_samples
+    rows = len(train.labels)
+    labels, pool = _labels_and_pool(cfg, objective, train.labels, rows)
     total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
     )
-    generator = torch.Generator().manual_seed(seed)
     outcome = TrainOutcome()
-    state = LoopState(optimizer, schedule, generator, outcome)
+    state = LoopState(optimizer, schedule, torch.Generator().manual_seed(seed), outcome)
     first_epoch = hooks.restore(state) + 1 if hooks is not None else 1
-    # Drawn on the device (no host copy per batch) and reseeded each epoch, so a run resumed
-    # at an epoch boundary sees the same noise as one that never stopped.
     noise = torch.Generator(device=device) if cfg.input_noise > 0 else None
+    loop = _Loop(student, objective, teacher, data, cfg, device, train, labels, pool, state, noise)
     student.train()
-
     for epoch in range(first_epoch, cfg.epochs + 1):
         start = time.perf_counter()
-        sums: dict[str, float] = {}
         steps_before = outcome.steps
-        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-        diverged = False
         if noise is not None:
             noise.manual_seed(seed * 100_003 + epoch)
-        for host_idx, idx in batch_indices(rows, cfg.batch_size, generator, device, pool):
-            clean = train.batch(idx, host_idx)
-            # The teacher sees clean inputs; the student may see modalities blanked, so KD
-            # and Gram terms teach it what the missing modality would have said.
-            inputs = drop_modalities(clean, data.modalities, cfg.modality_dropout, generator)
-            if noise is not None:
-                inputs = add_noise(inputs, data.modalities, cfg.input_noise, data.noise_scale, noise)
-            args = (student, objective, teacher, optimizer, device, host_idx, clean, inputs, labels[idx])
-            if outcome.steps == 0 and not pending:
-                flops, step_terms = _count_flops(_step, *args)
-                outcome.flops_per_sample = flops / len(host_idx)
-            else:
-                step_terms = _step(*args)
-            schedule.step()
-            pending.append((len(host_idx), step_terms))
-            if len(pending) >= SYNC_EVERY and _drain(pending, sums, outcome, epoch):
-                diverged = True
-                break
-        diverged = diverged or _drain(pending, sums, outcome, epoch)
+        sums, diverged = _epoch(loop, epoch)
         batches = outcome.steps - steps_before
         outcome.seconds += time.perf_counter() - start
         if diverged:

@@ -30,20 +30,20 @@ def space_uses(cfg: TrialConfig, setup: Any) -> dict[str, set[str]]:
     return uses
 
 
-def trial_uses(cfg: TrialConfig, parts: dict[str, Any]) -> dict[str, set[str]]:
-    """The uses of this trial's own terms, plus those of its config's search space (so the
-    trial and a search of the same config share one cache)."""
+def trial_uses(cfg: TrialConfig, parts: Any) -> dict[str, set[str]]:
+    """The uses of this trial's own terms (``parts``: its ``TrialSetup``), plus those of its
+    config's search space (so the trial and a search of the same config share one cache)."""
     from autogram.models import resolve_pairs
 
     try:
-        candidates = resolve_pairs(cfg.search.space.pairs, parts["student_taps"], parts["teacher_taps"])
+        candidates = resolve_pairs(cfg.search.space.pairs, parts.student_taps, parts.teacher_taps)
     except Exception:  # the space names taps of another model: this trial's own pairs suffice
         candidates = []
-    from autogram.distill.terms import TermSetup, active_terms, teacher_uses
+    from autogram.distill.terms import active_terms, teacher_uses
 
-    uses = space_uses(cfg, TermSetup(candidates, parts["student_embeds"], parts["teacher_embeds"]))
+    uses = space_uses(cfg, parts.term_setup(candidates))
     # This trial's own terms, each saying what it reads.
-    setup = TermSetup(parts["pairs"], parts["student_embeds"], parts["teacher_embeds"])
+    setup = parts.term_setup()
     for tap, forms in teacher_uses([term for term, _ in active_terms(cfg.distill, setup).values()]).items():
         uses.setdefault(tap, set()).update(forms)
     return uses

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ log = logging.getLogger("autogram")
 def _trainable(
     plan: SearchPlan,
     data: Any,
-    blob: bytes | None,
     cache_dir: Path | None,
     teacher: Any,
     finished: frozenset[str] = frozenset(),
 ) -> Any:
+    """The Ray trainable with what every trial shares (Ray must be running: it goes through
+    the object store)."""
     from dataclasses import replace
 
     from ray import tune
@@ -38,6 +40,7 @@ def _trainable(
     from autogram.study.worker import pack_terms, trainable
 
     resources = plan.config.search.resources
+    blob = teacher.path.read_bytes() if plan.config.teacher.source == "builtin" else None
     shipped = dict(plan.python_objects or {})
     if cache_dir is not None:  # trials read the cache: an in-memory teacher need not travel
         shipped.pop(plan.config.teacher.python or "", None)
@@ -166,16 +169,10 @@ def run_search(
     """Run (or resume) the search; writes ``front.json``, logs to MLflow (unless ``track`` is
     off, as in benchmarks), returns the front."""
     import optuna
-    import ray
-    from ray import tune
 
     from autogram.data import load_data
-    from autogram.report.front import build_front, write_json
-    from autogram.report.tracking import SearchTracker, host, temp_artifacts, write_artifacts
-    from autogram.study import callbacks
-    from autogram.study.progress import Progress
-    from autogram.study.ray_setup import CHDIR_ENV, code_path, init_ray, ray_runtime_env
-    from autogram.teacher import ensure_teacher
+    from autogram.study import tune_state
+    from autogram.study.optuna_search import finished_trials
     from autogram.tensors.runtime import pick_device
 
     cfg = plan.config
@@ -187,23 +184,52 @@ def run_search(
             "trials run on the CPU: search.resources.gpu is 0 (the teacher and its cache use the GPU); "
             "set it to pack trials on the GPU, e.g. --set search.resources.gpu=0.25"
         )
-    handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)  # once
-    handle.model.to(device)
-    blob = handle.path.read_bytes() if cfg.teacher.source == "builtin" else None
-    cache_dir = None
-    if cfg.teacher.cache:  # the teacher's signals too: trials then run no teacher forward at all
-        from autogram.distill.cache_plan import search_layout
-        from autogram.teacher.cache import ensure_cache
+    handle, cache_dir = _teacher_and_cache(plan, data, device)
+    _write_spec(plan, handle)
+    if resume:
+        try:  # before anything reads Ray's state: a file cut by the kill goes back one save
+            tune_state.repair(plan.directory / TUNE_DIR)
+        except tune_state.TuneStateError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+    tracker = _start_tracker(plan, handle, resume) if track else None
+    _tune_environment()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
+    if resume:
+        requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
+    _fit(plan, lambda: _trainable(plan, data, cache_dir, handle, finished), finished, resume, address, tracker)
+    return _finish(plan, handle, tracker, started)
 
-        # Only the taps a candidate pair or the cross-modal term can use, in the forms they need.
-        layout = search_layout(cfg, plan.setup, handle.taps)
-        root = cfg.teacher.cache_dir / "signals"
-        cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
+
+def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any) -> tuple[Any, Path | None]:
+    """The teacher, trained or found once for every trial, and its signals cached when
+    ``teacher.cache`` is on (trials then run no teacher forward at all)."""
+    from autogram.teacher import ensure_teacher
+
+    cfg = plan.config
+    handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)
+    handle.model.to(device)
+    if not cfg.teacher.cache:
+        return handle, None
+    from autogram.distill.cache_plan import search_layout
+    from autogram.teacher.cache import ensure_cache
+
+    # Only the taps some term of the space can read, in the forms it reads them.
+    layout = search_layout(cfg, plan.setup, handle.taps)
+    root = cfg.teacher.cache_dir / "signals"
+    return handle, ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
+
+
+def _write_spec(plan: SearchPlan, handle: Any) -> None:
+    """``search.json``: what `autogram export` and `confirm` need to rebuild any trial."""
+    from autogram.report.front import write_json
+
     write_json(
         plan.directory / SPEC_FILE,
         {
             "name": plan.name,
-            "config": cfg.model_dump(mode="json"),
+            "config": plan.config.model_dump(mode="json"),
             "candidates": plan.candidates,
             "teacher": str(handle.path or ""),
             "teacher_key": handle.key,
@@ -213,27 +239,32 @@ def run_search(
             "experiment": plan.experiment,
         },
     )
-    from autogram.study import tune_state
 
-    if resume:
-        try:  # before anything reads Ray's state: a file cut by the kill goes back one save
-            tune_state.repair(plan.directory / TUNE_DIR)
-        except tune_state.TuneStateError as exc:
-            raise ConfigError(f"--resume: {exc}") from None
-    # MLflow's database and experiment exist before any trial starts; only this process writes.
-    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory) if track else None
-    if tracker is not None:
-        tracker.start_parent(
-            _space_summary(plan),
-            {
-                "optuna_storage": plan.storage_url,
-                "host": host(),
-                "teacher_checkpoint": str(handle.path or ""),
-                "teacher_key": handle.key,
-                "teacher_source": json.dumps(handle.source, default=str),
-            },
-            resume=resume,
-        )
+
+def _start_tracker(plan: SearchPlan, handle: Any, resume: bool) -> Any:
+    """The search's MLflow parent run: its database and experiment exist before any trial
+    starts, and only this process writes to them."""
+    from autogram.report.tracking import SearchTracker, host
+
+    tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory)
+    tracker.start_parent(
+        _space_summary(plan),
+        {
+            "optuna_storage": plan.storage_url,
+            "host": host(),
+            "teacher_checkpoint": str(handle.path or ""),
+            "teacher_key": handle.key,
+            "teacher_source": json.dumps(handle.source, default=str),
+        },
+        resume=resume,
+    )
+    return tracker
+
+
+def _tune_environment() -> None:
+    """Ray Tune's settings for a search, through its environment variables."""
+    from autogram.study.ray_setup import CHDIR_ENV
+
     # Save the experiment state at every controller step, so a killed driver resumes
     # without rerunning a trial that had already finished.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -246,14 +277,26 @@ def run_search(
     # Results go to Optuna, MLflow and trials.jsonl; of Ray's default loggers only the JSON one
     # is kept (see _tuner): TensorBoard's warns once per metric per trial on names like noise@0.5.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    key = str(plan.directory)
-    from autogram.study.optuna_search import finished_trials
 
-    finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
-    if resume:
-        requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
+
+def _fit(
+    plan: SearchPlan,
+    make_trainable: Callable[[], Any],
+    finished: frozenset[str],
+    resume: bool,
+    address: str | None,
+    tracker: Any,
+) -> None:
+    """Run the trials on Ray (a local one unless ``address``); raises SearchInterrupted on Ctrl-C."""
+    import ray
+    from ray import tune
+
+    from autogram.study import callbacks, tune_state
+    from autogram.study.progress import Progress
+    from autogram.study.ray_setup import code_path, init_ray, ray_runtime_env
+
+    cfg = plan.config
+    key = str(plan.directory)
     callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])], finished)
     restore = code_path(plan, address)
     try:
@@ -267,7 +310,7 @@ def run_search(
             cfg.search.sampler,
             plan.directory,
         )
-        trainable = _trainable(plan, data, blob, cache_dir, handle, finished)
+        trainable = make_trainable()
         if resume:
             tune_path = str(plan.directory / TUNE_DIR)
             if not tune.Tuner.can_restore(tune_path):
@@ -296,13 +339,21 @@ def run_search(
                 os.environ[name] = value
             else:
                 os.environ.pop(name, None)
+
+
+def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict[str, Any]:
+    """The front from the finished study: ``front.json``, the verdict, MLflow's records."""
+    import optuna
+
+    from autogram.report.front import build_front, write_json
+    from autogram.report.tracking import temp_artifacts, write_artifacts
     from autogram.study.optuna_search import close_stale_trials
 
     stale = close_stale_trials(plan.storage_url, plan.name)
     if stale:
         log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
     study = optuna.load_study(study_name=plan.name, storage=plan.storage_url)
-    document = build_front(study, plan.name, plan.objectives, cfg.search.reference_point)
+    document = build_front(study, plan.name, plan.objectives, plan.config.search.reference_point)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
     if document["verdict"]:

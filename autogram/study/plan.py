@@ -68,49 +68,32 @@ def plan_search(
 
     ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
     """
-    from autogram.distill.terms import TermSetup
     from autogram.models import resolve_pairs
     from autogram.study.cluster import check_execution
     from autogram.study.space import gram_possible
     from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 
-    spec = (out / (name or cfg.name or "") / SPEC_FILE).resolve()
-    if resume and not cfg.search.storage and spec.is_file():  # resume against the study's own database
-        recorded = json.loads(spec.read_text()).get("config", {}).get("search", {}).get("storage")
-        if recorded:
-            cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": recorded})})
+    if resume:
+        cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
     # Devices, storage and cluster first: a bad one fails in seconds, before models are built.
     cfg = check_execution(cfg, out, address)
     space = cfg.search.space
     parts = prepare(cfg, pick_device(cfg.device), data)
     try:
-        pairs = resolve_pairs(space.pairs, parts["student_taps"], parts["teacher_taps"])
+        pairs = resolve_pairs(space.pairs, parts.student_taps, parts.teacher_taps)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
     candidates = [p.name for p in pairs]
-    setup = TermSetup(pairs, parts["student_embeds"], parts["teacher_embeds"])
+    setup = parts.term_setup(pairs)
     if gram_possible(space) and space.min_pairs > len(candidates):
         raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
     if space.max_pairs is not None and space.max_pairs > len(candidates):
         raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {len(candidates)} candidate pairs")
     name = name or cfg.name
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--name: {name!r} is not a usable directory name")
-    directory = (out / name).resolve()
-    if resume:
-        if not (directory / TUNE_DIR).is_dir():
-            raise ConfigError(f"--resume: no search to resume in {directory}")
-    elif directory.exists() and any(directory.iterdir()):
-        raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
+    directory = _search_directory(out, name, resume)
     if cfg.teacher.cache:  # a cache too big for the disk is refused now, before anything is built
-        from autogram.distill.cache_plan import search_layout
-        from autogram.teacher.cache import check_cache_size
-
-        layout = search_layout(cfg, setup, parts["teacher_taps"])
-        if all(t.shape for t in layout.taps):
-            train = parts["data"].splits["train"]
-            check_cache_size(layout, len(train), parts["data"].num_classes, cfg.teacher.cache_max_gb)
+        _check_cache_size(cfg, setup, parts)
     base = cfg.model_dump(mode="json", exclude={"search"})
     from autogram.study.baselines import plan_baselines
 
@@ -126,8 +109,43 @@ def plan_search(
         name=name,
         tracking_uri=tracking_url(resolve_uri(tracking_uri)),
         experiment=experiment or cfg.search.experiment or cfg.name,
-        data=parts["data"],
-        teacher=parts["teacher"],
+        data=parts.data,
+        teacher=parts.teacher,
         baselines=baselines,
         setup=setup,
     )
+
+
+def _recorded_storage(cfg: TrialConfig, spec: Path) -> TrialConfig:
+    """A resume without ``search.storage`` runs against the study's own database (search.json)."""
+    spec = spec.resolve()
+    if cfg.search.storage or not spec.is_file():
+        return cfg
+    recorded = json.loads(spec.read_text()).get("config", {}).get("search", {}).get("storage")
+    if not recorded:
+        return cfg
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": recorded})})
+
+
+def _search_directory(out: Path, name: str, resume: bool) -> Path:
+    """The search's folder: one to resume holds Ray's state, a new one is empty."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--name: {name!r} is not a usable directory name")
+    directory = (out / name).resolve()
+    if resume:
+        if not (directory / TUNE_DIR).is_dir():
+            raise ConfigError(f"--resume: no search to resume in {directory}")
+    elif directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"search directory {directory} already holds a search: use --resume or another --name")
+    return directory
+
+
+def _check_cache_size(cfg: TrialConfig, setup: Any, parts: Any) -> None:
+    """Refuse a search whose teacher cache would not fit ``teacher.cache_max_gb``."""
+    from autogram.distill.cache_plan import search_layout
+    from autogram.teacher.cache import check_cache_size
+
+    layout = search_layout(cfg, setup, parts.teacher_taps)
+    if all(t.shape for t in layout.taps):
+        train = parts.data.splits["train"]
+        check_cache_size(layout, len(train), parts.data.num_classes, cfg.teacher.cache_max_gb)

@@ -76,8 +76,7 @@ def trainable(
     from ray import tune
 
     from autogram.models.source import PYTHON_OBJECTS
-    from autogram.teacher import teacher_from_bytes
-    from autogram.tensors.runtime import is_resident, limit_gpu_memory, resident, split_key
+    from autogram.tensors.runtime import is_resident, limit_gpu_memory, split_key
     from autogram.trial import run_trial
 
     assert base is not None and space is not None and candidates is not None
@@ -105,15 +104,7 @@ def trainable(
 
     trial_cfg = trial_cfg.model_copy(update={"device": device.type})
     limit_gpu_memory(device, gpus)
-    # With the cache, the teacher's key and taps are all a trial needs: no model is built.
-    # Without it, the built-in teacher loads from its bytes once per worker process; a user's
-    # is built here by its factory (or comes from the object store) when the trial resolves its taps.
-    teacher = teacher_meta if cache_dir else None
-    if not cache_dir and teacher_blob is not None:
-        teacher = resident(
-            (teacher_meta.key, "teacher", str(device)),
-            lambda: teacher_from_bytes(teacher_blob, data, device, teacher_meta.taps),
-        )
+    teacher = _teacher(teacher_meta, teacher_blob, cache_dir, data, device)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({**metrics, "epoch": epoch})
@@ -129,6 +120,21 @@ def trainable(
     final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     final.update(worker_pid=os.getpid(), warm_start=warm, node_id=ray.get_runtime_context().get_node_id())
     tune.report(final)
+
+
+def _teacher(meta: Any, blob: bytes | None, cache_dir: str | None, data: Any, device: Any) -> Any:
+    """The teacher a trial gets. With the cache, its key and taps are all a trial needs: no
+    model is built. Without it, the built-in teacher loads from its bytes once per worker
+    process; a user's is built by its factory (or comes from the object store) when the trial
+    resolves its taps (None here)."""
+    from autogram.teacher import teacher_from_bytes
+    from autogram.tensors.runtime import resident
+
+    if cache_dir:
+        return meta
+    if blob is None:
+        return None
+    return resident((meta.key, "teacher", str(device)), lambda: teacher_from_bytes(blob, data, device, meta.taps))
 
 
 def pack_terms() -> bytes | None:
