@@ -154,6 +154,7 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
     cfg = _load(config, overrides, quiet)
     from autogram.data import load_data
     from autogram.models import parameter_count
+    from autogram.models.sources import model_source
     from autogram.teacher import ensure_teacher
     from autogram.tensors.runtime import pick_device
 
@@ -171,10 +172,10 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
     if as_json:
         click.echo(json.dumps(info))
         return
-    if cfg.teacher.source == "builtin":
+    if model_source(cfg.teacher, "teacher").trained_here:
         where = f"{'reused' if handle.reused else 'trained'}: {handle.path}"
     else:  # a user's teacher is used as its factory returns it: never trained here
-        where = f"from {cfg.teacher.factory or cfg.teacher.python} (used as given)"
+        where = f"from {cfg.teacher.factory or cfg.teacher.python or cfg.teacher.kind} (used as given)"
     click.echo(
         f"teacher {where}  val accuracy {handle.val_accuracy:.4f}  params {info['params']:,}  key {handle.key[:16]}"
     )

@@ -168,13 +168,14 @@ def _mlflow_run(cfg: TrialConfig, uri: str, experiment: str, run_id: str, config
 def _check_start(config: TrialConfig, ckpt_dir: Path, resume: bool) -> None:
     """Refuse, before anything loads, a run that would overwrite or cannot continue another."""
     from autogram.models.source import PYTHON_OBJECTS
+    from autogram.models.sources import model_source
 
     if not resume and (ckpt_dir / STATE).is_file():
         raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
     if resume:  # a finished or re-budgeted run is refused before anything loads
         _check_resumable(ckpt_dir, config.train.epochs)
     for role, source in (("teacher", config.teacher), ("student", config.student)):
-        if source.source == "python" and source.python not in PYTHON_OBJECTS:
+        if model_source(source, role).in_memory and source.python not in PYTHON_OBJECTS:
             raise ConfigError(
                 f"{role}.python: this config names an in-memory {role} ({source.python}); train it from Python with "
                 f"autogram.train(config, {role}=...)"

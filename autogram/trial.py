@@ -159,6 +159,7 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
     """
     from autogram.data import load_data
     from autogram.models import build_teacher, embedding_taps, make_student, model_taps, resolve_pairs
+    from autogram.models.sources import model_source
 
     data = data if data is not None else load_data(cfg.data)
     # Seeded, so each trial starts from the same fresh weights; the tap search runs one
@@ -167,7 +168,7 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
     student_taps = model_taps(student, cfg.student, data, "student")
     if teacher is not None:
         teacher_taps = teacher.taps
-    elif cfg.teacher.source == "builtin":
+    elif model_source(cfg.teacher, "teacher").trained_here:
         from autogram.teacher import architecture_for
 
         teacher_taps = model_taps(build_teacher(data, architecture_for(cfg.teacher)), cfg.teacher, data, "teacher")

@@ -111,8 +111,13 @@ def test_old_weight_keys_and_the_weights_mapping_mean_the_same(tiny_config: Tria
     "path", sorted((ROOT / "search_spaces").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
 )
 def test_shipped_configs_still_validate(path: Path) -> None:
+    import yaml
+
     from autogram.config import load_config
 
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    if data.get("path") and not Path(data["path"]).is_file():  # e.g. ../shared's AV-MNIST, absent here
+        pytest.skip(f"{path.name} reads {data['path']}, which this machine does not have")
     cfg = load_config(path)
     assert cfg.distill.weights == {} and cfg.search.space.weights == {}
 

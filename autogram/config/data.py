@@ -75,6 +75,9 @@ class DataConfig(_Strict):
     max_train: int | None = Field(None, ge=10)
     # Held-out groups (.npz data): honest numbers on unseen speakers or sites.
     split_by: GroupSplit | None = None
+    # A data source registered under this name (autogram.data.sources); null: the source the
+    # fields above name (``path``, ``hf``, ``factory``, or none: the built-in generator).
+    kind: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -94,7 +97,7 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        chosen = [k for k in ("path", "hf", "factory") if getattr(self, k) is not None]
+        chosen = [k for k in ("path", "hf", "factory", "kind") if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"give one data source, not {' and '.join(chosen)}")
         if self.columns and self.hf is None:
@@ -105,7 +108,10 @@ class DataConfig(_Strict):
 
     @property
     def source(self) -> str:
-        """``builtin``, ``npz``, ``hf`` or ``factory``."""
+        """The name of the registered data source (``kind``, else ``npz``, ``hf``, ``factory``
+        or ``builtin`` from the fields)."""
+        if self.kind is not None:
+            return self.kind
         if self.path is not None:
             return "npz"
         if self.hf is not None:

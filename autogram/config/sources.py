@@ -54,20 +54,18 @@ class ModelSource(_Strict):
     embeddings: dict[str, str] = {}
     # Set by the Python API for an in-memory model; a YAML file cannot name one.
     python: str | None = None
+    # A model source registered under this name (autogram.models.sources); null: the source
+    # the fields above name (``factory``, ``python``, or neither: the built-in model).
+    kind: str | None = None
 
     _factory_syntax = field_validator("factory")(classmethod(lambda cls, v: import_path(v)))
 
     @property
     def source(self) -> str:
-        """``builtin``, ``factory`` or ``python``."""
+        """The name of the registered model source this section names (``kind``, else
+        ``python``, ``factory`` or ``builtin`` from the fields)."""
+        if self.kind is not None:
+            return self.kind
         if self.python is not None:
             return "python"
         return "factory" if self.factory is not None else "builtin"
-
-    def describe(self) -> dict[str, Any]:
-        """What identifies the source in provenance and keys."""
-        if self.source == "builtin":
-            return {"source": "builtin"}
-        if self.source == "python":
-            return {"source": "python", "object": self.python}
-        return {"source": "factory", "factory": self.factory, "kwargs": self.kwargs}

@@ -158,25 +158,3 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             }
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read as .npz ({exc})") from None
-
-
-def load_data(cfg: DataConfig, python_data: dict | None = None) -> MultiModalData:
-    """Load the configured data: built-in, ``.npz`` (``path``), Hugging Face on disk (``hf``),
-    a factory, or ``python_data`` (``{"train": ds, ...}`` given to the Python API)."""
-    if python_data is not None:
-        from autogram.data.datasets import from_datasets
-
-        return from_datasets(python_data, cfg, "python data")
-    if cfg.source == "hf":
-        from autogram.data.hf import load_hf
-
-        return load_hf(cfg)
-    if cfg.source == "factory":
-        from autogram.data.datasets import load_factory
-
-        return load_factory(cfg)
-    if cfg.path is None:
-        from autogram.data.builtin import generate
-
-        return from_arrays(generate(cfg.builtin), cfg, "builtin")
-    return from_arrays(read_npz(cfg.path), cfg, str(cfg.path))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
+from autogram.models.builtin import NO_BUILTIN_ENV, build_student, build_teacher, check_builtin_kinds
 from autogram.models.taps import Tap, TapPair, default_pairs, embedding_taps, resolve_pairs
 
 if TYPE_CHECKING:
     import torch
 
     from autogram.config import StudentConfig, TeacherConfig
-    from autogram.models.student import MultiModalCNN
-    from autogram.models.teacher import MultiModalTransformer
 
 __all__ = [
+    "NO_BUILTIN_ENV",
     "Tap",
     "TapPair",
     "build_student",
@@ -31,57 +30,11 @@ __all__ = [
 ]
 
 
-# A diagnostic switch: when set, building a built-in model raises, so a run on the user's
-# own models can prove that no built-in model was constructed anywhere (workers included).
-NO_BUILTIN_ENV = "AUTOGRAM_NO_BUILTIN_MODELS"
-_BUILTIN_KINDS = ("image", "spectrogram", "tokens")
-
-
-def _builtin_allowed(what: str) -> None:
-    if os.environ.get(NO_BUILTIN_ENV):
-        raise RuntimeError(f"the built-in {what} was constructed while {NO_BUILTIN_ENV} is set")
-
-
-def check_builtin_kinds(data: Any, role: str) -> None:
-    """The built-in models read images, spectrograms and tokens; say so for other modalities."""
-    from autogram.config import ConfigError
-
-    other = [m for m in data.modalities if m.kind not in _BUILTIN_KINDS]
-    if other:
-        raise ConfigError(
-            f"{role}: the built-in {role} reads image, spectrogram and tokens modalities; {other[0].name!r} is "
-            f"{other[0].kind}: give {role}.factory"
-        )
-
-
-def build_teacher(data: Any, arch: dict[str, int]) -> MultiModalTransformer:
-    """A freshly initialised built-in teacher for ``data``'s modalities and classes."""
-    from autogram.models.teacher import MultiModalTransformer
-
-    _builtin_allowed("teacher")
-    check_builtin_kinds(data, "teacher")
-    return MultiModalTransformer(data.modalities, data.num_classes, arch)
-
-
-def build_student(data: Any, cfg: StudentConfig) -> MultiModalCNN:
-    """A freshly initialised built-in student for ``data``'s modalities and classes."""
-    from autogram.models.student import MultiModalCNN
-
-    _builtin_allowed("student")
-    check_builtin_kinds(data, "student")
-    return MultiModalCNN(data.modalities, data.num_classes, cfg)
-
-
 def make_student(cfg: StudentConfig, data: Any, seed: int) -> torch.nn.Module:
-    """A fresh, seeded student from its source: built-in, factory or in-memory builder."""
-    import torch
+    """A fresh, seeded student from its source (see :mod:`autogram.models.sources`)."""
+    from autogram.models.sources import model_source
 
-    if cfg.source == "builtin":
-        torch.manual_seed(seed)
-        return build_student(data, cfg)
-    from autogram.models.source import build_student_model
-
-    return build_student_model(cfg, data.spec(), seed)
+    return model_source(cfg, "student").student(cfg, data, seed)
 
 
 def model_taps(model: torch.nn.Module, cfg: StudentConfig | TeacherConfig, data: Any, role: str) -> list[Tap]:

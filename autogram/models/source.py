@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import torch
 from torch import nn
 
 from autogram.config import ConfigError, ModelSource
-from autogram.config.factories import call_factory, resolve_factory
 
 # In-memory objects given to the Python API, by the name a config's ``python:`` field holds.
 # A worker process fills it from the object store before it runs a trial.
@@ -35,7 +33,8 @@ def use_python_path(folders: list[Path]) -> None:
             sys.path.insert(0, folder)
 
 
-def _module(value: Any, field: str, name: str) -> nn.Module:
+def module_from(value: Any, field: str, name: str) -> nn.Module:
+    """``value`` if it is a torch module, else a one-line error naming the factory."""
     if not isinstance(value, nn.Module):
         raise ConfigError(f"{field} {name!r} returned {type(value).__name__}, not a torch.nn.Module")
     return value
@@ -110,39 +109,6 @@ def user_module(model: nn.Module) -> nn.Module:
     return model.tap_root() if isinstance(model, Adapted) else model
 
 
-def build_student_model(cfg: ModelSource, spec: Any, seed: int) -> nn.Module:
-    """A fresh student, seeded: the factory (or in-memory builder) gets the data spec and kwargs."""
-    torch.manual_seed(seed)
-    if cfg.source == "python":
-        fn = PYTHON_OBJECTS.get(cfg.python or "")
-        if fn is None:
-            raise ConfigError(f"student.python: {cfg.python!r} names no in-memory builder in this process")
-        if isinstance(fn, nn.Module):
-            raise ConfigError("student: pass a function that builds a fresh model, not a model instance")
-        name = cfg.python or "student"
-    else:
-        assert cfg.factory is not None
-        fn, name = resolve_factory(cfg.factory, "student.factory"), cfg.factory
-    model = _module(call_factory(fn, "student.factory", name, spec, **cfg.kwargs), "student.factory", name)
-    return Adapted(model, cfg, spec.modalities, "student")
-
-
-def build_teacher_model(cfg: ModelSource, checkpoint: Path | None, spec: Any) -> nn.Module:
-    """The user's trained teacher: factory (or in-memory object), then ``checkpoint`` loaded into it."""
-    if cfg.source == "python":
-        model = PYTHON_OBJECTS.get(cfg.python or "")
-        if model is None:
-            raise ConfigError(f"teacher.python: {cfg.python!r} names no in-memory teacher in this process")
-        model = _module(model, "teacher", cfg.python or "teacher")
-    else:
-        assert cfg.factory is not None
-        fn = resolve_factory(cfg.factory, "teacher.factory")
-        model = _module(call_factory(fn, "teacher.factory", cfg.factory, **cfg.kwargs), "teacher.factory", cfg.factory)
-    if checkpoint is not None:
-        load_weights(model, checkpoint, "teacher.checkpoint")
-    return Adapted(model, cfg, spec.modalities, "teacher")
-
-
 def load_weights(model: nn.Module, path: Path, field: str = "checkpoint") -> None:
     """Load a safetensors file or a ``torch.save``d state dict into ``model``; never unpickle code."""
     import pickle
@@ -182,20 +148,6 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def user_teacher_key(cfg: ModelSource, model: nn.Module) -> str:
-    """A user teacher's identity: its source (factory and kwargs), how it is called and a sha256
-    of its weights (the data enter the cache key, not the teacher's)."""
-    payload = {
-        "format": "autogram-user-teacher/1",
-        "source": cfg.describe(),
-        "call": cfg.call,
-        "inputs": cfg.inputs,
-        "attention_mask": cfg.attention_mask,
-        "weights": weights_digest(model),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def code_roots(*targets: Any) -> list[str]:

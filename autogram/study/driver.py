@@ -37,10 +37,11 @@ def _trainable(
 
     from ray import tune
 
-    from autogram.study.worker import pack_terms, trainable
+    from autogram.models.sources import model_source
+    from autogram.study.worker import pack_extensions, trainable
 
     resources = plan.config.search.resources
-    blob = teacher.path.read_bytes() if plan.config.teacher.source == "builtin" else None
+    blob = teacher.path.read_bytes() if model_source(plan.config.teacher, "teacher").trained_here else None
     shipped = dict(plan.python_objects or {})
     if cache_dir is not None:  # trials read the cache: an in-memory teacher need not travel
         shipped.pop(plan.config.teacher.python or "", None)
@@ -59,7 +60,7 @@ def _trainable(
         gpus=resources.gpu,
         cache_dir=str(cache_dir.resolve()) if cache_dir else None,
         finished=finished,
-        terms=pack_terms(),  # loss terms registered here but defined outside autogram
+        extensions=pack_extensions(),  # loss terms and model sources defined outside autogram
     )
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
@@ -143,8 +144,11 @@ def _space_summary(plan: SearchPlan) -> dict[str, Any]:
 def pin_teacher(raw: dict[str, Any], path: str, key: str) -> None:
     """Pin the search's teacher in an exported config: a built-in one by its checkpoint file,
     a user's by its key (its factory rebuilds it; changed weights are refused)."""
+    from autogram.config import TeacherConfig
+    from autogram.models.sources import model_source
+
     teacher = raw["teacher"]
-    if teacher.get("factory") is None and teacher.get("python") is None:
+    if model_source(TeacherConfig.model_validate(teacher), "teacher").trained_here:
         teacher["checkpoint"] = path
     teacher["checkpoint_key"] = key or None
 

@@ -68,7 +68,7 @@ def trainable(
     gpus: float = 0.0,
     cache_dir: str | None = None,
     finished: frozenset[str] = frozenset(),
-    terms: bytes | None = None,
+    extensions: bytes | None = None,
 ) -> None:
     """Build the trial config from the sampled ``config``, run it, report per epoch and at the end."""
     import ray
@@ -86,7 +86,7 @@ def trainable(
         tune.report({FINAL: True, "status": "already_finished"})
         return
     PYTHON_OBJECTS.update(python_objects or {})
-    _register_terms(terms)
+    _register_extensions(extensions)
     logging.getLogger("autogram").setLevel(logging.WARNING)
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; size torch's pool to match on purpose.
     torch.set_num_threads(max(1, int(cpus)))
@@ -137,37 +137,47 @@ def _teacher(meta: Any, blob: bytes | None, cache_dir: str | None, data: Any, de
     return resident((meta.key, "teacher", str(device)), lambda: teacher_from_bytes(blob, data, device, meta.taps))
 
 
-def pack_terms() -> bytes | None:
-    """The registered loss terms defined outside autogram, pickled by value for the workers
-    (their module, a user's script or a test, need not be importable there); None if none."""
+def pack_extensions() -> bytes | None:
+    """The loss terms and model sources registered in this process but defined outside
+    autogram, pickled by value for the workers (their module, a user's script or a test, need
+    not be importable there); None if there are none."""
     from ray import cloudpickle
 
     from autogram.distill.terms import outside_terms
+    from autogram.models.sources import MODEL_SOURCES
 
-    classes = outside_terms()
+    models = [cls for cls in MODEL_SOURCES.values() if not cls.__module__.startswith("autogram.")]
+    extensions = {"terms": outside_terms(), "models": models}
+    classes = [*extensions["terms"], *models]
     if not classes:
         return None
     modules = {sys.modules[c.__module__] for c in classes if c.__module__ != "__main__" and c.__module__ in sys.modules}
     for module in modules:
         cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps(classes)
+        return cloudpickle.dumps(extensions)
     finally:
         for module in modules:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-def _register_terms(blob: bytes | None) -> None:
-    """Register the driver's own terms in this worker, in the driver's order (once per process)."""
+def _register_extensions(blob: bytes | None) -> None:
+    """Register the driver's own terms and model sources in this worker, in the driver's
+    order (once per process: Ray reuses workers)."""
     if blob is None:
         return
     from ray import cloudpickle
 
     from autogram.distill.terms import TERMS, register_term
+    from autogram.models.sources import MODEL_SOURCES, register_model_source
 
-    for cls in cloudpickle.loads(blob):
+    extensions = cloudpickle.loads(blob)
+    for cls in extensions["terms"]:
         if cls.name not in TERMS:
             register_term(cls)
+    for cls in extensions["models"]:
+        if cls.name not in MODEL_SOURCES:
+            register_model_source(cls)
 
 
 def _trial_device(requested: str, gpus: float) -> Any:

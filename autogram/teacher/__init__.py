@@ -195,7 +195,9 @@ def ensure_teacher(
 ) -> TeacherHandle:
     """The frozen teacher with its taps: the user's (factory or in-memory object, used as
     given) or the built-in one (its checkpoint reused, or trained and saved)."""
-    if cfg.source != "builtin":
+    from autogram.models.sources import model_source
+
+    if not model_source(cfg, "teacher").trained_here:
         return user_teacher(cfg, data, device)
     handle = _ensure_builtin(cfg, data, device, retrain)
     from autogram.models import model_taps
@@ -207,10 +209,11 @@ def ensure_teacher(
 def user_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device) -> TeacherHandle:
     """Build the user's trained teacher, identify it by source and weights, find its taps."""
     from autogram.models import model_taps
-    from autogram.models.source import build_teacher_model, user_teacher_key
+    from autogram.models.sources import model_source, user_teacher_key
     from autogram.tensors.runtime import DeviceSplit, split_accuracy
 
-    model = build_teacher_model(cfg, cfg.checkpoint, data.spec())
+    source = model_source(cfg, "teacher")
+    model = source.teacher(cfg, cfg.checkpoint, data)
     key = user_teacher_key(cfg, model)
     if cfg.checkpoint_key is not None and key != cfg.checkpoint_key:
         raise ConfigError(
@@ -218,7 +221,7 @@ def user_teacher(cfg: TeacherConfig, data: MultiModalData, device: torch.device)
             f"expects {cfg.checkpoint_key[:16]} (its weights or settings changed since this config was exported)"
         )
     handle = _frozen(model, device, cfg.checkpoint, key, float("nan"), True)
-    handle.source = {**cfg.describe(), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None}
+    handle.source = {**source.describe(cfg), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None}
     handle.taps = model_taps(model, cfg, data, "teacher")
     # The teacher's accuracy on this data's validation split: a wrong preprocessing shows here.
     handle.val_accuracy = split_accuracy(model, DeviceSplit(data.splits["val"], device), 256, device)
