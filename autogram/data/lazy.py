@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from autogram.config import ConfigError, DataConfig
 from autogram.data.base import SPLITS, LazySplit, Modality, MultiModalData
-from autogram.data.checks import check_finite, infer_kind
+from autogram.data.checks import check_finite, class_count, infer_kind, warn_if_constant
 
 Fetch = Callable[[np.ndarray], dict[str, np.ndarray]]
 SCAN_CHUNK = 512
@@ -75,8 +76,43 @@ def build_lazy(
         modalities.append((name, kind, shape))
     tokens = frozenset(n for n, k, _ in modalities if k == "tokens")
     digest = hashlib.sha256(f"{identity}|{modalities}".encode())
+    vocab, moments = _scan(raw, names, first, tokens, digest, hash_rows, source)
+    index, fetches, labels = _split_rows(raw, cfg, digest)
+    splits = {
+        s: LazySplit(RowReader(fetches[s], index[s], shapes, tokens), labels[s])
+        for s in SPLITS  # type: ignore[arg-type]
+    }
+    num_classes = class_count(list(labels.values()), source)
+    scale = {}
+    for name, (count, total, squares) in moments.items():
+        mean = total / max(count, 1)
+        spread = float(np.sqrt(max(squares / max(count, 1) - mean**2, 0.0)))
+        warn_if_constant(name, spread, source)
+        scale[name] = spread or 1.0
+    return MultiModalData(
+        modalities=[Modality(n, k, s, vocab.get(n)) for n, k, s in modalities],  # type: ignore[arg-type]
+        num_classes=num_classes,
+        splits=splits,
+        source=source,
+        fingerprint=digest.hexdigest(),
+        noise_scale=scale,
+    )
+
+
+def _scan(
+    raw: dict[str, RawSplit],
+    names: list[str],
+    first: dict[str, Any],
+    tokens: frozenset[str],
+    digest: Any,
+    hash_rows: bool,
+    source: str,
+) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Read every row once, in chunks: check labels, shapes and finite values, hash the
+    labels (and rows, with ``hash_rows``) into ``digest``; returns each token modality's
+    vocabulary size and each other modality's train moments (count, sum, sum of squares)."""
     vocab = dict.fromkeys(tokens, 1)
-    moments: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n, k, _ in modalities if k != "tokens"}
+    moments: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in names if n not in tokens}
     for split_name, split in raw.items():
         labels = np.asarray(split.labels)
         if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
@@ -101,6 +137,14 @@ def build_lazy(
                     moments[name][2] += np.square(values).sum()
                 if hash_rows:
                     digest.update(np.ascontiguousarray(array).tobytes())
+    return vocab, moments
+
+
+def _split_rows(
+    raw: dict[str, RawSplit], cfg: DataConfig, digest: Any
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
+    """(row index, reader, labels) per split: validation and test carved from train when the
+    source has none, train cut to ``max_train``; each choice enters ``digest``."""
     counts = {name: len(split.labels) for name, split in raw.items()}
     index = {name: np.arange(n) for name, n in counts.items()}
     fetches = {name: split.fetch for name, split in raw.items()}
@@ -115,20 +159,4 @@ def build_lazy(
     if cfg.max_train is not None:
         index["train"], labels["train"] = index["train"][: cfg.max_train], labels["train"][: cfg.max_train]
         digest.update(f"max_train {cfg.max_train}".encode())
-    splits = {
-        s: LazySplit(RowReader(fetches[s], index[s], shapes, tokens), labels[s])
-        for s in SPLITS  # type: ignore[arg-type]
-    }
-    num_classes = int(max(int(v.max(initial=0)) for v in labels.values())) + 1
-    scale = {}
-    for name, (count, total, squares) in moments.items():
-        mean = total / max(count, 1)
-        scale[name] = float(np.sqrt(max(squares / max(count, 1) - mean**2, 0.0))) or 1.0
-    return MultiModalData(
-        modalities=[Modality(n, k, s, vocab.get(n)) for n, k, s in modalities],  # type: ignore[arg-type]
-        num_classes=num_classes,
-        splits=splits,
-        source=source,
-        fingerprint=digest.hexdigest(),
-        noise_scale=scale,
-    )
+    return index, fetches, labels

@@ -154,6 +154,24 @@ def find_taps(
             base.update(_run(model, root, extra, example))
     finally:
         model.train(was_training)
+    taps = _make_taps(root, cfg, modalities, found, base)
+    names = [t.name for t in taps]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"{role}.taps: two taps are called {duplicate!r}")
+    if not any(t.role == "feature" for t in taps):
+        raise ConfigError(
+            f"{role}: no taps found in {what} (no ModuleList/Sequential child returns a 3-D or 4-D tensor); "
+            f"name them with {role}.taps: [{{name, module_path, modality}}]"
+        )
+    return taps
+
+
+def _make_taps(
+    root: nn.Module, cfg: ModelSource, modalities: list[str], found: list[tuple], base: dict[str, Any]
+) -> list[Tap]:
+    """Taps from the (name, path, modality, layout) found, in forward order: feature taps by
+    relative depth within each modality (and the fused group), then one embedding per modality."""
     order = {path: i for i, path in enumerate(base)}
     found.sort(key=lambda item: order.get(item[1], 0))
     taps: list[Tap] = []
@@ -173,13 +191,4 @@ def find_taps(
         shape = tuple(base[path].shape[1:]) if base.get(path) is not None else ()
         layout = _guess_layout(root.get_submodule(path), shape) if named else last[-1].layout
         taps.append(Tap(f"{modality}.embed", modality, 1.0, path, "embedding", layout, shape))
-    names = [t.name for t in taps]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise ConfigError(f"{role}.taps: two taps are called {duplicate!r}")
-    if not any(t.role == "feature" for t in taps):
-        raise ConfigError(
-            f"{role}: no taps found in {what} (no ModuleList/Sequential child returns a 3-D or 4-D tensor); "
-            f"name them with {role}.taps: [{{name, module_path, modality}}]"
-        )
     return taps
