@@ -7,7 +7,6 @@ The front comes from MLflow (a search or experiment name) or from a search folde
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, SpaceConfig, validate
+from autogram.config.base import read_json
 
 _WHERE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
 
@@ -71,7 +71,7 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
     if path.is_dir():
         if not (path / "front.json").is_file() or not (path / "search.json").is_file():
             raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
-        return json.loads((path / "front.json").read_text()), json.loads((path / "search.json").read_text()), ""
+        return read_json(path / "front.json", "front"), read_json(path / "search.json", "search spec"), ""
     from autogram.report.tracking import client_for, read_front
     from autogram.report.tracking import tracking_uri as resolve_uri
 
@@ -79,7 +79,7 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
     document = read_front(uri, source)
     with tempfile.TemporaryDirectory(prefix="autogram-download-") as folder:
         local = client_for(uri).download_artifacts(document["run_id"], "search.json", folder)
-        spec = json.loads(Path(local).read_text())
+        spec = read_json(Path(local), "search spec")
     return document, spec, document["run_id"]
 
 

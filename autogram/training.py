@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from autogram.config import ConfigError, TrialConfig
+from autogram.config.base import read_json
 from autogram.distill import LoopState
 
 log = logging.getLogger("autogram")
@@ -69,7 +70,7 @@ class Checkpointer:
     def saved_run_id(self) -> str:
         """The MLflow run of the interrupted run, to continue logging into it."""
         path = self.directory / STATE
-        return json.loads(path.read_text()).get("mlflow_run_id", "") if path.is_file() else ""
+        return read_json(path, "checkpoint state").get("mlflow_run_id", "") if path.is_file() else ""
 
     def restore(self, state: LoopState) -> int:
         """Load the last checkpoint into the models and ``state``; return its epoch."""
@@ -80,7 +81,7 @@ class Checkpointer:
         meta_path, weights_path = self.directory / STATE, self.directory / CHECKPOINT
         if not meta_path.is_file() or not weights_path.is_file():
             raise ConfigError(f"--resume: no checkpoint in {self.directory}")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, "checkpoint state")
         tensors = load_file(str(weights_path))
         for name, module in self.modules.items():
             prefix = f"{name}."
@@ -281,7 +282,7 @@ def _check_resumable(directory: Path, epochs: int) -> None:
     path = directory / STATE
     if not path.is_file():
         return
-    meta = json.loads(path.read_text())
+    meta = read_json(path, "checkpoint state")
     planned = meta.get("epochs")
     if planned is not None and int(meta["epoch"]) >= int(planned):
         raise ConfigError(

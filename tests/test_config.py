@@ -93,3 +93,41 @@ def test_cli_bad_input_exits_2_with_one_line(args: list[str], expected: str, tmp
     assert len([line for line in lines if "error" in line]) == 1
     assert proc.stdout == ""
     assert not any(tmp_path.iterdir()), "a failed command must not write files"
+
+
+def _cut_files(tmp_path: Path) -> None:
+    """Files a user or a crash leaves behind: a config in another encoding, an empty one, a
+    search folder whose front.json was cut, a training checkpoint whose state was cut."""
+    import yaml
+
+    from tests.conftest import tiny_raw
+
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path / "teachers")))
+    (tmp_path / "run.checkpoints").mkdir()
+    (tmp_path / "run.checkpoints" / "last.json").write_text('{"epoch": 1, "epo')
+    search = tmp_path / "runs" / "s"
+    search.mkdir(parents=True)
+    (search / "front.json").write_text('{"name": "s", "trials": [')
+    (search / "search.json").write_text("{}")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trial", "latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 9"),
+        (["trial", "empty.yaml"], "empty.yaml: the config is empty"),
+        (["search", "run.yaml", "--name", "x" * 300, "--out", "runs"], "(300 characters)' is not a usable directory"),
+        (["export", "runs/s", "-o", "best.yaml"], "front.json: front is not valid JSON"),
+        (["train", "run.yaml", "--resume"], "last.json: checkpoint state is not valid JSON"),
+    ],
+)
+def test_cut_or_odd_files_are_one_line_errors(args: list[str], expected: str, tmp_path: Path) -> None:
+    _cut_files(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("autogram: error:") and expected in lines[-1], proc.stderr[-2000:]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing may be written"

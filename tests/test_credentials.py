@@ -45,3 +45,30 @@ def test_bad_storage_urls(url: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected) as info:
         storage_url(url)
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_password_given_as_a_query_parameter_is_moved_and_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq's ``?password=`` form: out of the URL (into PGPASSWORD), never printed."""
+    import os
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    url = "postgresql+psycopg://bob@127.0.0.1:1/optuna?password=s3cret&sslmode=disable"
+    assert masked(url) == "postgresql+psycopg://bob@127.0.0.1:1/optuna?password=***&sslmode=disable"
+    with pytest.raises(ConfigError, match="cannot connect to postgresql") as info:
+        storage_url(url)  # nothing listens on port 1: the line names the URL without the password
+    assert "s3cret" not in str(info.value) and "password" not in str(info.value)
+    assert os.environ["PGPASSWORD"] == "s3cret"
+    assert tracking_url("postgresql://mlflow@db/mlflow?password=dbpw") == "postgresql://mlflow@db/mlflow"
+    assert os.environ["PGPASSWORD"] == "dbpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg://bob@db/x?sslpassword=s3cret", "sqlite:////tmp/x.db?token=s3cret"],
+)
+def test_other_secret_parameters_are_refused_in_one_masked_line(url: str) -> None:
+    with pytest.raises(ConfigError, match="would be written into the search's files") as info:
+        storage_url(url)
+    assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="--tracking-uri: the parameter"):
+        tracking_url(url.replace("postgresql+psycopg", "https"))

@@ -215,3 +215,43 @@ def test_every_float_modality_kind_gets_missing_and_noise() -> None:
     wave = next(c for c in suite(modalities, [2.0]) if c.name == "wave:noise@2")
     delta = apply(inputs, modalities, wave, seed=0, scale={"wave": 3.0})["wave"] - inputs["wave"]
     assert abs(delta.std() - 6.0) < 0.3
+
+
+def _npz_with(path: Path, **extra: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 60), ("val", 20), ("test", 20)):
+        arrays[f"{split}_label"] = np.arange(n) % 3
+        arrays[f"{split}_pic"] = rng.integers(0, 255, (n, 8, 8)).astype(np.uint8)
+    for key, value in extra.items():
+        arrays[key] = value
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_text_modality_stored_as_strings_is_refused_not_dropped(tmp_path: Path) -> None:
+    text = {f"{s}_caption": np.array(["a cat"] * n) for s, n in (("train", 60), ("val", 20), ("test", 20))}
+    path = _npz_with(tmp_path / "text.npz", **text)
+    with pytest.raises(ConfigError, match="train_caption holds <U5 values: a modality must be numbers"):
+        load_data(DataConfig(path=path))
+    data = load_data(DataConfig(path=path, modalities=["pic"]))  # named out: fine
+    assert [m.name for m in data.modalities] == ["pic"]
+
+
+def test_a_stray_label_is_refused_not_a_hundred_classes(tmp_path: Path) -> None:
+    path = _npz_with(tmp_path / "stray.npz")
+    arrays = dict(np.load(path))
+    arrays["train_label"][7] = 99
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match="4 distinct labels go up to 99 and no sample has label 3"):
+        load_data(DataConfig(path=path))
+
+
+def test_a_constant_modality_is_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    flat = {f"{s}_blank": np.zeros((n, 4, 4), np.float32) for s, n in (("train", 60), ("val", 20), ("test", 20))}
+    path = _npz_with(tmp_path / "flat.npz", **flat)
+    with caplog.at_level("WARNING", logger="autogram"):
+        data = load_data(DataConfig(path=path))
+    assert {m.name for m in data.modalities} == {"blank", "pic"}
+    warned = [r.getMessage() for r in caplog.records if "same value in every training sample" in r.getMessage()]
+    assert len(warned) == 1 and "'blank'" in warned[0]

@@ -317,11 +317,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = _yaml_load(path.read_text()) or {}
+        raw = _yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
+    if raw is None:  # an empty file (or comments only) is more likely a mistake than "all defaults"
+        raise ConfigError(
+            f"{path}: the config is empty (for every default, write {{}}; to start: search_spaces/quickstart.yaml)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw

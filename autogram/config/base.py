@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is one line naming the field or file."""
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file autogram wrote, or a one-line :class:`ConfigError` naming it (missing, not
+    UTF-8, or cut: a run still writing it, or a disk that filled)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not valid JSON ({exc.msg}, line {exc.lineno}): cut or edited?") from None
 
 
 def first_line(exc: BaseException) -> str:

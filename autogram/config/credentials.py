@@ -6,33 +6,64 @@ every one of them, so before anything is written the password is taken out of th
 put where the client library reads it from the environment: ``PGPASSWORD`` for PostgreSQL
 (libpq and psycopg read it), ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
 for an ``http(s)://`` MLflow server. Only the URL without the password travels on.
+
+A password may also come as a query parameter (``...?password=...``, libpq's form): the same
+rule applies to it, and any other secret-looking parameter (``sslpassword``, ``token``, ...)
+is refused with one line, since there is no environment variable to move it to.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from autogram.config.base import ConfigError, first_line
 
 MASK = "***"
+# Query parameters that carry a secret (compared lower-case).
+SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "sslpassword", "token", "access_token", "api_key", "secret"})
+
+
+def _params(url: str) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+def _with_params(url: str, params: list[tuple[str, str]]) -> str:
+    return urlunsplit(urlsplit(url)._replace(query=urlencode(params, safe="*")))
 
 
 def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages)."""
+    """``url`` with any password or secret query parameter replaced by ``***`` (for messages)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)))
+    params = _params(url)
+    if any(k.lower() in SECRET_PARAMS for k, _ in params):
+        url = _with_params(url, [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in params])
+    return url
 
 
 def _without_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password (in the userinfo or a ``password=`` parameter), and the password."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url, None
-    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
-    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+    password = parts.password
+    if password is not None:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", "@", 1)))
+    params = _params(url)
+    given = [v for k, v in params if k.lower() == "password"]
+    if given:
+        password = password or given[0]
+        url = _with_params(url, [(k, v) for k, v in params if k.lower() != "password"])
+    return url, password
+
+
+def _refuse_other_secrets(url: str, field: str) -> None:
+    other = [k for k, _ in _params(url) if k.lower() in SECRET_PARAMS and k.lower() != "password"]
+    if other:
+        raise ConfigError(
+            f"{field}: the parameter {other[0]!r} of {masked(url)} would be written into the search's files; "
+            "use the client's own credential file or environment instead"
+        )
 
 
 def storage_url(url: str, field: str = "search.storage") -> str:
@@ -50,6 +81,7 @@ def storage_url(url: str, field: str = "search.storage") -> str:
         raise ConfigError(
             f"{field}: {masked(url)!r} is not a database URL (e.g. postgresql+psycopg://user@host:5432/db)"
         ) from None
+    _refuse_other_secrets(url, field)
     bare, password = _without_password(url)
     if password is not None:
         if parsed.get_backend_name() != "postgresql":
@@ -97,14 +129,15 @@ def tracking_url(url: str) -> str:
     ``http(s)://user:pass@host`` becomes ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` (MLflow's
     basic auth); ``postgresql://user:pass@host/db`` (a database store) becomes ``PGPASSWORD``.
     """
+    _refuse_other_secrets(url, "--tracking-uri")
     bare, password = _without_password(url)
     if password is None:
         return url
-    parts = urlsplit(url)
+    parts = urlsplit(bare)
     if parts.scheme in ("http", "https"):
         os.environ["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
-        netloc = parts.netloc.split("@", 1)[1]
+        netloc = parts.netloc.split("@", 1)[-1]
         return urlunsplit(parts._replace(netloc=netloc))
     if parts.scheme.startswith("postgresql"):
         os.environ["PGPASSWORD"] = password

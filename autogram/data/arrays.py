@@ -8,7 +8,7 @@ import numpy as np
 
 from autogram.config import ConfigError, DataConfig, GroupSplit
 from autogram.data.base import SPLITS, Modality, MultiModalData, Split
-from autogram.data.checks import check_finite, infer_kind
+from autogram.data.checks import check_finite, class_count, infer_kind, warn_if_constant
 
 _NAME_OK = str.isidentifier
 
@@ -78,11 +78,26 @@ def _regroup(arrays: dict[str, np.ndarray], keys: list[str], spec: GroupSplit, s
             arrays[f"{split}_{key}"] = pooled[key][mask]
 
 
+def _refuse_non_numeric(arrays: dict[str, np.ndarray], names: list[str] | None, source: str) -> None:
+    """A per-split array of strings (or objects) cannot be a modality: one line, unless the
+    config's ``data.modalities`` leaves it out."""
+    for key, array in arrays.items():
+        split, _, name = key.partition("_")
+        if split not in SPLITS or name == "label" or array.dtype.kind in "biuf" or key.endswith("_names"):
+            continue
+        if names is None or name in names:
+            raise ConfigError(
+                f"{source}: {key} holds {array.dtype} values: a modality must be numbers (text as integer "
+                "token ids); list the modalities to use in data.modalities to leave it out"
+            )
+
+
 def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> MultiModalData:
     """Validate, split and standardise raw arrays into :class:`MultiModalData`."""
     arrays = dict(arrays)
     found = _detect_modalities(arrays, source)
     names = cfg.modalities if cfg.modalities is not None else found
+    _refuse_non_numeric(arrays, names if cfg.modalities is not None else None, source)
     for name in names:
         if name not in found:
             raise ConfigError(f"{source}: data.modalities: no array train_{name} (found: {', '.join(found)})")
@@ -105,10 +120,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
         for key in keys:
             arrays[f"train_{key}"] = arrays[f"train_{key}"][: cfg.max_train]
 
-    labels_all = np.concatenate([arrays[f"{s}_label"] for s in SPLITS])
-    if not np.issubdtype(labels_all.dtype, np.integer) or labels_all.min() < 0:
-        raise ConfigError(f"{source}: labels must be non-negative integers")
-    num_classes = int(labels_all.max()) + 1
+    num_classes = class_count([arrays[f"{s}_label"] for s in SPLITS], source)
 
     modalities = []
     splits = {s: Split(inputs={}, labels=arrays[f"{s}_label"].astype(np.int64)) for s in SPLITS}
@@ -126,6 +138,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             source,
         )
         if kind == "tokens":
+            warn_if_constant(name, float(np.ptp(train_array)) if train_array.size else 0.0, source)
             vocab = int(max(arrays[f"{s}_{name}"].max() for s in SPLITS)) + 1
             for split in SPLITS:
                 splits[split].inputs[name] = arrays[f"{split}_{name}"].astype(np.int64)
@@ -133,6 +146,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
         else:
             # Standardise with train statistics only, so val/test stay unseen.
             train = train_array.astype(np.float32)
+            warn_if_constant(name, float(train.std()), source)
             mean, std = float(train.mean()), float(train.std()) or 1.0
             for split in SPLITS:
                 values = (arrays[f"{split}_{name}"].astype(np.float32) - mean) / std
@@ -150,11 +164,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: not an .npz archive (numpy.savez writes one: a zip of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            # Strings only as group names ({by}_names, for data.split_by); nothing else reads them.
+            # Strings as group names ({by}_names, for data.split_by), and per-split arrays, which
+            # are refused as modalities by name (a text modality is not dropped without a word).
             return {
                 key: npz[key]
                 for key in npz.files
-                if npz[key].dtype.kind in "biuf" or (npz[key].dtype.kind == "U" and key.endswith("_names"))
+                if npz[key].dtype.kind in "biuf" or key.endswith("_names") or key.split("_", 1)[0] in SPLITS
             }
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read as .npz ({exc})") from None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from autogram.config import ConfigError
+
+log = logging.getLogger("autogram")
 
 
 def infer_kind(
@@ -44,3 +48,25 @@ def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
                 f"{what} has NaN or inf values in {int(bad.sum())} sample(s) (first: sample {first}); "
                 "clean or drop them"
             )
+
+
+def class_count(labels: list[np.ndarray], source: str) -> int:
+    """The number of classes, K, from every split's labels, which must be the integers 0..K-1
+    (K distinct values): a gap means a stray label (a 99 among 0..9 would make 100 classes)."""
+    values = np.concatenate([np.asarray(v).reshape(-1) for v in labels])
+    if not np.issubdtype(values.dtype, np.integer) or (values.size and values.min() < 0):
+        raise ConfigError(f"{source}: labels must be non-negative integers")
+    distinct = np.unique(values)
+    if distinct.size and int(distinct[-1]) != distinct.size - 1:
+        missing = int(np.setdiff1d(np.arange(int(distinct[-1]) + 1), distinct)[0])
+        raise ConfigError(
+            f"{source}: labels must be 0..K-1 for K classes; {distinct.size} distinct labels go up to "
+            f"{int(distinct[-1])} and no sample has label {missing} (a stray label?)"
+        )
+    return int(distinct.size)
+
+
+def warn_if_constant(name: str, spread: float, source: str) -> None:
+    """A modality with the same value everywhere in train carries no signal: say so."""
+    if spread == 0.0:
+        log.warning("%s: modality %r has the same value in every training sample: it carries no signal", source, name)

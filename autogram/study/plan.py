@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, TrialConfig
+from autogram.config.base import read_json
 from autogram.study.resume import TUNE_DIR
 
 log = logging.getLogger("autogram")
@@ -121,7 +121,7 @@ def _recorded_storage(cfg: TrialConfig, spec: Path) -> TrialConfig:
     spec = spec.resolve()
     if cfg.search.storage or not spec.is_file():
         return cfg
-    recorded = json.loads(spec.read_text()).get("config", {}).get("search", {}).get("storage")
+    recorded = read_json(spec, "search spec").get("config", {}).get("search", {}).get("storage")
     if not recorded:
         return cfg
     return cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": recorded})})
@@ -129,8 +129,9 @@ def _recorded_storage(cfg: TrialConfig, spec: Path) -> TrialConfig:
 
 def _search_directory(out: Path, name: str, resume: bool) -> Path:
     """The search's folder: one to resume holds Ray's state, a new one is empty."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--name: {name!r} is not a usable directory name")
+    if not name or "/" in name or name.startswith(".") or len(name) > 100:
+        shown = name if len(name or "") <= 40 else f"{name[:40]}... ({len(name)} characters)"
+        raise ConfigError(f"--name: {shown!r} is not a usable directory name (at most 100 characters, no '/')")
     directory = (out / name).resolve()
     if resume:
         if not (directory / TUNE_DIR).is_dir():
