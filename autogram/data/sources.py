@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from autogram.config import ConfigError, DataConfig
+from autogram.config import DataConfig
+from autogram.config.registry import Registry
 
 if TYPE_CHECKING:
     from autogram.data.base import MultiModalData
@@ -28,22 +29,9 @@ class DataKind:
         raise NotImplementedError
 
 
-DATA_SOURCES: dict[str, type[DataKind]] = {}
-
-
-def register_data_source(cls: type[DataKind]) -> type[DataKind]:
-    """Class decorator: register a data source under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in DATA_SOURCES and DATA_SOURCES[cls.name] is not cls:
-        raise ValueError(f"data source {cls.name!r} is already registered ({DATA_SOURCES[cls.name].__name__})")
-    DATA_SOURCES[cls.name] = cls
-    return cls
-
-
-def unregister_data_source(name: str) -> None:
-    """Remove a data source (tests that register a toy one clean up with this)."""
-    DATA_SOURCES.pop(name, None)
+DATA_SOURCES: Registry[DataKind] = Registry("data source")
+register_data_source = DATA_SOURCES.register
+unregister_data_source = DATA_SOURCES.unregister
 
 
 def load_data(cfg: DataConfig, python_data: dict | None = None) -> MultiModalData:
@@ -53,9 +41,7 @@ def load_data(cfg: DataConfig, python_data: dict | None = None) -> MultiModalDat
         from autogram.data.datasets import from_datasets
 
         return from_datasets(python_data, cfg, "python data")
-    if cfg.source not in DATA_SOURCES:
-        raise ConfigError(f"data.kind: unknown data source {cfg.source!r} (registered: {', '.join(DATA_SOURCES)})")
-    return DATA_SOURCES[cfg.source]().load(cfg)
+    return DATA_SOURCES.get_class(cfg.source, "data.kind")().load(cfg)
 
 
 @register_data_source

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from autogram.config import ConfigError, DistillConfig, TrainConfig
+from autogram.config import DistillConfig, TrainConfig
 from autogram.data.base import MultiModalData
 from autogram.models.features import capture
 from autogram.models.taps import Tap, TapPair
@@ -42,9 +42,7 @@ class Objective(nn.Module):
         super().__init__()
         from autogram.distill.terms import TERMS, TermSetup, active_terms
 
-        unknown = sorted(set(cfg.weights) - set(TERMS))
-        if unknown:
-            raise ConfigError(f"distill.weights: unknown loss term {unknown[0]!r} (registered: {', '.join(TERMS)})")
+        TERMS.check(cfg.weights, "distill.weights")
         active = active_terms(cfg, TermSetup(list(pairs), dict(student_embeds), dict(teacher_embeds)))
         self.terms: dict[str, LossTerm] = {name: term for name, (term, _) in active.items()}
         self.weights = {name: weight for name, (_, weight) in active.items()}

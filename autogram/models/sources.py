@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autogram.config import ConfigError, ModelSource
+from autogram.config.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,30 +53,14 @@ class ModelKind:
         return {"source": self.name, "kwargs": cfg.kwargs}
 
 
-MODEL_SOURCES: dict[str, type[ModelKind]] = {}
-
-
-def register_model_source(cls: type[ModelKind]) -> type[ModelKind]:
-    """Class decorator: register a model source under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in MODEL_SOURCES and MODEL_SOURCES[cls.name] is not cls:
-        raise ValueError(f"model source {cls.name!r} is already registered ({MODEL_SOURCES[cls.name].__name__})")
-    MODEL_SOURCES[cls.name] = cls
-    return cls
-
-
-def unregister_model_source(name: str) -> None:
-    """Remove a model source (tests that register a toy one clean up with this)."""
-    MODEL_SOURCES.pop(name, None)
+MODEL_SOURCES: Registry[ModelKind] = Registry("model source")
+register_model_source = MODEL_SOURCES.register
+unregister_model_source = MODEL_SOURCES.unregister
 
 
 def model_source(cfg: ModelSource, role: str = "model") -> ModelKind:
     """The registered source a config section names; a one-line error for an unknown kind."""
-    name = cfg.source
-    if name not in MODEL_SOURCES:
-        raise ConfigError(f"{role}.kind: unknown model source {name!r} (registered: {', '.join(MODEL_SOURCES)})")
-    return MODEL_SOURCES[name]()
+    return MODEL_SOURCES.get_class(cfg.source, f"{role}.kind")()
 
 
 @register_model_source
@@ -109,29 +94,20 @@ class Factory(ModelKind):
         """The factory's fresh model, seeded, wrapped in autogram's calling convention."""
         import torch
 
-        from autogram.config.factories import call_factory, resolve_factory
-        from autogram.models.source import Adapted, module_from
+        from autogram.config.factories import resolve_factory
 
         assert cfg.factory is not None
-        spec = data.spec()
         torch.manual_seed(seed)
-        fn = resolve_factory(cfg.factory, "student.factory")
-        made = call_factory(fn, "student.factory", cfg.factory, spec, **cfg.kwargs)
-        return Adapted(module_from(made, "student.factory", cfg.factory), cfg, spec.modalities, "student")
+        return _fresh_student(resolve_factory(cfg.factory, "student.factory"), cfg.factory, cfg, data)
 
     def teacher(self, cfg: ModelSource, checkpoint: Path | None, data: Any) -> nn.Module:
         """The factory's model with ``checkpoint`` loaded."""
         from autogram.config.factories import call_factory, resolve_factory
-        from autogram.models.source import Adapted, load_weights, module_from
 
         assert cfg.factory is not None
         fn = resolve_factory(cfg.factory, "teacher.factory")
-        model = module_from(
-            call_factory(fn, "teacher.factory", cfg.factory, **cfg.kwargs), "teacher.factory", cfg.factory
-        )
-        if checkpoint is not None:
-            load_weights(model, checkpoint, "teacher.checkpoint")
-        return Adapted(model, cfg, data.spec().modalities, "teacher")
+        made = call_factory(fn, "teacher.factory", cfg.factory, **cfg.kwargs)
+        return _trained_teacher(made, "teacher.factory", cfg.factory, cfg, checkpoint, data)
 
     def describe(self, cfg: ModelSource) -> dict[str, Any]:
         """The factory's path and its arguments."""
@@ -150,8 +126,7 @@ class InMemory(ModelKind):
         import torch
         from torch import nn
 
-        from autogram.config.factories import call_factory
-        from autogram.models.source import PYTHON_OBJECTS, Adapted, module_from
+        from autogram.models.source import PYTHON_OBJECTS
 
         torch.manual_seed(seed)
         fn = PYTHON_OBJECTS.get(cfg.python or "")
@@ -159,25 +134,43 @@ class InMemory(ModelKind):
             raise ConfigError(f"student.python: {cfg.python!r} names no in-memory builder in this process")
         if isinstance(fn, nn.Module):
             raise ConfigError("student: pass a function that builds a fresh model, not a model instance")
-        name, spec = cfg.python or "student", data.spec()
-        made = call_factory(fn, "student.factory", name, spec, **cfg.kwargs)
-        return Adapted(module_from(made, "student.factory", name), cfg, spec.modalities, "student")
+        return _fresh_student(fn, cfg.python or "student", cfg, data)
 
     def teacher(self, cfg: ModelSource, checkpoint: Path | None, data: Any) -> nn.Module:
         """The given module (``checkpoint`` loaded into it, if set)."""
-        from autogram.models.source import PYTHON_OBJECTS, Adapted, load_weights, module_from
+        from autogram.models.source import PYTHON_OBJECTS
 
         model = PYTHON_OBJECTS.get(cfg.python or "")
         if model is None:
             raise ConfigError(f"teacher.python: {cfg.python!r} names no in-memory teacher in this process")
-        model = module_from(model, "teacher", cfg.python or "teacher")
-        if checkpoint is not None:
-            load_weights(model, checkpoint, "teacher.checkpoint")
-        return Adapted(model, cfg, data.spec().modalities, "teacher")
+        return _trained_teacher(model, "teacher", cfg.python or "teacher", cfg, checkpoint, data)
 
     def describe(self, cfg: ModelSource) -> dict[str, Any]:
         """The object's name in this process."""
         return {"source": "python", "object": cfg.python}
+
+
+def _fresh_student(fn: Any, name: str, cfg: ModelSource, data: Any) -> nn.Module:
+    """A user's builder called with the data's spec and kwargs (the caller seeded torch), its
+    model wrapped in autogram's calling convention."""
+    from autogram.config.factories import call_factory
+    from autogram.models.source import Adapted, module_from
+
+    spec = data.spec()
+    made = call_factory(fn, "student.factory", name, spec, **cfg.kwargs)
+    return Adapted(module_from(made, "student.factory", name), cfg, spec.modalities, "student")
+
+
+def _trained_teacher(
+    made: Any, field: str, name: str, cfg: ModelSource, checkpoint: Path | None, data: Any
+) -> nn.Module:
+    """A user's teacher module (``checkpoint`` loaded into it, if set), wrapped."""
+    from autogram.models.source import Adapted, load_weights, module_from
+
+    model = module_from(made, field, name)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, "teacher.checkpoint")
+    return Adapted(model, cfg, data.spec().modalities, "teacher")
 
 
 def user_teacher_key(cfg: ModelSource, model: nn.Module) -> str:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from autogram.config.registry import Registry
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -103,22 +105,9 @@ class LossTerm:
         raise NotImplementedError
 
 
-TERMS: dict[str, type[LossTerm]] = {}
-
-
-def register_term(cls: type[LossTerm]) -> type[LossTerm]:
-    """Class decorator: add ``cls`` to the registry under ``cls.name`` (a name is registered once)."""
-    if not cls.name or not cls.name.isidentifier():
-        raise ValueError(f"loss term {cls.__name__}: name {cls.name!r} must be a Python identifier")
-    if cls.name in TERMS and TERMS[cls.name] is not cls:
-        raise ValueError(f"loss term {cls.name!r} is already registered ({TERMS[cls.name].__name__})")
-    TERMS[cls.name] = cls
-    return cls
-
-
-def unregister_term(name: str) -> None:
-    """Remove a term (tests that register a toy term clean up with this)."""
-    TERMS.pop(name, None)
+TERMS: Registry[LossTerm] = Registry("loss term", identifiers=True)
+register_term = TERMS.register
+unregister_term = TERMS.unregister
 
 
 def outside_terms() -> list[type[LossTerm]]:
@@ -161,11 +150,7 @@ def searched_weights(space: Any) -> dict[str, Any]:
     """``{term: fixed weight or Range}`` of every registered term the search space sets, in
     registry order: the legacy fields of the built-in terms, then ``search.space.weights``.
     A name no term is registered under is an error, not a weight silently left out."""
-    unknown = sorted(set(space.weights) - set(TERMS))
-    if unknown:
-        from autogram.config import ConfigError
-
-        raise ConfigError(f"search.space.weights: unknown loss term {unknown[0]!r} (registered: {', '.join(TERMS)})")
+    TERMS.check(space.weights, "search.space.weights")
     out: dict[str, Any] = {}
     for name, cls in TERMS.items():
         if name in space.weights:
