@@ -84,11 +84,19 @@ def main() -> None:
 
 @main.command()
 @_config_command
-@click.option("--json", "as_json", is_flag=True, help="Print the taps and pairs as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the taps and pairs (or the ranking) as JSON.")
+@click.option("--rank", is_flag=True, help="Rank each student tap's teacher taps by the layer-mapping prior.")
 @_user_errors
-def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
-    """List the teacher's and student's feature taps and their default pairing."""
+def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool, rank: bool) -> None:
+    """List the teacher's and student's feature taps and their default pairing (``--rank``:
+    score every compatible pair by the prior that ``search.space.pairs: all`` uses)."""
     cfg = _load(config, overrides, quiet)
+    if rank:
+        from autogram.study.prior import rank_config
+
+        ranking = rank_config(cfg)
+        click.echo(json.dumps(ranking.to_json(), indent=2) if as_json else ranking.describe())
+        return
     from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 

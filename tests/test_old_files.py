@@ -37,6 +37,8 @@ def _meaning(raw: dict[str, Any], old: bool) -> dict[str, Any]:
     distill["term_weights"] = weights
     space = out.get("search", {}).get("space", {})
     assert space.pop("weights", {}) == {}  # a space from before searches the old w_* keys only
+    for key in ("top_k", "prior_steps", "prior_samples"):  # read only with pairs: all, which is new
+        space.pop(key, None)
     for section in ("data", "teacher", "student"):  # sources named by their fields, as before
         assert out[section].pop("kind", None) is None
     return out

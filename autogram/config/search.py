@@ -41,8 +41,18 @@ class SpaceConfig(_Strict):
     # None: every trial takes train.input_noise as configured.
     input_noise: float | Range | None = None
     gram_kind: Literal["sample", "channel"] | list[Literal["sample", "channel"]] = "sample"
-    # Candidate tap pairs: "auto" (the default pairing) or "student_tap:teacher_tap" names.
-    pairs: Literal["auto"] | list[str] = "auto"
+    # Candidate tap pairs: "auto" (the default pairing), "student_tap:teacher_tap" names (each
+    # a 0/1 flag), or "all": which teacher tap each student tap aligns to, searched among its
+    # top_k compatible teacher taps by a training-free prior (autogram/study/prior.py).
+    pairs: Literal["auto", "all"] | list[str] = "auto"
+    # With pairs "all": how many teacher taps, best by the prior, each student tap may choose
+    # (its nearest-depth one is added when the prior leaves it out: the kd_gram_all baseline's).
+    top_k: int = Field(3, ge=1)
+    # The prior: cross-entropy steps that warm a copy of the student up before its features
+    # are compared (0: at initialisation), and how many train samples the comparison reads.
+    prior_steps: int = Field(100, ge=0)
+    prior_samples: int = Field(256, ge=8)
+    # How many student taps are mapped (pairs "all") or pairs switched on (otherwise).
     min_pairs: int = Field(1, ge=0)
     max_pairs: int | None = Field(None, ge=1)
     # Weights of other registered loss terms (autogram/terms) by name, e.g. {dist: {low: 0.1,
@@ -65,6 +75,10 @@ class SpaceConfig(_Strict):
         dropout = self.modality_dropout
         if (dropout.high if isinstance(dropout, Range) else dropout) >= 1:
             raise ValueError("modality_dropout: must be < 1")
+        if isinstance(self.pairs, list):
+            for item in self.pairs:
+                if item.count(":") != 1 or not all(item.split(":")):
+                    raise ValueError(f"pairs: {item!r} must look like 'student_tap:teacher_tap'")
         if self.max_pairs is not None and self.max_pairs < self.min_pairs:
             raise ValueError(f"max_pairs ({self.max_pairs}) < min_pairs ({self.min_pairs})")
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autogram.models.builtin import NO_BUILTIN_ENV, build_student, build_teacher, check_builtin_kinds
-from autogram.models.taps import Tap, TapPair, default_pairs, embedding_taps, resolve_pairs
+from autogram.models.taps import Tap, TapPair, compatible_pairs, default_pairs, embedding_taps, resolve_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +21,7 @@ __all__ = [
     "check_builtin_kinds",
     "make_student",
     "model_taps",
+    "compatible_pairs",
     "default_pairs",
     "embedding_taps",
     "example_inputs",

@@ -112,10 +112,35 @@ def default_pairs(student_taps: list[Tap], teacher_taps: list[Tap]) -> list[TapP
     return pairs
 
 
+def compatible_pairs(student_taps: list[Tap], teacher_taps: list[Tap]) -> list[TapPair]:
+    """Every (student feature tap, teacher feature tap) that may be aligned: the same modality
+    (a ``fused`` tap with ``fused`` ones), or any two when each model has one modality. A
+    student feature tap with no compatible teacher tap is a ConfigError that names it."""
+    students = [t for t in student_taps if t.role == "feature"]
+    teachers = [t for t in teacher_taps if t.role == "feature"]
+    if not students:
+        raise ConfigError("search.space.pairs: all: the student has no feature taps to map")
+    single = len({t.modality for t in students}) == 1 and len({t.modality for t in teachers}) == 1
+    pairs = []
+    for s_tap in students:
+        matches = [t for t in teachers if single or t.modality == s_tap.modality]
+        if not matches:
+            have = sorted({t.modality for t in teachers}) or ["none"]
+            raise ConfigError(
+                f"search.space.pairs: all: student tap {s_tap.name!r} (modality {s_tap.modality}) has no "
+                f"teacher feature tap of its modality (teacher modalities: {', '.join(have)})"
+            )
+        pairs += [TapPair(s_tap, t) for t in matches]
+    return pairs
+
+
 def resolve_pairs(spec: str | list[str], student_taps: list[Tap], teacher_taps: list[Tap]) -> list[TapPair]:
-    """Turn ``distill.pairs`` ("auto" or ``student:teacher`` names) into tap pairs."""
+    """Turn ``distill.pairs`` ("auto" or ``student:teacher`` names) or ``search.space.pairs``
+    (also "all": every compatible pair) into tap pairs."""
     if spec == "auto":
         return default_pairs(student_taps, teacher_taps)
+    if spec == "all":
+        return compatible_pairs(student_taps, teacher_taps)
     by_student = {t.name: t for t in student_taps}
     by_teacher = {t.name: t for t in teacher_taps}
     pairs = []

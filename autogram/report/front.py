@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autogram.config.pairs import mapping_text, pair_count
 from autogram.report.pareto import hypervolume, pareto_front
 from autogram.report.verdict import format_verdict, verdict
 
@@ -66,6 +67,7 @@ def build_front(
                 "reason": trial.user_attrs.get("reason", ""),
                 "pareto": False,
                 "baseline": trial.user_attrs.get("baseline"),
+                "tag": trial.user_attrs.get("tag"),
             }
         )
     ok = [e for e in entries if e["status"] == "ok"]
@@ -111,14 +113,17 @@ def format_front(document: dict[str, Any]) -> str:
     ]
     for trial in front:
         params = trial["params"]
-        tag = f"  [{trial['baseline']}]" if trial.get("baseline") else ""
-        pair_flags = [v for k, v in params.items() if k.startswith("pair:")]
-        pairs = str(sum(pair_flags)) if pair_flags else "-"
+        label = trial.get("baseline") or trial.get("tag")
+        tag = f"  [{label}]" if label else ""
+        count = pair_count(params)
+        pairs = "-" if count is None else str(count)
         weights = "/".join(_fmt(params, w) for w in weight_columns)
+        mapping = mapping_text(params)
         lines.append(
             f"  {trial['number']:>5}  "
             + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
             + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}{tag}"
+            + (f"  {mapping}" if mapping else "")
         )
     judged = format_verdict(verdict(document))
     return "\n".join(lines + ([judged] if judged else []))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from autogram.config.pairs import pair_count, selected_pairs
 from autogram.report.pareto import hypervolume
 
 log = logging.getLogger("autogram")
@@ -104,14 +105,14 @@ def front_2d(document: dict[str, Any]) -> Any:
 def _numeric_params(trial: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in trial["params"].items():
-        if key.startswith("pair:") or key.startswith("use_"):
+        if key.startswith(("pair:", "map:", "use_")):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     for key, value in trial["params"].items():
         if key.startswith("use_") and value is False:
             out.setdefault(key.removeprefix("use_"), 0.0)  # a switched-off term has weight 0
-    out["pairs"] = float(sum(v for k, v in trial["params"].items() if k.startswith("pair:")))
+    out["pairs"] = float(pair_count(trial["params"]) or 0)
     return out
 
 
@@ -169,12 +170,9 @@ def pair_selection(document: dict[str, Any], candidates: list[str]) -> Any:
 
     fig = go.Figure()
     for on_front, colour, title in ((True, FRONT, "on the front"), (False, GREY, "off the front")):
-        trials = [
-            t for t in _ok(document) if t["pareto"] == on_front and any(k.startswith("pair:") for k in t["params"])
-        ]
-        share = [
-            float(np.mean([t["params"].get(f"pair:{c}", 0) for t in trials])) if trials else 0.0 for c in candidates
-        ]
+        trials = [t for t in _ok(document) if t["pareto"] == on_front and pair_count(t["params"]) is not None]
+        chosen = [set(selected_pairs(t["params"], candidates)) for t in trials]
+        share = [float(np.mean([c in picked for picked in chosen])) if trials else 0.0 for c in candidates]
         fig.add_trace(go.Bar(x=candidates, y=share, name=f"{title} ({len(trials)} trials)", marker_color=colour))
     fig.update_layout(
         title=f"{document['name']}: how often each tap pair is selected",

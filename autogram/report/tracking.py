@@ -23,6 +23,7 @@ log = logging.getLogger("autogram")
 TAG_SEARCH, TAG_DIR, TAG_KIND = "autogram.search", "autogram.search_dir", "autogram.kind"
 PARENT = "mlflow.parentRunId"
 TAG_BASELINE = "autogram.baseline"
+TAG_TAG = "autogram.tag"  # e.g. "prior": the prior's best layer mapping
 
 
 def tracking_uri(option: str | None) -> str:
@@ -146,6 +147,7 @@ class SearchTracker:
                 "trial_number": str(number),
                 "status": "running",
                 **({TAG_BASELINE: str(config["baseline"])} if config.get("baseline") else {}),
+                **({TAG_TAG: str(config["tag"])} if config.get("tag") else {}),
             },
         )
         self.children[trial_id] = run.info.run_id

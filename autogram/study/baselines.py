@@ -7,7 +7,8 @@ allows (``search.baselines``):
 - ``ce``: cross-entropy only;
 - ``kd``: Hinton KD (``w_kd`` 1, temperature 4);
 - ``kd_gram_all``: KD + the sample Gram on every candidate pair (``w_gram`` 3000, the
-  similarity-preserving KD paper's weight);
+  similarity-preserving KD paper's weight); with ``pairs: all``, each student tap with its
+  nearest-depth teacher tap (the mapping a user would pick by hand);
 - ``kd_xmodal``: KD + the cross-modal term (``w_xmodal`` 10).
 
 Every other searched value (learning rate, modality dropout) takes the base config's value.
@@ -23,7 +24,7 @@ import logging
 from typing import Any
 
 from autogram.config import ConfigError, Range, SpaceConfig
-from autogram.study.space import pair_param
+from autogram.config.pairs import OFF, map_param, pair_param
 
 log = logging.getLogger("autogram")
 BASELINES = ("ce", "kd", "kd_gram_all", "kd_xmodal")
@@ -72,9 +73,10 @@ def _plain(name: str, space: SpaceConfig, base: dict[str, Any]) -> dict[str, Any
 
 
 def baseline_params(
-    name: str, space: SpaceConfig, candidates: list[str], base: dict[str, Any]
+    name: str, space: SpaceConfig, candidates: list[str], base: dict[str, Any], defaults: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], str]:
-    """The fixed Optuna parameters of baseline ``name``, or ``({}, why the space does not allow it)``."""
+    """The fixed Optuna parameters of baseline ``name``, or ``({}, why the space does not allow it)``;
+    ``defaults`` (``pairs: all`` only): each student tap's nearest-depth teacher tap."""
     recipe = RECIPES[name]
     params = _plain(name, space, base)
     from autogram.distill.terms import searched_weights, weight_param
@@ -90,6 +92,14 @@ def baseline_params(
             return {}, why
         params.update(fixed)
     gram_on = recipe.get("w_gram", 0.0) > 0
+    if gram_on and defaults is not None:
+        if not defaults:
+            return {}, "no student tap has a teacher tap of its modality at a nearest depth"
+        if space.max_pairs is not None and space.max_pairs < len(defaults):
+            return {}, f"max_pairs ({space.max_pairs}) is below the {len(defaults)} student taps"
+        students = {c.split(":")[0] for c in candidates}
+        params.update({map_param(s): defaults.get(s, OFF) for s in sorted(students)})
+        return params, ""
     if gram_on:
         if not candidates:
             return {}, "there are no candidate pairs"
@@ -101,13 +111,17 @@ def baseline_params(
 
 
 def plan_baselines(
-    names: list[str] | None, space: SpaceConfig, candidates: list[str], base: dict[str, Any]
+    names: list[str] | None,
+    space: SpaceConfig,
+    candidates: list[str],
+    base: dict[str, Any],
+    defaults: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{baseline: fixed params}``: every standard recipe the space allows when ``names`` is
     None; the named ones otherwise (one the space does not allow is a ConfigError)."""
     planned = {}
     for name in BASELINES if names is None else names:
-        params, why = baseline_params(name, space, candidates, base)
+        params, why = baseline_params(name, space, candidates, base, defaults)
         if why:
             if names is not None:
                 raise ConfigError(f"search.baselines: {name} is not in this search space: {why}")
@@ -117,11 +131,25 @@ def plan_baselines(
     return planned
 
 
-def enqueue_baselines(study: Any, planned: dict[str, dict[str, Any]], trials: int) -> list[str]:
+def prior_params(space: SpaceConfig, best: dict[str, str], students: list[str]) -> dict[str, Any]:
+    """The Optuna parameters of the prior's best mapping (``best``: student tap -> teacher tap;
+    other ``students`` off) with the Gram term on; every other value is left to the sampler."""
+    from autogram.study.space import gram_weight
+
+    weight = gram_weight(space)
+    params: dict[str, Any] = {"use_w_gram": True} if isinstance(weight, Range) and weight.optional else {}
+    params.update({map_param(s): best.get(s, OFF) for s in students})
+    return params
+
+
+def enqueue_baselines(
+    study: Any, planned: dict[str, dict[str, Any]], trials: int, prior: dict[str, Any] | None = None
+) -> list[str]:
     """Enqueue the baselines as the study's first trials, at most ``trials`` of them (an
-    enqueued trial never asked would end as a failed one), and not again on a resumed study;
-    returns the names enqueued."""
-    if not planned or study.get_trials(deepcopy=False):
+    enqueued trial never asked would end as a failed one), then the prior's best mapping
+    (``prior``, tagged ``prior``) when a trial is left; not again on a resumed study.
+    Returns the names enqueued."""
+    if (not planned and not prior) or study.get_trials(deepcopy=False):
         return []
     names = list(planned)[:trials]
     if len(names) < len(planned):
@@ -132,4 +160,7 @@ def enqueue_baselines(study: Any, planned: dict[str, dict[str, Any]], trials: in
         )
     for name in names:
         study.enqueue_trial(planned[name], user_attrs={"baseline": name}, skip_if_exists=False)
+    if prior and len(names) < trials:
+        study.enqueue_trial(prior, user_attrs={"tag": "prior"}, skip_if_exists=False)
+        names.append("prior")
     return names

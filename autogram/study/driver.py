@@ -86,7 +86,7 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     )
     from autogram.study.baselines import enqueue_baselines
 
-    enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials)
+    enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials, plan.prior)
     if enqueued:
         log.info("baselines first: %s", ", ".join(enqueued))
     scheduler = None
@@ -135,10 +135,23 @@ def _space_summary(plan: SearchPlan) -> dict[str, Any]:
             "constraints": json.dumps(search.constraints),
             "early_stopping": json.dumps(search.early_stopping.model_dump() if search.early_stopping else None),
             "candidate_pairs": json.dumps(plan.candidates),
+            **(_prior_summary(plan) if plan.ranking is not None else {}),
             "trial_epochs": plan.config.train.epochs,
         }
     )
     return params
+
+
+def _prior_summary(plan: SearchPlan) -> dict[str, Any]:
+    """The layer-mapping prior on the parent run: its best mapping and what it cost."""
+    from autogram.config.pairs import mapping_text
+
+    return {
+        "prior_best": mapping_text(plan.prior or {}) or "none",
+        "prior_seconds": round(plan.ranking.seconds, 3),
+        "prior_steps": plan.ranking.steps,
+        "prior_samples": plan.ranking.samples,
+    }
 
 
 def pin_teacher(raw: dict[str, Any], path: str, key: str) -> None:
@@ -188,7 +201,7 @@ def run_search(
             "trials run on the CPU: search.resources.gpu is 0 (the teacher and its cache use the GPU); "
             "set it to pack trials on the GPU, e.g. --set search.resources.gpu=0.25"
         )
-    handle, cache_dir = _teacher_and_cache(plan, data, device)
+    handle, cache_dir = _teacher_and_cache(plan, data, device, resume)
     _write_spec(plan, handle)
     if resume:
         try:  # before anything reads Ray's state: a file cut by the kill goes back one save
@@ -206,14 +219,17 @@ def run_search(
     return _finish(plan, handle, tracker, started)
 
 
-def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any) -> tuple[Any, Path | None]:
-    """The teacher, trained or found once for every trial, and its signals cached when
-    ``teacher.cache`` is on (trials then run no teacher forward at all)."""
+def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any, resume: bool) -> tuple[Any, Path | None]:
+    """The teacher, trained or found once for every trial, the layer-mapping prior (with
+    ``pairs: all``), and the teacher's signals cached when ``teacher.cache`` is on (trials
+    then run no teacher forward at all)."""
+    from autogram.study.plan import apply_prior
     from autogram.teacher import ensure_teacher
 
     cfg = plan.config
     handle = plan.teacher if plan.teacher is not None else ensure_teacher(cfg.teacher, data, device)
     handle.model.to(device)
+    apply_prior(plan, handle.model, device, resume)  # narrows the candidates the cache serves
     if not cfg.teacher.cache:
         return handle, None
     from autogram.distill.cache_plan import search_layout
@@ -371,6 +387,10 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
             document, study, plan.candidates, _pareto_configs(plan, study, document, handle), artifacts
         )
         shutil.copy(plan.directory / SPEC_FILE, artifacts / SPEC_FILE)  # lets `autogram export` rebuild any trial
+        if plan.ranking is not None:  # the layer-mapping prior, beside the front it led to
+            from autogram.study.prior import RANKING_FILE
+
+            shutil.copy(plan.directory / RANKING_FILE, artifacts / RANKING_FILE)
         tracker.finish(document, history, artifacts)
     log.info(
         "wrote %s (wall time %.1fs); MLflow run %s",

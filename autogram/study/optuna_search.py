@@ -140,7 +140,7 @@ class AutogramOptunaSearch(OptunaSearch):
         constraints: dict[str, float],
     ) -> None:
         """Add ``frozen``'s rerun as a new trial marked ``replaces`` (the front leaves the old out)."""
-        kept = {k: v for k, v in frozen.user_attrs.items() if k == "baseline"}
+        kept = {k: v for k, v in frozen.user_attrs.items() if k in ("baseline", "tag")}
         self._ot_study.add_trial(
             optuna.trial.create_trial(
                 state=state,
@@ -184,7 +184,7 @@ def requeue_orphans(storage_url: str, name: str, saved: set[str]) -> list[str]:
         storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted before Ray saved it: queued again")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         if trial.params:
-            kept = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+            kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "tag")}
             study.enqueue_trial(trial.params, user_attrs={**kept, "replaces": trial.number}, skip_if_exists=False)
         if ray_id:
             orphans.append(ray_id)

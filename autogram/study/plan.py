@@ -41,6 +41,19 @@ class SearchPlan:
     # The candidate pairs and embeddings as the loss terms see them (a TermSetup): what the
     # search's teacher cache must serve follows from it.
     setup: Any = None
+    # ``pairs: all`` only: the prepared trial (its fresh student for the prior), every
+    # compatible pair and each student tap's nearest-depth teacher tap. The prior narrows
+    # ``candidates`` and ``setup`` to each tap's top_k when the search starts (apply_prior).
+    parts: Any = None
+    all_pairs: list[Any] | None = None
+    defaults: dict[str, str] | None = None
+    ranking: Any = None
+    prior: dict[str, Any] | None = None  # the prior's best mapping, as Optuna parameters
+
+    @property
+    def mapping(self) -> bool:
+        """Whether the search maps student taps to teacher taps (``pairs: all``)."""
+        return self.config.search.space.pairs == "all"
 
     @property
     def storage_url(self) -> str:
@@ -68,7 +81,7 @@ def plan_search(
 
     ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
     """
-    from autogram.models import resolve_pairs
+    from autogram.models import default_pairs, resolve_pairs
     from autogram.study.cluster import check_execution
     from autogram.study.space import gram_possible
     from autogram.tensors.runtime import pick_device
@@ -86,18 +99,25 @@ def plan_search(
         raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
     candidates = [p.name for p in pairs]
     setup = parts.term_setup(pairs)
-    if gram_possible(space) and space.min_pairs > len(candidates):
-        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {len(candidates)} candidate pairs")
-    if space.max_pairs is not None and space.max_pairs > len(candidates):
-        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {len(candidates)} candidate pairs")
+    mapping = space.pairs == "all"
+    # With pairs "all", the bounds count mapped student taps; otherwise switched-on pairs.
+    most = len({p.student.name for p in pairs}) if mapping else len(candidates)
+    what = "student taps to map" if mapping else "candidate pairs"
+    if gram_possible(space) and space.min_pairs > most:
+        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {most} {what}")
+    if space.max_pairs is not None and space.max_pairs > most:
+        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {most} {what}")
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
-    if cfg.teacher.cache:  # a cache too big for the disk is refused now, before anything is built
+    # A cache too big for the disk is refused now, before anything is built (with pairs "all"
+    # when the prior has chosen the candidates: every compatible pair would overstate it).
+    if cfg.teacher.cache and not mapping:
         _check_cache_size(cfg, setup, parts)
     base = cfg.model_dump(mode="json", exclude={"search"})
     from autogram.study.baselines import plan_baselines
 
-    baselines = plan_baselines(cfg.search.baselines, space, candidates, base)
+    defaults = {p.student.name: p.teacher.name for p in default_pairs(parts.student_taps, parts.teacher_taps)}
+    baselines = plan_baselines(cfg.search.baselines, space, candidates, base, defaults if mapping else None)
     from autogram.config.credentials import tracking_url
     from autogram.report.tracking import tracking_uri as resolve_uri
 
@@ -113,7 +133,37 @@ def plan_search(
         teacher=parts.teacher,
         baselines=baselines,
         setup=setup,
+        parts=parts if mapping else None,
+        all_pairs=pairs if mapping else None,
+        defaults=defaults if mapping else None,
     )
+
+
+def apply_prior(plan: SearchPlan, teacher: Any, device: Any, resume: bool) -> None:
+    """``pairs: all``: rank every compatible pair (or read the ranking back on a resume), then
+    narrow the plan's candidates to each student tap's choices and note the best mapping."""
+    from dataclasses import replace
+
+    from autogram.study.baselines import prior_params
+    from autogram.study.prior import load_or_rank, rank_pairs
+    from autogram.study.space import gram_possible
+
+    if not plan.mapping or not plan.all_pairs or not gram_possible(plan.config.search.space):
+        return
+    space = plan.config.search.space
+
+    def rank() -> Any:
+        log.info("ranking %d candidate tap pairs (layer-mapping prior)", len(plan.all_pairs or []))
+        return rank_pairs(plan.config, plan.parts, teacher, plan.all_pairs or [], device)
+
+    ranking = load_or_rank(plan.directory, resume, rank)
+    plan.ranking = ranking
+    plan.candidates = ranking.candidates(space.top_k, plan.defaults or {})
+    chosen = set(plan.candidates)
+    plan.setup = replace(plan.setup, pairs=[p for p in plan.all_pairs if p.name in chosen])
+    depths = {p.student.name: p.student.depth for p in plan.all_pairs}
+    plan.prior = prior_params(space, ranking.best(space.max_pairs, depths), list(ranking.ranking))
+    log.info("%s", ranking.describe())
 
 
 def _recorded_storage(cfg: TrialConfig, spec: Path) -> TrialConfig:

@@ -2,9 +2,11 @@
 
 A layer subset is one fixed 0/1 parameter per candidate pair, ``pair:<student>:<teacher>``
 (Optuna cannot take lists, and a categorical whose choices change between trials is
-refused). A selection outside ``min_pairs``..``max_pairs`` is not repaired: the trial is
-reported as ``infeasible`` without training and told to Optuna as violating the
-``valid`` constraint, so the sampler learns to avoid it.
+refused); with ``pairs: all`` it is one categorical per student tap, ``map:<student tap>``
+(``off`` or one of its candidate teacher taps; see :mod:`autogram.config.pairs`). A
+selection outside ``min_pairs``..``max_pairs`` is not repaired: the trial is reported as
+``infeasible`` without training and told to Optuna as violating the ``valid`` constraint,
+so the sampler learns to avoid it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ import copy
 from typing import Any
 
 from autogram.config import Range, SpaceConfig
+from autogram.config.pairs import OFF, PAIR_PREFIX, map_param, mapping_choices, pair_param, selected_pairs
 
-PAIR_PREFIX = "pair:"
+__all__ = [
+    "PAIR_PREFIX",
+    "SpaceSampler",
+    "gram_enabled",
+    "gram_possible",
+    "gram_weight",
+    "pair_param",
+    "pair_violation",
+    "selected_pairs",
+    "trial_config",
+]
 # Searched name -> (config section, field); the loss terms' weights come first (see _targets).
 _TARGETS = {
     "temperature": ("distill", "temperature"),
@@ -39,11 +52,6 @@ def _targets(space: SpaceConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
         out.append((weight_param(term), value, path))
     out += [(name, getattr(space, name), target) for name, target in _TARGETS.items()]
     return out
-
-
-def pair_param(pair_name: str) -> str:
-    """The 0/1 parameter that switches a candidate pair on."""
-    return f"{PAIR_PREFIX}{pair_name}"
 
 
 class SpaceSampler:
@@ -75,7 +83,10 @@ class SpaceSampler:
                     trial.suggest_categorical(name, list(value))
             else:
                 fixed[name] = value
-        if gram_on:  # the subset only means something when the Gram term is on
+        if gram_on and self.space.pairs == "all":  # which teacher tap, if any, per student tap
+            for student, teachers in mapping_choices(self.candidates).items():
+                trial.suggest_categorical(map_param(student), [OFF, *teachers])
+        elif gram_on:  # the subset only means something when the Gram term is on
             for pair in self.candidates:
                 trial.suggest_int(pair_param(pair), 0, 1)
         # Not parameters: let the driver name MLflow runs after Optuna's trial number, and
@@ -83,12 +94,9 @@ class SpaceSampler:
         fixed["trial_number"] = trial.number
         if trial.user_attrs.get("baseline"):
             fixed["baseline"] = trial.user_attrs["baseline"]
+        if trial.user_attrs.get("tag"):
+            fixed["tag"] = trial.user_attrs["tag"]
         return fixed
-
-
-def selected_pairs(params: dict[str, Any], candidates: list[str]) -> list[str]:
-    """The candidate pairs whose 0/1 parameter is 1, in candidate order."""
-    return [p for p in candidates if int(params.get(pair_param(p), 0)) == 1]
 
 
 def gram_weight(space: SpaceConfig) -> float | Range:
@@ -143,7 +151,8 @@ def pair_violation(params: dict[str, Any], space: SpaceConfig, candidates: list[
     if not gram_enabled(params, space):
         return ""
     count = len(selected_pairs(params, candidates))
-    upper = space.max_pairs if space.max_pairs is not None else len(candidates)
+    most = len(mapping_choices(candidates)) if space.pairs == "all" else len(candidates)
+    upper = space.max_pairs if space.max_pairs is not None else most
     if count < space.min_pairs or count > upper:
         return f"{count} tap pairs selected, outside min_pairs..max_pairs = {space.min_pairs}..{upper}"
     return ""
