@@ -170,7 +170,12 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
     entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
     from autogram.data import load_data
 
-    data = load_data(validate(trial_training_config(spec, entries[0])).data)
+    first = validate(trial_training_config(spec, entries[0]))
+    if first.python_path:  # the user's factories import from there, as in the search itself
+        from autogram.models.source import use_python_path
+
+        use_python_path(first.python_path)
+    data = load_data(first.data)
     rows = []
     for trial in entries:
         raw = trial_training_config(spec, trial)

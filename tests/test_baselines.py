@@ -68,6 +68,52 @@ def test_recipes_the_space_does_not_allow_are_skipped_or_refused_by_name() -> No
     assert plan_baselines([], space, CANDIDATES, BASE) == {}
 
 
+def test_teacher_free_moddrop_and_dist_baselines_when_named() -> None:
+    dist = {"low": 0.1, "high": 10.0, "log": True, "optional": True}
+    space = validate({"search": {"space": {"weights": {"dist": dist}}}}).search.space
+    assert list(plan_baselines(None, space, CANDIDATES, BASE)) == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
+    planned = plan_baselines(["ce_moddrop", "kd_moddrop", "dist"], space, CANDIDATES, BASE)
+    assert planned["ce_moddrop"]["modality_dropout"] == 0.4  # ModDrop's 0.5, clipped into the space's 0..0.4
+    assert planned["ce_moddrop"]["use_w_kd"] is False and planned["kd_moddrop"]["w_kd"] == 1.0
+    assert {k: planned["dist"][k] for k in ("use_w_dist", "w_dist", "use_w_kd", "temperature")} == {
+        "use_w_dist": True,
+        "w_dist": 2.0,
+        "use_w_kd": False,
+        "temperature": 4.0,
+    }
+    plain = validate({"search": {"space": {"modality_dropout": 0.0}}}).search.space
+    with pytest.raises(ConfigError, match="search.baselines: dist is not in this search space: w_dist is not in"):
+        plan_baselines(["dist"], plain, CANDIDATES, BASE)
+    with pytest.raises(ConfigError, match="ce_moddrop is not in this search space: modality dropout is fixed at 0"):
+        plan_baselines(["ce_moddrop"], plain, CANDIDATES, BASE)
+
+
+@pytest.mark.slow
+def test_named_new_baselines_run_first_tagged_in_front_and_mlflow(tmp_path: Path, teacher_cache: Path) -> None:
+    raw = tiny_raw(teacher_cache)
+    raw["train"]["epochs"] = 1
+    raw["name"] = "nb"
+    raw["search"] = {
+        "trials": 4,
+        "concurrency": 2,
+        "baselines": ["ce_moddrop", "kd_moddrop", "dist"],
+        "space": {"weights": {"dist": {"low": 0.1, "high": 10.0, "log": True, "optional": True}}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", "s.yaml", "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "runs" / "nb" / "front.json").read_text())
+    assert [t["baseline"] for t in front["trials"]] == ["ce_moddrop", "kd_moddrop", "dist", None]
+    assert [e["baseline"] for e in front["verdict"]] == ["ce_moddrop", "kd_moddrop", "dist"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nb").experiment_id])
+    tags = {r.data.tags.get("trial_number"): r.data.tags.get("autogram.baseline") for r in runs}
+    assert tags == {"0": "ce_moddrop", "1": "kd_moddrop", "2": "dist", "3": None, None: None}
+    bad = run_cli("search", "s.yaml", "--set", "search.baselines=[ce_dropout]", "--out", "other", cwd=tmp_path)
+    assert bad.returncode == 2 and "search.baselines" in bad.stderr and "ce_dropout" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+
+
 def _trial(number: int, values: tuple[float, float, float], pareto: bool, baseline: str | None = None) -> dict:
     return {
         "number": number,

@@ -102,6 +102,11 @@ def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> 
     assert exported["student"]["factory"] == "avmnist_byo.models:make_student"
     trial = next(t for t in front["trials"] if t["number"] == exported["provenance"]["trial"])
 
+    # confirm imports the user's factories from python_path, as the search did.
+    proc = _cli("confirm", "byo", "--seeds", "1", "--points", str(trial["number"]), "--json", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trial["number"] in [row["trial"] for row in json.loads(proc.stdout)["rows"]]
+
     proc = _cli("train", "best.yaml", "--json", cwd=byo)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -114,8 +114,10 @@ def test_split_by_holds_out_whole_groups(tmp_path: Path) -> None:
     # The test split is exactly the pooled rows of speaker "bob", in file order.
     words = np.concatenate([stored[f"{s}_words"] for s in ("train", "val", "test")])
     assert np.array_equal(data.splits["test"].inputs["words"], words[speakers == 1])
-    # Without val groups, validation is carved from the training groups at random.
-    carved = load_data(DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"]}, val_fraction=0.25))
+    # val: random carves validation from the training groups' samples at random.
+    carved = load_data(
+        DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"], "val": "random"}, val_fraction=0.25)
+    )
     assert len(carved.splits["test"]) == sizes["test"]
     assert len(carved.splits["train"]) + len(carved.splits["val"]) == int((speakers != 1).sum())
     with pytest.raises(ConfigError, match=r"data.split_by.test: unknown speaker 'zed' \(have: ann, bob"):
@@ -124,6 +126,37 @@ def test_split_by_holds_out_whole_groups(tmp_path: Path) -> None:
         load_data(DataConfig(path=path, split_by={"by": "accent", "test": [0]}))
     with pytest.raises(ValueError, match="group.s. bob in both test and val"):
         DataConfig(path=path, split_by={"by": "speaker", "test": ["bob"], "val": ["bob"]})
+
+
+def test_split_by_without_val_groups_validates_on_whole_unseen_groups(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No validation sample shares a group with training: the search is scored on unseen
+    speakers, as confirm's test split is."""
+    rng = np.random.default_rng(0)
+    n, speakers = 400, rng.integers(0, 10, 400)
+    # The label is the speaker here, so each split's labels tell which speakers it holds.
+    arrays = {"train_image": rng.normal(size=(n, 1, 4, 4)).astype(np.float32), "train_label": speakers}
+    arrays["train_speaker"] = speakers
+    arrays["speaker_names"] = np.array([f"s{i}" for i in range(10)])
+    path = tmp_path / "groups.npz"
+    np.savez(path, **arrays)
+
+    def split_speakers(seed: int) -> dict[str, set[int]]:
+        cfg = DataConfig(path=path, split_by={"by": "speaker", "test": ["s0"]}, val_fraction=0.2, split_seed=seed)
+        data = load_data(cfg)
+        return {split: set(data.splits[split].labels.tolist()) for split in ("train", "val", "test")}
+
+    with caplog.at_level("INFO", logger="autogram"):
+        groups = split_speakers(0)
+    assert groups["test"] == {0} and groups["val"] and not groups["val"] & groups["train"]
+    assert groups["train"] | groups["val"] == set(range(1, 10))
+    assert "validation: whole speaker group(s) s" in caplog.text
+    assert split_speakers(1)["val"] != groups["val"] or split_speakers(2)["val"] != groups["val"]  # chosen by seed
+    two = {**arrays, "train_speaker": np.where(speakers < 5, 0, 1)}
+    np.savez(path, **two)
+    with pytest.raises(ConfigError, match="one speaker is left for training and validation"):
+        load_data(DataConfig(path=path, split_by={"by": "speaker", "test": ["s0"]}))
 
 
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")

@@ -182,6 +182,11 @@ def test_search_of_all_pairs_finds_the_planted_layer(tmp_path: Path) -> None:
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if "prior_seconds" in r.data.params)
     assert float(parent.data.params["prior_seconds"]) > 0
     assert "ranking.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    from autogram.report.tracking import read_front
+
+    recorded = read_front(f"sqlite:///{tmp_path / 'mlflow.db'}", "planted")
+    assert [t["number"] for t in recorded["trials"] if t["tag"] == "prior"] == [0]
+    assert recorded["trials"][0]["params"]["map:image.deep"] == prior[0]["params"]["map:image.deep"]
 
 
 @pytest.mark.parametrize(
@@ -203,3 +208,15 @@ def test_bad_mapping_specs_are_one_line_errors_and_write_nothing(
     errors = [line for line in proc.stderr.splitlines() if line.startswith("autogram: error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_tight_max_pairs_with_all_pairs_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from autogram.study.plan import _warn_infeasible
+
+    with caplog.at_level("WARNING", logger="autogram"):
+        _warn_infeasible(SpaceConfig(pairs="all", max_pairs=3), 6)  # 17% of random mappings feasible
+    assert "about 83% of randomly sampled mappings of 6 student taps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="autogram"):
+        _warn_infeasible(SpaceConfig(pairs="all"), 6)  # only "all off" is out of bounds
+    assert caplog.text == ""

@@ -4,7 +4,7 @@ where the data comes from."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -45,12 +45,15 @@ class GroupSplit(_Strict):
 
     by: str = Field(min_length=1)
     test: list[str | int] = Field(min_length=1)
-    # Empty: the validation split is carved at random from the training groups (val_fraction).
-    val: list[str | int] = []
+    # Empty: whole groups, chosen by data.split_seed, validate (about val_fraction of the
+    # remaining samples), so the search is scored on groups it never trained on, as the test
+    # split is; "random": a random val_fraction of the training samples (groups shared).
+    val: list[str | int] | Literal["random"] = []
 
     @model_validator(mode="after")
     def _disjoint(self) -> GroupSplit:
-        both = set(map(str, self.test)) & set(map(str, self.val))
+        named = self.val if isinstance(self.val, list) else []
+        both = set(map(str, self.test)) & set(map(str, named))
         if both:
             raise ValueError(f"group(s) {', '.join(sorted(both))} in both test and val")
         return self

@@ -152,7 +152,7 @@ class SearchConfig(_Strict):
     storage: str | None = None
     # Standard recipes run first with fixed parameters (autogram/study/baselines.py):
     # null = every one the space allows, [] = none.
-    baselines: list[Literal["ce", "kd", "kd_gram_all", "kd_xmodal"]] | None = None
+    baselines: list[Literal["ce", "kd", "kd_gram_all", "kd_xmodal", "ce_moddrop", "kd_moddrop", "dist"]] | None = None
 
     @field_validator("constraints")
     @classmethod

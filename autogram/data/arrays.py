@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from autogram.config import ConfigError, DataConfig, GroupSplit
 from autogram.data.base import SPLITS, Modality, MultiModalData, Split
 from autogram.data.checks import check_finite, class_count, infer_kind, warn_if_constant
+
+log = logging.getLogger("autogram")
 
 _NAME_OK = str.isidentifier
 
@@ -58,8 +61,23 @@ def _group_ids(arrays: dict[str, np.ndarray], spec: GroupSplit, field: str, sour
     return ids
 
 
-def _regroup(arrays: dict[str, np.ndarray], keys: list[str], spec: GroupSplit, source: str) -> None:
-    """Pool every stored split and cut it again by group: test (and val) groups out of train."""
+def _val_groups(group: np.ndarray, candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Whole groups, in a seeded order, until they hold ``fraction`` of the ``candidates``
+    rows' samples; at least one group, and never every group (training keeps one)."""
+    groups = np.unique(group[candidates])
+    order = np.random.default_rng(seed).permutation(groups)
+    target, chosen, held = fraction * candidates.sum(), [], 0
+    for g in order[:-1]:
+        chosen.append(g)
+        held += int((group[candidates] == g).sum())
+        if held >= target:
+            break
+    return np.array(chosen, dtype=group.dtype)
+
+
+def _regroup(arrays: dict[str, np.ndarray], keys: list[str], spec: GroupSplit, source: str, cfg: DataConfig) -> None:
+    """Pool every stored split and cut it again by group: test and val groups out of train
+    (val groups named, or chosen by seed; with ``val: random`` validation is carved later)."""
     present = [s for s in SPLITS if f"{s}_label" in arrays]
     for split in present:
         group = arrays.get(f"{split}_{spec.by}")
@@ -68,8 +86,19 @@ def _regroup(arrays: dict[str, np.ndarray], keys: list[str], spec: GroupSplit, s
     pooled = {k: np.concatenate([arrays.pop(f"{s}_{k}") for s in present]) for k in [*keys, spec.by]}
     group = pooled[spec.by].astype(np.int64)
     rows = {"test": np.isin(group, _group_ids(arrays, spec, "test", source))}
-    if spec.val:
+    if isinstance(spec.val, list) and spec.val:
         rows["val"] = np.isin(group, _group_ids(arrays, spec, "val", source))
+    elif spec.val == []:
+        if len(np.unique(group[~rows["test"]])) < 2:
+            raise ConfigError(
+                f"{source}: data.split_by: one {spec.by} is left for training and validation; name val groups "
+                "or set data.split_by.val: random"
+            )
+        chosen = _val_groups(group, ~rows["test"], cfg.val_fraction, cfg.split_seed)
+        rows["val"] = np.isin(group, chosen)
+        names = arrays.get(f"{spec.by}_names")
+        shown = [str(names[g]) if names is not None and 0 <= g < len(names) else str(g) for g in chosen]
+        log.info("validation: whole %s group(s) %s, unseen in training (data.split_by)", spec.by, ", ".join(shown))
     rows["train"] = ~np.logical_or.reduce(list(rows.values()))
     for split, mask in rows.items():
         if not mask.any():
@@ -112,7 +141,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
                 check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
     keys = [*names, "label"]
     if cfg.split_by is not None:
-        _regroup(arrays, keys, cfg.split_by, source)
+        _regroup(arrays, keys, cfg.split_by, source, cfg)
     for split, seed_offset in (("val", 0), ("test", 1)):
         if f"{split}_label" not in arrays:
             _carve(arrays, keys, cfg.val_fraction, cfg.split_seed + seed_offset, split)

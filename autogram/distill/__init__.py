@@ -49,8 +49,8 @@ class Objective(nn.Module):
         for term in self.terms.values():
             for attr, module in term.modules().items():
                 self.add_module(attr, module)
-        # The pairs that are aligned (none when the Gram term is off).
-        self.pairs = pairs if "gram" in self.terms else []
+        # The pairs that are aligned (none when no pair-reading term, Gram or CKA, is on).
+        self.pairs = pairs if any(term.reads_pairs for term in self.terms.values()) else []
 
     @property
     def student_taps(self) -> list[Tap]:

@@ -362,6 +362,7 @@ def read_front(uri: str, name: str) -> dict[str, Any]:
                 "values": {n: metrics[n] for n in names if n in metrics} if tags.get("status") != "pruned" else {},
                 "pareto": tags.get("pareto") == "true",
                 "baseline": tags.get(TAG_BASELINE),
+                "tag": tags.get(TAG_TAG),
                 "run_id": run.info.run_id,
             }
         )

@@ -9,7 +9,11 @@ allows (``search.baselines``):
 - ``kd_gram_all``: KD + the sample Gram on every candidate pair (``w_gram`` 3000, the
   similarity-preserving KD paper's weight); with ``pairs: all``, each student tap with its
   nearest-depth teacher tap (the mapping a user would pick by hand);
-- ``kd_xmodal``: KD + the cross-modal term (``w_xmodal`` 10).
+- ``kd_xmodal``: KD + the cross-modal term (``w_xmodal`` 10);
+- named in ``search.baselines`` only: ``ce_moddrop`` and ``kd_moddrop``, ``ce`` and ``kd``
+  with modality dropout 0.5 (ModDrop: the honest comparison for robustness to a missing
+  modality, which needs no teacher); ``dist``, DIST without KD (``w_dist`` 2 at
+  temperature 4, its paper's CIFAR recipe), when the space weights ``dist``.
 
 Every other searched value (learning rate, modality dropout) takes the base config's value.
 A value outside the space's range is clipped into it. The baselines are enqueued in the
@@ -27,15 +31,23 @@ from autogram.config import ConfigError, Range, SpaceConfig
 from autogram.config.pairs import OFF, map_param, pair_param
 
 log = logging.getLogger("autogram")
+# Run by default (search.baselines: null), each when the space allows it.
 BASELINES = ("ce", "kd", "kd_gram_all", "kd_xmodal")
+# Run when named in search.baselines (the default set stays what searches and their resumes
+# have always enqueued): the teacher-free robust recipes and DIST.
+NAMED_ONLY = ("ce_moddrop", "kd_moddrop", "dist")
 # The recipes' fixed values (clipped into the space's ranges).
 RECIPES: dict[str, dict[str, float]] = {
     "ce": {},
     "kd": {"w_kd": 1.0},
     "kd_gram_all": {"w_kd": 1.0, "w_gram": 3000.0},
     "kd_xmodal": {"w_kd": 1.0, "w_xmodal": 10.0},
+    "ce_moddrop": {},
+    "kd_moddrop": {"w_kd": 1.0},
+    "dist": {"w_dist": 2.0},
 }
 TEMPERATURE = 4.0
+MODDROP = 0.5  # ModDrop's modality dropout (clipped into the space's range)
 
 
 def _fixed_value(name: str, wanted: float, value: float | Range) -> tuple[dict[str, Any], str]:
@@ -60,7 +72,7 @@ def _plain(name: str, space: SpaceConfig, base: dict[str, Any]) -> dict[str, Any
     wanted = {
         "temperature": TEMPERATURE,
         "lr": base.get("train", {}).get("lr", 3e-3),
-        "modality_dropout": base.get("train", {}).get("modality_dropout", 0.0),
+        "modality_dropout": MODDROP if name.endswith("_moddrop") else base.get("train", {}).get("modality_dropout", 0),
         "input_noise": base.get("train", {}).get("input_noise", 0.0),
     }
     for key, target in wanted.items():
@@ -81,9 +93,18 @@ def baseline_params(
     params = _plain(name, space, base)
     from autogram.distill.terms import searched_weights, weight_param
 
+    weights = searched_weights(space)
+    for param in recipe:
+        if param.removeprefix("w_") not in weights:
+            return {}, f"{param} is not in the space (search.space.weights.{param.removeprefix('w_')})"
+    if name.endswith("_moddrop"):
+        dropout = params.get("modality_dropout", space.modality_dropout)
+        if not (dropout.low if isinstance(dropout, Range) else dropout):  # fixed at 0 (or a range pinned there)
+            return {}, "modality dropout is fixed at 0"
+
     # Every registered term but cross-entropy takes the recipe's weight (0 when the recipe does
     # not name it): a term added to the registry is off in every baseline, never sampled.
-    for term, value in searched_weights(space).items():
+    for term, value in weights.items():
         if term == "ce":
             continue
         param = weight_param(term)

@@ -107,6 +107,8 @@ def plan_search(
         raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {most} {what}")
     if space.max_pairs is not None and space.max_pairs > most:
         raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {most} {what}")
+    if mapping and gram_possible(space):
+        _warn_infeasible(space, most)
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
     # A cache too big for the disk is refused now, before anything is built (with pairs "all"
@@ -137,6 +139,27 @@ def plan_search(
         all_pairs=pairs if mapping else None,
         defaults=defaults if mapping else None,
     )
+
+
+def _warn_infeasible(space: Any, taps: int) -> None:
+    """With ``pairs: all`` each student tap is mapped with probability top_k/(top_k+1) in a
+    random sample (Optuna's start-up trials): a tight ``max_pairs`` makes most of them
+    infeasible. Say so, with the share, before the budget is spent."""
+    from math import comb
+
+    on = space.top_k / (space.top_k + 1)
+    upper = taps if space.max_pairs is None else space.max_pairs
+    feasible = sum(comb(taps, k) * on**k * (1 - on) ** (taps - k) for k in range(space.min_pairs, upper + 1))
+    if feasible < 0.5:
+        log.warning(
+            "search.space: with pairs all, about %.0f%% of randomly sampled mappings of %d student taps fall "
+            "outside min_pairs..max_pairs = %d..%d and are infeasible (not trained); a wider max_pairs "
+            "(or none) wastes fewer trials",
+            100 * (1 - feasible),
+            taps,
+            space.min_pairs,
+            upper,
+        )
 
 
 def apply_prior(plan: SearchPlan, teacher: Any, device: Any, resume: bool) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "gram_weight",
     "pair_param",
     "pair_violation",
+    "pair_weights",
     "selected_pairs",
     "trial_config",
 ]
@@ -64,13 +65,16 @@ class SpaceSampler:
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Suggest on ``trial``; returns the fixed (unsearched) values to add to the config."""
         fixed: dict[str, Any] = {}
-        gram_on = gram_possible(self.space)
+        from autogram.distill.terms import weight_param
+
+        # The pair-reading terms (Gram, CKA) that may be on; one switched off here leaves the set.
+        pair_terms = {weight_param(t) for t, w in pair_weights(self.space).items() if w != 0}
         for name, value, _ in _targets(self.space):
             if value is None:
                 continue
             if isinstance(value, Range):
                 if value.optional and not trial.suggest_categorical(f"use_{name}", [True, False]):
-                    gram_on = gram_on and name != "w_gram"
+                    pair_terms.discard(name)
                     continue
                 if value.low == value.high:
                     fixed[name] = value.low
@@ -83,6 +87,7 @@ class SpaceSampler:
                     trial.suggest_categorical(name, list(value))
             else:
                 fixed[name] = value
+        gram_on = bool(pair_terms)
         if gram_on and self.space.pairs == "all":  # which teacher tap, if any, per student tap
             for student, teachers in mapping_choices(self.candidates).items():
                 trial.suggest_categorical(map_param(student), [OFF, *teachers])
@@ -106,17 +111,27 @@ def gram_weight(space: SpaceConfig) -> float | Range:
     return searched_weights(space).get("gram", 0.0)
 
 
+def pair_weights(space: SpaceConfig) -> dict[str, float | Range]:
+    """The space's weights of the terms that align tap pairs (``reads_pairs``: Gram, CKA)."""
+    from autogram.distill.terms import TERMS, searched_weights
+
+    return {t: w for t, w in searched_weights(space).items() if TERMS[t].reads_pairs}
+
+
 def gram_possible(space: SpaceConfig) -> bool:
-    """Whether any point of the space can use the Gram term (so tap pairs are searched)."""
-    return gram_weight(space) != 0
+    """Whether any point of the space can use a pair-reading term (so tap pairs are searched)."""
+    return any(w != 0 for w in pair_weights(space).values())
 
 
 def gram_enabled(params: dict[str, Any], space: SpaceConfig) -> bool:
-    """Whether the sampled point uses the Gram term at all (so pair bounds apply)."""
-    weight = gram_weight(space)
-    if isinstance(weight, Range):
-        return not weight.optional or bool(params.get("use_w_gram"))
-    return weight != 0
+    """Whether the sampled point uses a pair-reading term at all (so pair bounds apply)."""
+    for term, weight in pair_weights(space).items():
+        if isinstance(weight, Range):
+            if not weight.optional or params.get(f"use_w_{term}"):
+                return True
+        elif weight != 0:
+            return True
+    return False
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], space: SpaceConfig, candidates: list[str]) -> dict:

@@ -1,7 +1,8 @@
 """Loss terms: one module per term, registered by name (see :mod:`autogram.distill.terms.base`).
 
 Importing this package registers the built-in terms in a fixed order (``ce``, ``kd``, ``gram``,
-``xmodal``): the objective sums them in that order, so totals are reproducible.
+``xmodal``, then ``dist``, ``rkd``, ``cka``, ``affinity``): the objective sums them in that
+order, so totals are reproducible.
 """
 
 from autogram.distill.terms.base import (
@@ -25,11 +26,19 @@ from autogram.distill.terms.ce import CrossEntropy
 from autogram.distill.terms.kd import HintonKD
 from autogram.distill.terms.gram import Gram
 from autogram.distill.terms.xmodal import CrossModal
+from autogram.distill.terms.dist import DIST
+from autogram.distill.terms.rkd import RKD
+from autogram.distill.terms.cka import CKA
+from autogram.distill.terms.affinity import Affinity
 
 # isort: on
 
 __all__ = [
+    "CKA",
+    "DIST",
+    "RKD",
     "TERMS",
+    "Affinity",
     "Batch",
     "CrossEntropy",
     "CrossModal",

@@ -65,6 +65,9 @@ class LossTerm:
     # The DistillConfig / SpaceConfig field that weighted this term before ``weights`` existed
     # (the four built-in terms keep theirs, so old configs mean the same); None for new terms.
     legacy_field: ClassVar[str | None] = None
+    # Whether the term aligns the tap pairs (``distill.pairs``): the search samples pairs only
+    # when some such term is on.
+    reads_pairs: ClassVar[bool] = False
 
     def __init__(self, cfg: DistillConfig, setup: TermSetup) -> None:
         self.cfg = cfg

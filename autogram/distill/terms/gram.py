@@ -20,6 +20,7 @@ class Gram(LossTerm):
 
     name = "gram"
     legacy_field = "w_gram"
+    reads_pairs = True
 
     def __init__(self, cfg: DistillConfig, setup: TermSetup) -> None:
         super().__init__(cfg, setup)
