@@ -16,6 +16,11 @@ from tests.conftest import run_cli, tiny_raw
 
 CANDIDATES = ["image.block1:image.layer1", "tokens.block1:tokens.layer1"]
 BASE = {"train": {"lr": 0.003, "modality_dropout": 0.1}}
+OBJECTIVES = [
+    {"name": "accuracy", "direction": "maximize"},
+    {"name": "robustness", "direction": "maximize"},
+    {"name": "cost", "direction": "minimize"},
+]
 
 
 def test_every_standard_recipe_the_default_space_allows_with_its_fixed_values() -> None:
@@ -109,9 +114,50 @@ def test_named_new_baselines_run_first_tagged_in_front_and_mlflow(tmp_path: Path
     runs = client.search_runs([client.get_experiment_by_name("nb").experiment_id])
     tags = {r.data.tags.get("trial_number"): r.data.tags.get("autogram.baseline") for r in runs}
     assert tags == {"0": "ce_moddrop", "1": "kd_moddrop", "2": "dist", "3": None, None: None}
+    # What the teacher adds: the best point reading it against the best without it (ce_moddrop
+    # here, or the searched trial if it switched every teacher term off).
+    reads = {r.data.tags.get("trial_number"): r.data.tags.get("autogram.reads_teacher") for r in runs}
+    assert reads["0"] == "false" and reads["1"] == reads["2"] == "true"
+    adds = front["teacher_adds"]
+    assert {"accuracy", "robustness", "cost", "missing:image", "missing:tokens"} <= set(adds)
+    assert adds["accuracy"]["without"]["trial"] in (0, 3) and adds["accuracy"]["with"]["trial"] in (1, 2, 3)
+    by_number = {t["number"]: t for t in front["trials"]}
+    best = adds["missing:image"]["with"]
+    assert best["value"] == by_number[best["trial"]]["missing"]["missing:image"]
+    assert "What the teacher adds" in proc.stderr
     bad = run_cli("search", "s.yaml", "--set", "search.baselines=[ce_dropout]", "--out", "other", cwd=tmp_path)
     assert bad.returncode == 2 and "search.baselines" in bad.stderr and "ce_dropout" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+
+
+def test_what_the_teacher_adds_compares_the_best_point_with_and_without_it() -> None:
+    from autogram.report.verdict import format_teacher_adds, teacher_adds
+
+    def trial(number: int, values: tuple[float, float, float], reads: bool | None, missing: float) -> dict:
+        entry = _trial(number, values, False)
+        return {**entry, "reads_teacher": reads, "missing": {"missing:audio": missing}}
+
+    document = {
+        "objectives": OBJECTIVES,
+        "trials": [
+            trial(0, (0.70, 0.40, 100.0), False, 0.50),
+            trial(1, (0.72, 0.45, 90.0), False, 0.40),
+            trial(2, (0.80, 0.42, 500.0), True, 0.45),
+            trial(3, (0.75, 0.50, 400.0), True, 0.60),
+        ],
+    }
+    adds = teacher_adds(document)
+    assert adds is not None
+    assert (adds["accuracy"]["with"]["trial"], adds["accuracy"]["without"]["trial"]) == (2, 1)
+    assert adds["accuracy"]["delta"] == pytest.approx(0.08)
+    assert (adds["cost"]["with"]["trial"], adds["cost"]["without"]["trial"]) == (3, 1)  # lowest cost of each
+    assert adds["cost"]["delta"] == pytest.approx(310.0)
+    assert adds["missing:audio"]["delta"] == pytest.approx(0.10)  # trial 3 vs trial 0
+    assert "missing:audio" in format_teacher_adds(adds) and "+0.1" in format_teacher_adds(adds)
+    for entry in document["trials"][2:]:
+        entry["reads_teacher"] = False
+    assert teacher_adds(document) is None  # nothing read the teacher: nothing to compare
+    assert format_teacher_adds(None) == ""
 
 
 def _trial(number: int, values: tuple[float, float, float], pareto: bool, baseline: str | None = None) -> dict:

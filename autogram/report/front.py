@@ -13,7 +13,7 @@ from typing import Any
 
 from autogram.config.pairs import mapping_text, pair_count
 from autogram.report.pareto import hypervolume, pareto_front
-from autogram.report.verdict import format_verdict, verdict
+from autogram.report.verdict import judgement, teacher_adds, verdict
 
 
 def trial_status(trial: Any) -> str:
@@ -68,6 +68,8 @@ def build_front(
                 "pareto": False,
                 "baseline": trial.user_attrs.get("baseline"),
                 "tag": trial.user_attrs.get("tag"),
+                "reads_teacher": trial.user_attrs.get("reads_teacher"),
+                "missing": trial.user_attrs.get("missing", {}),
             }
         )
     ok = [e for e in entries if e["status"] == "ok"]
@@ -83,6 +85,7 @@ def build_front(
         "trials": entries,
     }
     document["verdict"] = verdict(document)
+    document["teacher_adds"] = teacher_adds(document)
     return document
 
 
@@ -125,7 +128,7 @@ def format_front(document: dict[str, Any]) -> str:
             + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}{tag}"
             + (f"  {mapping}" if mapping else "")
         )
-    judged = format_verdict(verdict(document))
+    judged = judgement(document)
     return "\n".join(lines + ([judged] if judged else []))
 
 

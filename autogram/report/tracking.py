@@ -24,6 +24,7 @@ TAG_SEARCH, TAG_DIR, TAG_KIND = "autogram.search", "autogram.search_dir", "autog
 PARENT = "mlflow.parentRunId"
 TAG_BASELINE = "autogram.baseline"
 TAG_TAG = "autogram.tag"  # e.g. "prior": the prior's best layer mapping
+TAG_READS_TEACHER = "autogram.reads_teacher"  # "true" when a term of the trial read the teacher
 
 
 def tracking_uri(option: str | None) -> str:
@@ -189,6 +190,8 @@ class SearchTracker:
             log_metrics(self.client, run_id, metrics)
         if result.get("hostname"):
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
+        if "reads_teacher" in result:
+            self.client.set_tag(run_id, TAG_READS_TEACHER, str(bool(result["reads_teacher"])).lower())
         for key, tag in (("device", "device"), ("node_id", "ray_node_id")):
             if result.get(key):
                 self.client.set_tag(run_id, tag, str(result[key]))
@@ -248,12 +251,13 @@ def write_artifacts(
     import yaml
 
     from autogram.report import plots
-    from autogram.report.verdict import format_verdict
+    from autogram.report.verdict import judgement
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "pareto_front.json").write_text(json.dumps(document, indent=2))
-    if document.get("verdict"):
-        (directory / "verdict.txt").write_text(format_verdict(document["verdict"]) + "\n")
+    judged = judgement(document)
+    if judged:
+        (directory / "verdict.txt").write_text(judged + "\n")
     names = [o["name"] for o in document["objectives"]]
     params = sorted({k for t in document["trials"] for k in t["params"]})
     with (directory / "pareto_front.csv").open("w", newline="") as handle:
@@ -363,6 +367,10 @@ def read_front(uri: str, name: str) -> dict[str, Any]:
                 "pareto": tags.get("pareto") == "true",
                 "baseline": tags.get(TAG_BASELINE),
                 "tag": tags.get(TAG_TAG),
+                "reads_teacher": {"true": True, "false": False}.get(tags.get(TAG_READS_TEACHER, "")),
+                "missing": {
+                    k.removeprefix("robustness/"): v for k, v in metrics.items() if k.startswith("robustness/missing:")
+                },
                 "run_id": run.info.run_id,
             }
         )

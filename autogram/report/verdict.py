@@ -61,3 +61,50 @@ def format_verdict(entries: list[dict[str, Any]]) -> str:
             deltas = ", ".join(f"{k} {v:+.4g}" for k, v in point["deltas"].items())
             lines.append(f"    trial {point['trial']}: {deltas}")
     return "\n".join(lines)
+
+
+def teacher_adds(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The best point that reads the teacher against the best that does not (any trial with every
+    teacher term off), per objective and per missing modality; None when either group is empty
+    or the trials do not say whether they read the teacher (an older search)."""
+    ok = [t for t in document["trials"] if t["status"] == "ok" and t.get("reads_teacher") is not None]
+    groups = {True: [t for t in ok if t["reads_teacher"]], False: [t for t in ok if not t["reads_teacher"]]}
+    if not groups[True] or not groups[False]:
+        return None
+    rows: dict[str, Any] = {}
+    for objective in document["objectives"]:
+        name, sign = objective["name"], 1 if objective["direction"] == "maximize" else -1
+        best = {k: max(v, key=lambda t: sign * t["values"][name]) for k, v in groups.items()}
+        rows[name] = _compare(best[True], best[False], best[True]["values"][name], best[False]["values"][name])
+    for modality in sorted({m for t in ok for m in t.get("missing", {})}):
+        having = {k: [t for t in v if modality in t.get("missing", {})] for k, v in groups.items()}
+        if having[True] and having[False]:
+            best = {k: max(v, key=lambda t: t["missing"][modality]) for k, v in having.items()}
+            rows[modality] = _compare(
+                best[True], best[False], best[True]["missing"][modality], best[False]["missing"][modality]
+            )
+    return rows
+
+
+def _compare(teacher: dict[str, Any], alone: dict[str, Any], a: float, b: float) -> dict[str, Any]:
+    with_, without = {"trial": teacher["number"], "value": a}, {"trial": alone["number"], "value": b}
+    return {"with": with_, "without": without, "delta": a - b}
+
+
+def format_teacher_adds(rows: dict[str, Any] | None) -> str:
+    """The comparison as text ("" without one)."""
+    if not rows:
+        return ""
+    lines = ["What the teacher adds (best point reading it - best point without it; trials in brackets):"]
+    for name, row in rows.items():
+        lines.append(
+            f"  {name:<16} {row['delta']:+.4g}  ({row['with']['value']:.4g} trial {row['with']['trial']} vs "
+            f"{row['without']['value']:.4g} trial {row['without']['trial']})"
+        )
+    return "\n".join(lines)
+
+
+def judgement(document: dict[str, Any]) -> str:
+    """The verdict against the baselines, then what the teacher adds ("" when neither applies)."""
+    parts = [format_verdict(verdict(document)), format_teacher_adds(teacher_adds(document))]
+    return "\n".join(p for p in parts if p)

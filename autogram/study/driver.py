@@ -185,6 +185,14 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or resume) the search; writes ``front.json``, logs to MLflow (unless ``track`` is
     off, as in benchmarks), returns the front."""
+    from autogram.study.lock import search_lock
+
+    with search_lock(plan.directory):  # one driver per search folder, released on any exit
+        return _run_locked(plan, resume, address, track)
+
+
+def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool) -> dict[str, Any]:
+    """:func:`run_search` with the search folder's lock held."""
     import optuna
 
     from autogram.data import load_data
@@ -193,7 +201,6 @@ def run_search(
     from autogram.tensors.runtime import pick_device
 
     cfg = plan.config
-    plan.directory.mkdir(parents=True, exist_ok=True)
     data = plan.data if plan.data is not None else load_data(cfg.data)
     device = pick_device(cfg.device)
     if device.type == "cuda" and cfg.search.resources.gpu == 0:
@@ -376,10 +383,11 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
     document = build_front(study, plan.name, plan.objectives, plan.config.search.reference_point)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
-    if document["verdict"]:
-        from autogram.report.verdict import format_verdict
+    from autogram.report.verdict import judgement
 
-        log.info("%s", format_verdict(document["verdict"]))
+    judged = judgement(document)
+    if judged:
+        log.info("%s", judged)
     if tracker is None:
         return document
     with temp_artifacts() as artifacts:

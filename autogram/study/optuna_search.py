@@ -123,9 +123,12 @@ class AutogramOptunaSearch(OptunaSearch):
             attrs.update(status="pruned", epochs_done=int(result.get("epoch", 0)))
             return TrialState.PRUNED, None, attrs, {}
         status = str(result.get("status", "ok"))
-        for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done"):
+        for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher"):
             if key in result:
                 attrs[key] = result[key]
+        missing = {k.removeprefix("detail."): v for k, v in result.items() if k.startswith("detail.missing:")}
+        if missing:
+            attrs["missing"] = missing
         constraints = {"valid": 0.0 if status == "ok" else 1.0}
         for metric, op, bound in self._constraints:
             constraints[constraint_name(metric, op, bound)] = violation(float(result[metric]), op, bound)

@@ -33,6 +33,8 @@ def _flat_result(result: Any) -> dict[str, Any]:
         "epochs_done": result.epochs,
         "eval_seconds": result.eval_seconds,
         "device": result.device,
+        # Whether any active term read the teacher: "what the teacher adds" compares the two groups.
+        "reads_teacher": bool(result.teacher),
         FINAL: True,
     }
     out.update({f"corruption.{name}": acc for name, acc in result.corruptions.items()})
