@@ -365,18 +365,29 @@ def train_command(
 @click.option("--seeds", default="3", show_default=True, help="Seeds per row (each a full retraining).")
 @click.option("--points", default="knee", show_default=True, help="knee, front, or trial numbers (comma-separated).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--ablate", metavar="POINT", help="Instead: retrain trial POINT with each active part switched off.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as one JSON object.")
 @_quiet_option
 @_user_errors
-def confirm(source: str, seeds: str, points: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
+def confirm(
+    source: str, seeds: str, points: str, ablate: str | None, tracking_uri: str | None, as_json: bool, quiet: bool
+) -> None:
     """Retrain front points of search SOURCE (a name, experiment or folder) and every baseline
-    with several seeds, score them on the test split, and compare them."""
+    with several seeds, score them on the test split, and compare them (``--ablate``: which
+    loss term or augmentation of one point carries its gain)."""
     _setup_logging(quiet)
     from autogram.confirm import confirm as run_confirm
     from autogram.confirm import format_table
 
     if not seeds.isdigit():
         raise ConfigError(f"--seeds {seeds!r}: expected a whole number of seeds, at least 1")
+    if ablate is not None:
+        from autogram.ablation import ablate as run_ablation
+        from autogram.ablation import format_ablation
+
+        ablation = run_ablation(source, ablate, int(seeds), tracking_uri)
+        click.echo(json.dumps(ablation) if as_json else format_ablation(ablation))
+        return
     result = run_confirm(source, int(seeds), points, tracking_uri)
     click.echo(json.dumps(result) if as_json else format_table(result))
 

@@ -53,7 +53,8 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
     return list(chosen.values())
 
 
-def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+def summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation over seeds of every metric."""
     keys = sorted({k for run in runs for k in run})
     return {
         k: {
@@ -64,7 +65,20 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
-def _score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
+def load_for(cfg: Any) -> Any:
+    """The data of a retraining config, its user factories importable (``python_path``) as in
+    the search itself."""
+    from autogram.data import load_data
+
+    if cfg.python_path:
+        from autogram.models.source import use_python_path
+
+        use_python_path(cfg.python_path)
+    return load_data(cfg.data)
+
+
+def score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
+    """One retraining of ``raw`` with ``seed``, scored on the test split."""
     from autogram.trial import run_trial
 
     raw = {**raw, "seed": seed}
@@ -168,14 +182,7 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
     picked = {t["number"] for t in chosen}
     baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
     entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
-    from autogram.data import load_data
-
-    first = validate(trial_training_config(spec, entries[0]))
-    if first.python_path:  # the user's factories import from there, as in the search itself
-        from autogram.models.source import use_python_path
-
-        use_python_path(first.python_path)
-    data = load_data(first.data)
+    data = load_for(validate(trial_training_config(spec, entries[0])))
     rows = []
     for trial in entries:
         raw = trial_training_config(spec, trial)
@@ -185,7 +192,7 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
         runs = []
         for i in range(seeds):
             log.info("confirm: %s, seed %d of %d", label, i + 1, seeds)
-            runs.append(_score(raw, int(raw.get("seed", 0)) + i, data))
+            runs.append(score(raw, int(raw.get("seed", 0)) + i, data))
         rows.append(
             {
                 "label": label,
@@ -193,7 +200,7 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
                 "baseline": trial.get("baseline"),
                 "chosen": trial["number"] in picked,
                 "runs": runs,
-                "summary": _summary(runs),
+                "summary": summary(runs),
             }
         )
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
@@ -203,6 +210,20 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
 
 
 def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
+    files = {"confirm.json": json.dumps(result, indent=2), "confirm.md": format_table(result) + "\n"}
+    publish(files, source, spec, parent_id, tracking_uri, lambda folder: _plot(result, folder / "confirm.png"))
+
+
+def publish(
+    files: dict[str, str],
+    source: str,
+    spec: dict[str, Any],
+    parent_id: str,
+    tracking_uri: str | None,
+    extra: Any = None,
+) -> None:
+    """Write ``files`` (name -> text; ``extra(folder)`` may add more) to ``<search folder>/confirm/``
+    when the search folder is at hand, and log them under ``confirm/`` on the search's parent run."""
     import tempfile
 
     folder = Path(source)
@@ -210,9 +231,10 @@ def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id:
     staged = not folder.is_dir()  # a search read from MLflow: the files only stage the upload
     target = folder / "confirm" if not staged else Path(tempfile.mkdtemp(prefix="autogram-confirm-"))
     target.mkdir(parents=True, exist_ok=True)
-    (target / "confirm.json").write_text(json.dumps(result, indent=2))
-    (target / "confirm.md").write_text(format_table(result) + "\n")
-    _plot(result, target / "confirm.png")
+    for name, text in files.items():
+        (target / name).write_text(text)
+    if extra is not None:
+        extra(target)
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:
         from autogram.report.tracking import client_for, find_parent

@@ -125,3 +125,33 @@ def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     assert verdicts["ce (trial 0)"]["beats"] and verdicts["ce (trial 0)"]["deltas"]["robustness"]["beyond_spread"]
     assert not verdicts["kd (trial 1)"]["beats"]
     assert not verdicts["kd_xmodal (trial 3)"]["beats"]
+
+
+def test_ablation_switches_each_active_part_off_in_turn(searched: Path) -> None:
+    """kd_xmodal (trial 3): KD + the cross-modal term, with the config's modality dropout."""
+    proc = run_cli("confirm", "runs/c", "--ablate", "3", "--seeds", "1", "--json", cwd=searched)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    labels = [row["label"] for row in result["rows"]]
+    assert labels == ["full", "without kd", "without xmodal", "without modality_dropout"]
+    assert {"accuracy", "robustness", "missing:image", "missing:tokens"} <= set(result["carriers"])
+    for metric, carrier in result["carriers"].items():  # the part named is the largest drop, if any
+        drops = {
+            row["label"].removeprefix("without "): result["rows"][0]["summary"][metric]["mean"]
+            - row["summary"][metric]["mean"]
+            for row in result["rows"][1:]
+        }
+        if carrier["part"] is None:
+            assert max(drops.values()) <= 0
+        else:
+            assert drops[carrier["part"]] == pytest.approx(max(drops.values())) == pytest.approx(carrier["drop"])
+    assert (searched / "runs" / "c" / "confirm" / "ablation_3.md").read_text().startswith("Ablation of trial 3")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{searched / 'mlflow.db'}")
+    parent = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("c").experiment_id])
+        if r.data.tags.get("autogram.kind") == "search"
+    )
+    assert "confirm/ablation_3.json" in [a.path for a in client.list_artifacts(parent.info.run_id, "confirm")]
+    bad = run_cli("confirm", "runs/c", "--ablate", "1,2", cwd=searched)
+    assert bad.returncode == 2 and "--ablate '1,2': one point" in bad.stderr
