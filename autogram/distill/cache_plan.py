@@ -36,7 +36,10 @@ def trial_uses(cfg: TrialConfig, parts: Any) -> dict[str, set[str]]:
     from autogram.models import resolve_pairs
 
     try:
-        candidates = resolve_pairs(cfg.search.space.pairs, parts.student_taps, parts.teacher_taps)
+        # With pairs "all" the search's candidates follow from its ranking, which a trial does
+        # not have: its own pairs suffice (every compatible pair would cache every layer).
+        spec = cfg.search.space.pairs
+        candidates = [] if spec == "all" else resolve_pairs(spec, parts.student_taps, parts.teacher_taps)
     except Exception:  # the space names taps of another model: this trial's own pairs suffice
         candidates = []
     from autogram.distill.terms import active_terms, teacher_uses
