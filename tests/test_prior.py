@@ -220,3 +220,22 @@ def test_a_tight_max_pairs_with_all_pairs_is_warned_about(caplog: pytest.LogCapt
     with caplog.at_level("WARNING", logger="autogram"):
         _warn_infeasible(SpaceConfig(pairs="all"), 6)  # only "all off" is out of bounds
     assert caplog.text == ""
+
+
+def test_the_parallel_coordinates_plot_has_an_axis_per_mapped_student_tap() -> None:
+    from autogram.report.plots import parallel_coordinates
+
+    def trial(number: int, mapping: dict[str, str]) -> dict:
+        params = {"w_gram": 100.0, **{f"map:{k}": v for k, v in mapping.items()}}
+        values = {"accuracy": 0.5 + number / 10, "robustness": 0.4}
+        return {"number": number, "status": "ok", "params": params, "values": values, "pareto": True}
+
+    document = {
+        "name": "m",
+        "objectives": [{"name": "accuracy", "direction": "maximize"}, {"name": "robustness", "direction": "maximize"}],
+        "trials": [trial(0, {"a.1": "t.7", "b.1": "off"}), trial(1, {"a.1": "t.2"}), trial(2, {"a.1": "off"})],
+    }
+    dims = {d.label: d for d in parallel_coordinates(document).data[0].dimensions}
+    assert tuple(dims["a.1"].ticktext) == ("off", "t.2", "t.7") and tuple(dims["a.1"].values) == (2, 1, 0)
+    assert tuple(dims["b.1"].values) == (0, 0, 0)  # a tap a trial did not map reads as off
+    assert tuple(dims["pairs"].values) == (1, 1, 0)

@@ -155,6 +155,7 @@ def parallel_coordinates(document: dict[str, Any], log_params: set[str] | None =
         else {"label": k, "values": [p.get(k, 0.0) for p in params]}
         for k in keys
     ]
+    dimensions += _mapping_dimensions(trials)
     dimensions += [{"label": n, "values": [t["values"][n] for t in trials]} for n in names]
     colour = [t["values"][names[0]] for t in trials]
     fig = go.Figure(
@@ -162,6 +163,25 @@ def parallel_coordinates(document: dict[str, Any], log_params: set[str] | None =
     )
     fig.update_layout(title=f"{document['name']}: parameters to objectives (colour: {names[0]})")
     return fig
+
+
+def _mapping_dimensions(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One categorical axis per mapped student tap (``pairs: all``): ``off``, then each teacher
+    tap a trial chose, in name order, as ticks (plotly's parcoords takes numbers only)."""
+    keys = sorted({k for t in trials for k in t["params"] if k.startswith("map:")})
+    out = []
+    for key in keys:
+        chosen = sorted({str(t["params"][key]) for t in trials if key in t["params"]} - {"off"})
+        labels = ["off", *chosen]
+        out.append(
+            {
+                "label": key.removeprefix("map:"),
+                "values": [labels.index(str(t["params"].get(key, "off"))) for t in trials],
+                "tickvals": list(range(len(labels))),
+                "ticktext": labels,
+            }
+        )
+    return out
 
 
 def pair_selection(document: dict[str, Any], candidates: list[str]) -> Any:
