@@ -105,22 +105,11 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool, 
 
     auto = default_pairs(parts.student_taps, parts.teacher_taps)
     if as_json:
-
-        def tap_dict(t: Any) -> dict[str, Any]:
-            return {
-                "name": t.name,
-                "modality": t.modality,
-                "depth": t.depth,
-                "module_path": t.module_path,
-                "shape": list(t.shape),
-                "role": t.role,
-            }
-
         click.echo(
             json.dumps(
                 {
-                    "teacher": [tap_dict(t) for t in parts.teacher_taps],
-                    "student": [tap_dict(t) for t in parts.student_taps],
+                    "teacher": [t.to_dict() for t in parts.teacher_taps],
+                    "student": [t.to_dict() for t in parts.student_taps],
                     "default_pairs": [p.name for p in auto],
                     "pairs": [p.name for p in parts.pairs],
                     "cross_modal": {

@@ -38,6 +38,17 @@ class Tap:
             return self.shape[-1]
         return self.shape[0]
 
+    def to_dict(self) -> dict[str, object]:
+        """The tap as `autogram layers --json` prints it."""
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "depth": self.depth,
+            "module_path": self.module_path,
+            "shape": list(self.shape),
+            "role": self.role,
+        }
+
     def describe(self) -> str:
         """One table row: name, modality, depth, shape and (when it differs from the name) module path."""
         dims = "x".join(str(d) for d in self.shape)
