@@ -95,7 +95,7 @@ def format_teacher_adds(rows: dict[str, Any] | None) -> str:
     """The comparison as text ("" without one)."""
     if not rows:
         return ""
-    lines = ["What the teacher adds (best point reading it - best point without it; trials in brackets):"]
+    lines = ["What the teacher adds (the best point reading it - the best point without it):"]
     for name, row in rows.items():
         lines.append(
             f"  {name:<16} {row['delta']:+.4g}  ({row['with']['value']:.4g} trial {row['with']['trial']} vs "
