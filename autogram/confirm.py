@@ -119,6 +119,39 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def reads_teacher(raw: dict[str, Any]) -> bool:
+    """Whether a retraining config weights any term that reads the teacher above 0."""
+    from autogram.distill.terms import TERMS, term_weight
+
+    distill = validate(raw).distill
+    return any(cls.reads_teacher and term_weight(distill, name) > 0 for name, cls in TERMS.items())
+
+
+def teacher_adds(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per metric (accuracy, robustness, missing:<m>): the best row reading the teacher against
+    the best row without it, by mean, and whether the difference is beyond the two stds
+    added; None when every row reads the teacher or none does."""
+    groups = {flag: [r for r in rows if r.get("reads_teacher") is flag] for flag in (True, False)}
+    if not groups[True] or not groups[False]:
+        return None
+    out: dict[str, Any] = {}
+    metrics = ["accuracy", "robustness", *sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})]
+    for metric in metrics:
+        best = {
+            flag: max((r for r in group if metric in r["summary"]), key=lambda r: r["summary"][metric]["mean"])
+            for flag, group in groups.items()
+        }
+        a, b = best[True]["summary"][metric], best[False]["summary"][metric]
+        delta = a["mean"] - b["mean"]
+        out[metric] = {
+            "with": best[True]["label"],
+            "without": best[False]["label"],
+            "delta": delta,
+            "beyond_spread": abs(delta) > a["std"] + b["std"],
+        }
+    return out
+
+
 def format_table(document: dict[str, Any]) -> str:
     """The confirm table (mean +- std over seeds, test split) and the verdicts, as Markdown."""
     rows = document["rows"]
@@ -142,6 +175,11 @@ def format_table(document: dict[str, Any]) -> str:
             for k, v in item["deltas"].items()
         )
         lines.append(f"- {item['point']} {word} {item['baseline']}: {deltas}; cost {item['cost_delta']:+.4g}")
+    if document.get("teacher_adds"):
+        lines.append("What the teacher adds (the best row reading it - the best row without it):")
+        for metric, item in document["teacher_adds"].items():
+            within = "" if item["beyond_spread"] else " (within spread)"
+            lines.append(f"- {metric}: {item['delta']:+.3f}{within} ({item['with']} vs {item['without']})")
     return "\n".join(lines)
 
 
@@ -199,12 +237,14 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
                 "trial": trial["number"],
                 "baseline": trial.get("baseline"),
                 "chosen": trial["number"] in picked,
+                "reads_teacher": reads_teacher(raw),
                 "runs": runs,
                 "summary": summary(runs),
             }
         )
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
     result["verdict"] = judge(rows)
+    result["teacher_adds"] = teacher_adds(rows)
     _write(result, source, spec, parent_id, tracking_uri)
     return result
 

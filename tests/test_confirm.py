@@ -46,6 +46,18 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     # baseline but itself.
     points = [r for r in result["rows"] if not r["baseline"] or r["chosen"]]
     assert len(result["verdict"]) == sum(4 - bool(r["baseline"]) for r in points)
+    # What the teacher adds: ce (and a sampled trial with every teacher term off) against the rest.
+    flags = {r["label"]: r["reads_teacher"] for r in result["rows"]}
+    assert flags["ce (trial 0)"] is False and flags["kd (trial 1)"] is flags["kd_xmodal (trial 3)"] is True
+    adds = result["teacher_adds"]
+    assert {"accuracy", "robustness", "missing:image", "missing:tokens"} <= set(adds)
+    for metric, item in adds.items():
+        assert flags[item["with"]] is True and flags[item["without"]] is False
+        best = max(r["summary"][metric]["mean"] for r in result["rows"] if r["reads_teacher"])
+        assert item["delta"] == pytest.approx(
+            best - max(r["summary"][metric]["mean"] for r in result["rows"] if not r["reads_teacher"])
+        )
+    assert "What the teacher adds" in proc.stdout
 
     # The rows are the trials' own configs, scored on the test split: redo one seed here.
     spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
