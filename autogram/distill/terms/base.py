@@ -108,6 +108,24 @@ class LossTerm:
         raise NotImplementedError
 
 
+class PairTerm(LossTerm):
+    """A term that aligns the tap pairs (``distill.pairs``): off without pairs, hooks both sides."""
+
+    reads_pairs = True
+
+    def applies(self) -> bool:
+        """Off without tap pairs."""
+        return bool(self.setup.pairs)
+
+    def student_taps(self) -> list[Tap]:
+        """The student side of each pair."""
+        return [p.student for p in self.setup.pairs]
+
+    def teacher_taps(self) -> list[Tap]:
+        """The teacher side of each pair."""
+        return [p.teacher for p in self.setup.pairs]
+
+
 TERMS: Registry[LossTerm] = Registry("loss term", identifiers=True)
 register_term = TERMS.register
 unregister_term = TERMS.unregister

@@ -6,28 +6,14 @@ from typing import Any
 
 import torch
 
-from autogram.distill.terms.base import Batch, LossTerm, TermSetup, register_term
-from autogram.models.taps import Tap
+from autogram.distill.terms.base import Batch, PairTerm, TermSetup, register_term
 
 
 @register_term
-class CKA(LossTerm):
+class CKA(PairTerm):
     """Mean over the tap pairs (``distill.pairs``, searched like the Gram term's) of 1 - CKA."""
 
     name = "cka"
-    reads_pairs = True
-
-    def applies(self) -> bool:
-        """Off without tap pairs."""
-        return bool(self.setup.pairs)
-
-    def student_taps(self) -> list[Tap]:
-        """The student side of each pair."""
-        return [p.student for p in self.setup.pairs]
-
-    def teacher_taps(self) -> list[Tap]:
-        """The teacher side of each pair."""
-        return [p.teacher for p in self.setup.pairs]
 
     def teacher_uses(self) -> dict[str, set[str]]:
         """Each paired teacher tap, read as for the sample Gram (a sketch keeps inner products)."""

@@ -10,17 +10,15 @@ import torch
 from torch import nn
 
 from autogram.config import DistillConfig
-from autogram.distill.terms.base import Batch, LossTerm, TermSetup, register_term
-from autogram.models.taps import Tap
+from autogram.distill.terms.base import Batch, PairTerm, TermSetup, register_term
 
 
 @register_term
-class Gram(LossTerm):
+class Gram(PairTerm):
     """Mean Gram loss over the selected tap pairs (all sample-Gram pairs in one batched computation)."""
 
     name = "gram"
     legacy_field = "w_gram"
-    reads_pairs = True
 
     def __init__(self, cfg: DistillConfig, setup: TermSetup) -> None:
         super().__init__(cfg, setup)
@@ -56,18 +54,6 @@ class Gram(LossTerm):
             }
         )
         return {"projections": projections, "student_sketches": sketches}
-
-    def applies(self) -> bool:
-        """Off without tap pairs."""
-        return bool(self.setup.pairs)
-
-    def student_taps(self) -> list[Tap]:
-        """The student side of each pair."""
-        return [p.student for p in self.setup.pairs]
-
-    def teacher_taps(self) -> list[Tap]:
-        """The teacher side of each pair."""
-        return [p.teacher for p in self.setup.pairs]
 
     def teacher_uses(self) -> dict[str, set[str]]:
         """Each paired teacher tap, read for this Gram kind."""
