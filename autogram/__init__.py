@@ -11,7 +11,26 @@ from typing import Any
 from autogram.config import ConfigError, TrialConfig, load_config
 from autogram.version import __version__
 
-__all__ = ["ConfigError", "TrialConfig", "__version__", "load_config", "load_weights", "run_trial", "search", "train"]
+__all__ = [
+    "ConfigError",
+    "Distiller",
+    "TrialConfig",
+    "__version__",
+    "load_config",
+    "load_weights",
+    "run_trial",
+    "search",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``autogram.Distiller``, imported (with torch) only when first used."""
+    if name == "Distiller":
+        from autogram.distiller import Distiller
+
+        return Distiller
+    raise AttributeError(f"module 'autogram' has no attribute {name!r}")
 
 
 def run_trial(config: TrialConfig, report: Any = None) -> Any:

@@ -135,6 +135,10 @@ def export(
     validate(raw, str(out))  # refuse to write a config that would not load
     import yaml
 
+    from autogram.distiller import recipe_document, write_recipe
+
+    recipe = recipe_document(raw, spec.get("taps"))  # built before anything is written
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(
@@ -142,8 +146,11 @@ def export(
         + yaml.safe_dump(raw, sort_keys=False)
     )
     os.replace(tmp, out)
+    # Plain data beside the YAML: what was found, readable from any framework.
+    recipe_file = write_recipe(out, recipe)
     if parent_id or spec.get("tracking_uri"):
         _log_export(out, spec, parent_id, tracking_uri)
+        _log_export(recipe_file, spec, parent_id, tracking_uri)
     return raw
 
 

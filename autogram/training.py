@@ -42,6 +42,8 @@ class TrainResult:
     resumed_from_epoch: int = 0
     model_uri: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    # The loss of the first steps of this run (up to 100; none before a resumed epoch).
+    first_losses: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -247,6 +249,7 @@ def train(
         mlflow_run_id=run_id,
         resumed_from_epoch=checkpointer.resumed_from,
         history=outcome.history,
+        first_losses=outcome.first_losses,
     )
     result.model_uri = _close_run(client, uri, result, student, data, config)
     log.info(

@@ -149,13 +149,14 @@ class TrialSetup:
         return TermSetup(list(self.pairs if pairs is None else pairs), self.student_embeds, self.teacher_embeds)
 
 
-def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None) -> TrialSetup:
+def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None, student: Any = None) -> TrialSetup:
     """Load data, build the student and resolve taps and pairs (fails fast on a bad tap name).
 
     ``teacher`` (a :class:`~autogram.teacher.TeacherHandle`) gives the teacher's taps when
     the caller has resolved it; otherwise a built-in teacher's taps come from an untrained
     instance (so a wrong tap name fails before minutes of training) and a user's teacher is
-    loaded here (returned as ``TrialSetup.teacher``).
+    loaded here (returned as ``TrialSetup.teacher``). ``student``: a student the caller built
+    (in autogram's calling convention), instead of a fresh one from the config's source.
     """
     from autogram.data import load_data
     from autogram.models import build_teacher, embedding_taps, make_student, model_taps, resolve_pairs
@@ -164,7 +165,7 @@ def prepare(cfg: TrialConfig, device: Any, data: Any = None, teacher: Any = None
     data = data if data is not None else load_data(cfg.data)
     # Seeded, so each trial starts from the same fresh weights; the tap search runs one
     # forward pass in eval mode, which changes neither weights nor running statistics.
-    student = make_student(cfg.student, data, cfg.seed)
+    student = student if student is not None else make_student(cfg.student, data, cfg.seed)
     student_taps = model_taps(student, cfg.student, data, "student")
     if teacher is not None:
         teacher_taps = teacher.taps

@@ -137,6 +137,16 @@ def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> 
     again = _cli("train", "best.yaml", "--resume", cwd=byo)
     assert again.returncode == 2 and "already finished" in again.stderr
 
+    # The exported recipe in the user's own loop and in a Hugging Face Trainer (the README's examples).
+    for script, extra, expect in (
+        ("own_loop.py", ["--epochs", "1"], "test accuracy"),
+        ("hf_trainer.py", ["--max-steps", "10"], "step 10: loss"),
+    ):
+        command = [sys.executable, str(EXAMPLE / script), "best.yaml", "--data", "hf", "--teacher", "teacher", *extra]
+        run = subprocess.run(command, cwd=byo, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0 and expect in run.stdout, run.stderr[-3000:]
+    assert json.loads((byo / "best.recipe.json").read_text())["teacher"]["key"] == spec["teacher_key"]
+
     # New teacher weights: a new key, so the exported config refuses the changed teacher.
     from avmnist_byo.training import train_teacher
 

@@ -124,10 +124,11 @@ def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
     assert abs(result["robustness"] - trial["values"]["robustness"]) <= 0.01
     assert 0 <= result["test_accuracy"] <= 1 and result["epochs"] == 3
 
-    # The same file was logged on the search's parent run.
+    # The same file, and the recipe beside it, were logged on the search's parent run.
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{searched / 'mlflow.db'}")
     parent = client.get_run(provenance["mlflow_parent_run_id"])
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "exports")] == ["exports/best.yaml"]
+    logged = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "exports"))
+    assert logged == ["exports/best.recipe.json", "exports/best.yaml"]
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["autogram.source_run"] == provenance["mlflow_run_id"]
     assert {"val_accuracy", "test_accuracy", "test_robustness"} <= run.data.metrics.keys()

@@ -115,6 +115,13 @@ class TrainOutcome:
     flops_per_sample: float = 0.0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    # The loss of the first steps, as computed (a user's loop driving a Distiller is compared
+    # against it step by step).
+    first_losses: list[float] = field(default_factory=list)
+
+
+# How many first-step losses a run keeps.
+FIRST_LOSSES = 100
 
 
 @dataclass
@@ -147,6 +154,32 @@ def _count_flops(fn: Callable[..., dict[str, torch.Tensor]], *args: object) -> t
     return float(counter.get_total_flops()), result
 
 
+def forward_terms(
+    student: nn.Module,
+    objective: Objective,
+    teacher: TeacherSignals | None,
+    device: torch.device,
+    idx: torch.Tensor,
+    clean: dict[str, torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The student's logits and the unweighted value of each active term for one batch.
+
+    The one place a batch becomes loss terms: the training loop (trials, ``autogram train``)
+    and :class:`autogram.distiller.Distiller` (the user's own loop) both call it. The teacher
+    reads the clean inputs ``clean`` (rows ``idx`` of the train split, for a cache); the
+    student reads ``inputs``, which may have modalities dropped or noised.
+    """
+    signals = teacher(idx, clean) if teacher is not None else None
+    with autocast(device), capture(student, objective.student_taps) as feats:
+        logits = student(inputs)
+    # The terms run in float32 even inside a caller's torch.autocast (a user's mixed-precision
+    # loop): Gram matrices and softmaxes of bf16 features lose the differences they compare.
+    with torch.autocast(device.type, enabled=False):
+        return logits, objective(logits, feats, labels, signals)
+
+
 def _step(
     student: nn.Module,
     objective: Objective,
@@ -163,10 +196,7 @@ def _step(
     Nothing here reads a value back to the host (that would stall a GPU every step): the
     loop checks the losses for non-finite values every few steps and ends a diverged trial.
     """
-    signals = teacher(idx, clean) if teacher is not None else None
-    with autocast(device), capture(student, objective.student_taps) as feats:
-        logits = student(inputs)
-    terms = objective(logits, feats, labels, signals)
+    _, terms = forward_terms(student, objective, teacher, device, idx, clean, inputs, labels)
     loss = objective.total(terms)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -201,6 +231,8 @@ def _drain(
             return True
         outcome.steps += 1
         outcome.samples += size
+        if len(outcome.first_losses) < FIRST_LOSSES:
+            outcome.first_losses.append(row[loss_at])
         for key, value in zip(keys, row, strict=True):
             sums[key] = sums.get(key, 0.0) + value
     return False

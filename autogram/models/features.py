@@ -22,7 +22,7 @@ def capture(model: torch.nn.Module, taps: list[Tap], raw: bool = False) -> Itera
     """
     features: dict[str, torch.Tensor] = {}
     handles = []
-    root = model.tap_root() if hasattr(model, "tap_root") else model
+    root = tap_root(model)
     try:
         for tap in taps:
             module = root.get_submodule(tap.module_path)
@@ -38,6 +38,13 @@ def capture(model: torch.nn.Module, taps: list[Tap], raw: bool = False) -> Itera
     finally:
         for handle in handles:
             handle.remove()
+
+
+def tap_root(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose paths taps name (see :func:`autogram.models.source.user_module`)."""
+    from autogram.models.source import user_module
+
+    return user_module(model)
 
 
 def hook_count(model: torch.nn.Module) -> int:

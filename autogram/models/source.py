@@ -105,8 +105,15 @@ def _takes(model: nn.Module, name: str) -> bool:
 
 
 def user_module(model: nn.Module) -> nn.Module:
-    """The user's own module inside an :class:`Adapted` (the model itself otherwise)."""
-    return model.tap_root() if isinstance(model, Adapted) else model
+    """The user's own module, whose paths taps name: inside an :class:`Adapted` and inside
+    ``DistributedDataParallel`` / ``DataParallel`` (their ``module``), in any nesting."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(model, Adapted):
+            model = model.tap_root()
+        else:
+            return model
 
 
 def load_weights(model: nn.Module, path: Path, field: str = "checkpoint") -> None:

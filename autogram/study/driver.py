@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError
-from autogram.study.plan import FRONT_FILE, SPEC_FILE, STUDY_FILE, SearchPlan, plan_search
+from autogram.study.plan import FRONT_FILE, SPEC_FILE, STUDY_FILE, SearchPlan, candidate_taps, plan_search
 from autogram.study.resume import TUNE_DIR, TUNE_NOISE, SearchInterrupted, interrupted, requeue_lost_trials
 
 __all__ = ["FRONT_FILE", "SPEC_FILE", "STUDY_FILE", "SearchPlan", "plan_search", "run_search"]
@@ -258,6 +258,7 @@ def _write_spec(plan: SearchPlan, handle: Any) -> None:
             "name": plan.name,
             "config": plan.config.model_dump(mode="json"),
             "candidates": plan.candidates,
+            "taps": candidate_taps(plan.setup),
             "teacher": str(handle.path or ""),
             "teacher_key": handle.key,
             "teacher_source": handle.source,

@@ -223,3 +223,18 @@ def _check_cache_size(cfg: TrialConfig, setup: Any, parts: Any) -> None:
     if all(t.shape for t in layout.taps):
         train = parts.data.splits["train"]
         check_cache_size(layout, len(train), parts.data.num_classes, cfg.teacher.cache_max_gb)
+
+
+def candidate_taps(setup: Any) -> dict[str, dict[str, Any]]:
+    """Every tap a candidate pair or embedding names, by role and name (module paths for the
+    exported recipe)."""
+    out: dict[str, dict[str, Any]] = {"student": {}, "teacher": {}}
+    if setup is None:
+        return out
+    for pair in setup.pairs:
+        out["student"][pair.student.name] = pair.student.to_dict()
+        out["teacher"][pair.teacher.name] = pair.teacher.to_dict()
+    for role, embeds in (("student", setup.student_embeds), ("teacher", setup.teacher_embeds)):
+        for tap in embeds.values():
+            out[role][tap.name] = tap.to_dict()
+    return out

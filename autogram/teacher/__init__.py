@@ -272,6 +272,11 @@ def _ensure_builtin(cfg: TeacherConfig, data: MultiModalData, device: torch.devi
     return _frozen(model, device, path, key, val_acc, False)
 
 
+def frozen_handle(model: torch.nn.Module, device: torch.device, path: Path | None, key: str) -> TeacherHandle:
+    """A teacher module the caller already holds, frozen (eval, no gradients) on ``device``."""
+    return _frozen(model, device, path, key, float("nan"), True)
+
+
 def _frozen(
     model: torch.nn.Module, device: torch.device, path: Path | None, key: str, acc: float, reused: bool
 ) -> TeacherHandle:

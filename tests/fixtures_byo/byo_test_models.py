@@ -116,3 +116,32 @@ def make_student_checked(data, width: int = 4) -> TinyStudent:  # noqa: ANN001
     if ray.is_initialized() and os.environ.get("BYO_MARK") != "shipped":
         raise RuntimeError(f"BYO_MARK is {os.environ.get('BYO_MARK')!r} in this process")
     return make_student(data, width)
+
+
+class HFStudent(nn.Module):
+    """A student of two Hugging Face ViT encoders built from a config (nothing downloaded), late fusion."""
+
+    def __init__(self, names: list[str], num_classes: int, hidden: int = 16) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+
+        config = ViTConfig(
+            image_size=8,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+        )
+        self.names = names
+        self.encoders = nn.ModuleDict({n: ViTModel(config, add_pooling_layer=False) for n in names})
+        self.head = nn.Linear(len(names) * hidden, num_classes)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = [self.encoders[n](pixel_values=batch[n]).last_hidden_state[:, 0] for n in self.names]
+        return self.head(torch.cat(pooled, 1))
+
+
+def make_hf_student(data, hidden: int = 16) -> HFStudent:  # noqa: ANN001
+    return HFStudent([m.name for m in data.modalities], data.num_classes, hidden)

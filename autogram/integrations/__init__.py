@@ -1,0 +1,1 @@
+"""Glue between a searched recipe and other training frameworks (imported on demand)."""
