@@ -198,6 +198,7 @@ def train(
     Files go beside ``config_path``: ``<stem>.student.safetensors`` and ``<stem>.checkpoints/``.
     Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
+    from autogram.config.credentials import check_tracking
     from autogram.distill import train_student
     from autogram.report.tracking import client_for, log_metrics
     from autogram.report.tracking import tracking_uri as resolve_uri
@@ -215,6 +216,7 @@ def train(
     # search's was), so a trial's budget reproduces the trial's scores.
     signals, _ = teacher_signals(config, parts, objective, device)
     uri = resolve_uri(tracking_uri)
+    check_tracking(uri)  # an unreachable server: one line in seconds, not a traceback after minutes
     experiment = experiment or (config.provenance or {}).get("experiment") or config.name
     checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)
     run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)

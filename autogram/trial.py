@@ -223,7 +223,7 @@ def teacher_signals(
 
     if cache_dir is None:
         root = config.teacher.cache_dir / "signals"
-        cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, root, config.teacher.cache_max_gb)
+        cache_dir = ensure_cache(handle.model, handle.identity, data, layout, device, root, config.teacher.cache_max_gb)
     signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
     return signals, {**info, "source": "cache", "cache": str(cache_dir)}
 

@@ -72,7 +72,9 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
         signals = None
         if objective.needs_teacher:  # each variant's cache at the configured sketch size and precision
             layout = layout_for(vcfg, handle.taps, objective.teacher_uses)
-            cache_dir = ensure_cache(handle.model, handle.key, data, layout, device, cfg.teacher.cache_dir / "signals")
+            cache_dir = ensure_cache(
+                handle.model, handle.identity, data, layout, device, cfg.teacher.cache_dir / "signals"
+            )
             signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
         student = parts.student.train()
         optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)

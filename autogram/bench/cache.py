@@ -130,7 +130,7 @@ def cache_figures(base: dict[str, Any], data: Any, root: Path, batches: int = 50
     out["cache_build_seconds"] = {}
     readers = {}
     for name, layout in layouts.items():
-        directory = ensure_cache(handle.model, handle.key, data, layout, device, root / "signals")
+        directory = ensure_cache(handle.model, handle.identity, data, layout, device, root / "signals")
         manifest = read_manifest(directory)
         out["cache_bytes_per_sample"][name] = manifest["bytes_per_sample"]
         out["cache_build_seconds"][name] = manifest["build_seconds"]

@@ -146,3 +146,53 @@ def tracking_url(url: str) -> str:
         f"--tracking-uri: a password in a {parts.scheme} URI would be written into the search's files; "
         "use the store's own credential settings"
     )
+
+
+def check_tracking(url: str, timeout: float = 10.0) -> None:
+    """Fail within ``timeout`` seconds, in one line, when the MLflow tracking store does not answer:
+    a TCP connection to an http(s) server, a login to a database store (MLflow's own client
+    retries for minutes before its traceback). Local stores (sqlite, files) are not probed."""
+    import socket
+
+    parts = urlsplit(url)
+    if parts.scheme.startswith(("postgresql", "mysql", "mssql")):
+        _check_reachable(url, "--tracking-uri")
+        return
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"tracking URI {masked(url)}: the MLflow server does not answer ({reason}); start it, or pass "
+            "another --tracking-uri (or MLFLOW_TRACKING_URI)"
+        ) from None
+    _check_mlflow_answers(url, timeout)
+
+
+def _check_mlflow_answers(url: str, timeout: float) -> None:
+    """One MLflow request without MLflow's retries: something that listens but is not an MLflow
+    server (or refuses the credentials) is named now, not in a traceback mid-search."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+    from mlflow.tracking import MlflowClient
+
+    saved = {
+        var.name: os.environ.get(var.name) for var in (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT)
+    }
+    os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+    os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(int(timeout))
+    try:
+        MlflowClient(tracking_uri=url).search_experiments(max_results=1)
+    except Exception as exc:  # MlflowException, or requests' errors for TLS and proxies
+        raise ConfigError(
+            f"tracking URI {masked(url)}: no MLflow tracking server answers there ({first_line(exc)[:200]})"
+        ) from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

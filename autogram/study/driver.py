@@ -245,7 +245,9 @@ def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any, resume: bool) -
     # Only the taps some term of the space can read, in the forms it reads them.
     layout = search_layout(cfg, plan.setup, handle.taps)
     root = cfg.teacher.cache_dir / "signals"
-    return handle, ensure_cache(handle.model, handle.key, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb)
+    return handle, ensure_cache(
+        handle.model, handle.identity, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb
+    )
 
 
 def _write_spec(plan: SearchPlan, handle: Any) -> None:

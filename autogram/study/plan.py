@@ -89,7 +89,12 @@ def plan_search(
 
     if resume:
         cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
-    # Devices, storage and cluster first: a bad one fails in seconds, before models are built.
+    # Tracking, devices, storage and cluster first: a bad one fails in seconds, before models are built.
+    from autogram.config.credentials import check_tracking, tracking_url
+    from autogram.report.tracking import tracking_uri as resolve_uri
+
+    tracking = tracking_url(resolve_uri(tracking_uri))
+    check_tracking(tracking)
     cfg = check_execution(cfg, out, address)
     space = cfg.search.space
     parts = prepare(cfg, pick_device(cfg.device), data)
@@ -120,16 +125,13 @@ def plan_search(
 
     defaults = {p.student.name: p.teacher.name for p in default_pairs(parts.student_taps, parts.teacher_taps)}
     baselines = plan_baselines(cfg.search.baselines, space, candidates, base, defaults if mapping else None)
-    from autogram.config.credentials import tracking_url
-    from autogram.report.tracking import tracking_uri as resolve_uri
-
     return SearchPlan(
         config=cfg,
         base=base,
         candidates=candidates,
         directory=directory,
         name=name,
-        tracking_uri=tracking_url(resolve_uri(tracking_uri)),
+        tracking_uri=tracking,
         experiment=experiment or cfg.search.experiment or cfg.name,
         data=parts.data,
         teacher=parts.teacher,

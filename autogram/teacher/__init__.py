@@ -22,6 +22,7 @@ import torch
 
 from autogram.config import ConfigError, TeacherConfig
 from autogram.data.base import Modality, MultiModalData
+from autogram.models.source import weights_digest
 from autogram.models.taps import Tap
 
 log = logging.getLogger("autogram")
@@ -41,6 +42,14 @@ class TeacherHandle:
     taps: list[Tap] = field(default_factory=list)
     params: int = 0
     source: dict[str, Any] = field(default_factory=lambda: {"source": "builtin"})
+    # sha256 of a built-in teacher's weights (a user's key already covers its weights).
+    weights: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What the teacher cache is keyed by: the key, and the weights' fingerprint when the key
+        does not cover them (a built-in teacher retrained under the same config gets a new cache)."""
+        return f"{self.key}+{self.weights}" if self.weights else self.key
 
     def info(self) -> dict[str, Any]:
         """Provenance for results and MLflow."""
@@ -105,6 +114,8 @@ def save_teacher(model: torch.nn.Module, path: Path, key: str, data: MultiModalD
         "num_classes": str(model.classifier.out_features),
         "data_fingerprint": data.fingerprint,
         "val_accuracy": repr(val_accuracy),
+        # Checked at every load: flipped bytes in the tensors are refused, never trained against.
+        "weights_sha256": weights_digest(model),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -129,7 +140,20 @@ def load_teacher(path: Path, data: MultiModalData) -> tuple[torch.nn.Module, dic
         model.load_state_dict(load_file(str(path)))
     except Exception as exc:
         raise ConfigError(f"{path}: teacher weights do not load ({exc})") from None
+    _check_weights(model, meta, path)
     return model, meta
+
+
+def _check_weights(model: torch.nn.Module, meta: dict[str, str], path: Path) -> None:
+    """Refuse weights that differ from the fingerprint saved with them (a checkpoint from before
+    fingerprints is fingerprinted now)."""
+    digest = weights_digest(model)
+    saved = meta.setdefault("weights_sha256", digest)
+    if saved != digest:
+        raise ConfigError(
+            f"{path}: the teacher's weights do not match the fingerprint saved with them (corrupt file: "
+            f"sha256 {digest[:16]}, saved {saved[:16]})"
+        )
 
 
 def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device, taps: list[Tap]) -> TeacherHandle:
@@ -142,7 +166,9 @@ def teacher_from_bytes(blob: bytes, data: MultiModalData, device: torch.device, 
     meta = json.loads(blob[8 : 8 + header_size])["__metadata__"]
     model = build_teacher(data, json.loads(meta["arch"]))
     model.load_state_dict(load_tensors(blob))
+    _check_weights(model, meta, Path("<teacher bytes>"))
     handle = _frozen(model, device, Path("<bytes>"), meta["key"], float(meta["val_accuracy"]), True)
+    handle.weights = meta["weights_sha256"]
     handle.taps = list(taps)
     return handle
 
@@ -241,7 +267,7 @@ def _ensure_builtin(cfg: TeacherConfig, data: MultiModalData, device: torch.devi
             else:
                 if meta["key"] == key:
                     log.info("teacher: reusing %s (key %s)", path, key[:16])
-                    return _frozen(model, device, path, key, float(meta["val_accuracy"]), True)
+                    return _with_weights(_frozen(model, device, path, key, float(meta["val_accuracy"]), True), meta)
                 log.warning("teacher: %s has key %s, expected %s; retraining", path, meta["key"][:16], key[:16])
         else:
             model, meta = load_teacher(path, data)
@@ -260,7 +286,14 @@ def _ensure_builtin(cfg: TeacherConfig, data: MultiModalData, device: torch.devi
                 )
             else:
                 log.info("teacher: reusing %s (key %s)", path, key[:16])
-            return _frozen(model, device, path, meta["key"], float(meta["val_accuracy"]), True)
+            return _with_weights(_frozen(model, device, path, meta["key"], float(meta["val_accuracy"]), True), meta)
+    elif cfg.checkpoint is not None and cfg.checkpoint_key is not None and not retrain:
+        # An exported config pins this teacher: training another one in its place would
+        # silently change the recipe's teacher.
+        raise ConfigError(
+            f"teacher.checkpoint: {path} not found, and this config pins that teacher (checkpoint_key "
+            f"{cfg.checkpoint_key[:16]}); restore the file, or remove checkpoint and checkpoint_key to train a new one"
+        )
     else:
         others = sorted(cfg.cache_dir.glob("teacher-*.safetensors")) if cfg.checkpoint is None else []
         reason = "--retrain given" if retrain else f"no checkpoint for this config and data (key {key[:16]})"
@@ -269,7 +302,12 @@ def _ensure_builtin(cfg: TeacherConfig, data: MultiModalData, device: torch.devi
     model, val_acc = train_teacher(cfg, data, device)
     save_teacher(model, path, key, data, val_acc)
     log.info("teacher: saved %s (val acc %.4f)", path, val_acc)
-    return _frozen(model, device, path, key, val_acc, False)
+    return _with_weights(_frozen(model, device, path, key, val_acc, False), {"weights_sha256": weights_digest(model)})
+
+
+def _with_weights(handle: TeacherHandle, meta: dict[str, str]) -> TeacherHandle:
+    handle.weights = meta.get("weights_sha256", "")
+    return handle
 
 
 def frozen_handle(model: torch.nn.Module, device: torch.device, path: Path | None, key: str) -> TeacherHandle:

@@ -140,7 +140,14 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise CacheInvalid(f"{directory}: no manifest (missing or partial cache)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # A cut or edited manifest is a corrupt cache: rebuilt like a corrupt array, never a dead end.
+        raise CacheInvalid(f"{path}: unreadable manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
+        raise CacheInvalid(f"{path}: manifest without its arrays (edited?)")
+    return manifest
 
 
 def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
@@ -150,6 +157,8 @@ def open_cache(directory: Path, verify: bool = True) -> dict[str, np.ndarray]:
         raise CacheInvalid(f"{directory}: format {manifest.get('format')!r}, expected {FORMAT}")
     arrays = {}
     for name, entry in manifest["arrays"].items():
+        if not isinstance(entry, dict) or not {"file", "bytes", "sha256", "shape"} <= entry.keys():
+            raise CacheInvalid(f"{directory}: manifest entry {name!r} is incomplete (edited?)")
         path = directory / entry["file"]
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             raise CacheInvalid(f"{path}: missing or of the wrong size (truncated?)")
