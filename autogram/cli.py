@@ -6,6 +6,7 @@ config errors stay fast. Every user error ends as one line on stderr and exit co
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -34,6 +35,10 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+# OSErrors that say the machine refused (space, quota, read-only, permissions), not a bug.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a ConfigError raised anywhere below into one stderr line and exit code 2."""
 
@@ -44,8 +49,26 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as exc:
             click.echo(f"autogram: error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:
+            # The machine, not the code: a full disk, a read-only or vanished folder mid-run.
+            if exc.errno not in _MACHINE_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"autogram: error: {where}{exc.strerror}", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            if type(exc).__name__ != "StorageInternalError":  # optuna's, for a write the database refused
+                raise
+            click.echo(f"autogram: error: the study storage refused a write ({_first(exc)}): a full disk?", err=True)
+            sys.exit(2)
 
     return wrapper
+
+
+def _first(exc: BaseException) -> str:
+    from autogram.config.base import first_line
+
+    return first_line(exc)[:200]
 
 
 def _quiet_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -370,6 +370,10 @@ def write_recipe(out: Path, document: dict[str, Any]) -> Path:
 
     target = recipe_path(out)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return target

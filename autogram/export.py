@@ -139,15 +139,22 @@ def export(
 
     recipe = recipe_document(raw, spec.get("taps"))  # built before anything is written
 
+    from autogram.config.base import check_writable
+
+    check_writable(out.parent, "-o")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(
-        f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
-        + yaml.safe_dump(raw, sort_keys=False)
-    )
-    os.replace(tmp, out)
-    # Plain data beside the YAML: what was found, readable from any framework.
-    recipe_file = write_recipe(out, recipe)
+    try:
+        tmp.write_text(
+            f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
+            + yaml.safe_dump(raw, sort_keys=False)
+        )
+        # Plain data beside the YAML: what was found, readable from any framework.
+        recipe_file = write_recipe(out, recipe)
+        os.replace(tmp, out)
+    except OSError as exc:  # a full disk mid-write: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"-o {out}: cannot write ({exc.strerror or type(exc).__name__})") from None
     if parent_id or spec.get("tracking_uri"):
         _log_export(out, spec, parent_id, tracking_uri)
         _log_export(recipe_file, spec, parent_id, tracking_uri)

@@ -121,6 +121,8 @@ def _cut_files(tmp_path: Path) -> None:
         (["search", "run.yaml", "--name", "x" * 300, "--out", "runs"], "(300 characters)' is not a usable directory"),
         (["export", "runs/s", "-o", "best.yaml"], "front.json: front is not valid JSON"),
         (["train", "run.yaml", "--resume"], "last.json: checkpoint state is not valid JSON"),
+        # A folder on a file system that refuses writes (procfs: no new entries).
+        (["search", "run.yaml", "--out", "/proc/autogram-runs"], "--out: cannot write into /proc"),
     ],
 )
 def test_cut_or_odd_files_are_one_line_errors(args: list[str], expected: str, tmp_path: Path) -> None:

@@ -102,6 +102,10 @@ def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> P
 def test_export_train_round_trip_reproduces_the_trial_and_logs_a_loadable_model(
     searched: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Onto a file system that refuses writes: one line, exit 2, nothing written anywhere.
+    refused = run_cli("export", "exp", "--pick", "accuracy", "-o", "/proc/best.yaml", cwd=searched)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("autogram: error: -o: ")
+    assert "cannot write into /proc" in refused.stderr and not (searched / "best.recipe.json").exists()
     proc = run_cli("export", "exp", "--pick", "accuracy", "-o", "best.yaml", cwd=searched)
     assert proc.returncode == 0, proc.stderr
     assert "Downloading artifacts" not in proc.stderr  # MLflow's progress bar says nothing here

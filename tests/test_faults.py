@@ -122,3 +122,47 @@ def test_an_unreachable_tracking_server_fails_in_one_line_before_anything_is_wri
     assert "tracking" in lines[-1]
     assert not (tmp_path / "runs").exists()
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_ray_processes_a_sigkilled_driver_leaves_are_stopped_by_the_next_driver(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    import json
+    import os
+    import signal
+
+    from autogram.study.lock import LOCK_FILE, _start_time, search_lock
+    from tests.conftest import start_cli
+
+    raw = tiny_raw(teacher_cache)
+    raw["train"]["epochs"] = 50  # trials outlast the wait below
+    raw["search"] = {"trials": 4, "concurrency": 1, "baselines": []}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(raw))
+    driver = start_cli("search", "long.yaml", "--out", "runs", "--name", "long", cwd=tmp_path)
+    lock = tmp_path / "runs" / "long" / LOCK_FILE
+    recorded: list[list[int]] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(recorded) < 4:  # driver's Ray: GCS, raylet, agents, a worker
+            time.sleep(1)
+            try:
+                recorded = json.loads(lock.read_text()).get("processes", [])
+            except (OSError, ValueError):
+                continue
+        assert len(recorded) >= 4, recorded
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone: nothing of it can clean up
+        driver.wait()
+        time.sleep(10)
+        survivors = [pid for pid, started in recorded if _start_time(pid) == started]
+        assert survivors, "Ray's agents outlive a SIGKILLed driver (the case this guards against)"
+        with search_lock(tmp_path / "runs" / "long"):  # what a --resume does first
+            pass
+        time.sleep(1)
+        assert [pid for pid, started in recorded if _start_time(pid) == started] == []
+    finally:
+        for pid, started in recorded:  # only what this test started, by PID
+            if _start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)

@@ -194,6 +194,15 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
     _write_npz(tmp_path / "nan.npz", train_image=nan_image)
     _write_npz(tmp_path / "short.npz", train_audio=np.zeros((99, 8, 8), np.float32))
     (tmp_path / "notes.npz").write_text("image,label\n1,2\n")
+    _write_npz(tmp_path / "crc.npz")
+    blob = bytearray((tmp_path / "crc.npz").read_bytes())
+    blob[len(blob) // 3] ^= 0xFF  # one flipped byte inside an array: its CRC no longer matches
+    (tmp_path / "crc.npz").write_bytes(bytes(blob))
+    _write_npz(
+        tmp_path / "one.npz", test_image=np.zeros((1, 8, 8), np.float32), test_audio=np.zeros((1, 8, 8), np.float32)
+    )
+    arrays = dict(np.load(tmp_path / "one.npz"))
+    np.savez(tmp_path / "one.npz", **{**arrays, "test_label": np.array([0])})
     torch.save(__import__("byo_test_models").TinyTeacher(), tmp_path / "teacher.pt")  # a whole pickled module
     table = {"image": np.zeros((20, 8, 8), np.float32).tolist(), "target": list(range(20))}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(table)}).save_to_disk(str(tmp_path / "nolabel"))
@@ -241,6 +250,16 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, str]]:
             "train_audio has 99 rows but train_label has 100",
         ),
         ("not an archive", {**npz, "data": {"path": str(tmp_path / "notes.npz")}}, "not an .npz archive"),
+        (
+            "bad CRC",
+            {**npz, "data": {"path": str(tmp_path / "crc.npz")}},
+            "crc.npz: damaged archive (Bad CRC-32 for file",
+        ),
+        (
+            "one-sample split",
+            {**npz, "data": {"path": str(tmp_path / "one.npz")}},
+            "one.npz: the test split has 1 sample; each split needs at least 2",
+        ),
     ]
 
 

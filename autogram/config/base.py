@@ -37,3 +37,23 @@ class Strict(BaseModel):
     """A config section where unknown keys are errors: a typo must never be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def check_writable(path: Path, field: str) -> None:
+    """A folder autogram will write into (created if missing) must be writable: probed in its
+    nearest existing ancestor with a temporary file that is removed at once, so a read-only or
+    missing file system is a one-line error before any work, and nothing is left behind."""
+    import os
+    import tempfile
+
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{field}: {path}: {folder} is a file, not a folder")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".autogram-probe-", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot write into {folder} ({exc.strerror or type(exc).__name__})") from None
+    os.close(handle)
+    os.unlink(name)

@@ -9,7 +9,7 @@ import numpy as np
 
 from autogram.config import ConfigError, DataConfig, GroupSplit
 from autogram.data.base import SPLITS, Modality, MultiModalData, Split
-from autogram.data.checks import check_finite, class_count, infer_kind, warn_if_constant
+from autogram.data.checks import check_finite, check_split_sizes, class_count, infer_kind, warn_if_constant
 
 log = logging.getLogger("autogram")
 
@@ -140,6 +140,8 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             if f"{split}_{name}" in arrays:
                 check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
     keys = [*names, "label"]
+    # The file's own splits first, so a message counts the file's rows, not what carving left.
+    check_split_sizes({s: len(arrays[f"{s}_label"]) for s in SPLITS if f"{s}_label" in arrays}, source)
     if cfg.split_by is not None:
         _regroup(arrays, keys, cfg.split_by, source, cfg)
     for split, seed_offset in (("val", 0), ("test", 1)):
@@ -149,6 +151,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
         for key in keys:
             arrays[f"train_{key}"] = arrays[f"train_{key}"][: cfg.max_train]
 
+    check_split_sizes({s: len(arrays[f"{s}_label"]) for s in SPLITS}, source)
     num_classes = class_count([arrays[f"{s}_label"] for s in SPLITS], source)
 
     modalities = []
@@ -200,5 +203,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                 for key in npz.files
                 if npz[key].dtype.kind in "biuf" or key.endswith("_names") or key.split("_", 1)[0] in SPLITS
             }
-    except (OSError, ValueError) as exc:
+    except zipfile.BadZipFile as exc:  # a member whose bytes changed: "Bad CRC-32 for file 'x.npy'"
+        raise ConfigError(f"{path}: damaged archive ({exc}); write it again with numpy.savez") from None
+    except (OSError, ValueError, EOFError) as exc:
         raise ConfigError(f"{path}: cannot read as .npz ({exc})") from None

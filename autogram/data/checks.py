@@ -66,6 +66,17 @@ def class_count(labels: list[np.ndarray], source: str) -> int:
     return int(distinct.size)
 
 
+def check_split_sizes(sizes: dict[str, int], source: str) -> None:
+    """Every split needs two samples: batches and B x B Grams need two, and an accuracy over
+    one sample is 0 or 1 (a split that small is a data mistake, not a small data set)."""
+    for split, size in sizes.items():
+        if size < 2:
+            raise ConfigError(
+                f"{source}: the {split} split has {size} sample{'s' if size != 1 else ''}; each split needs at least 2"
+                + (" (val is carved from train: give train more samples, or a val split)" if split == "val" else "")
+            )
+
+
 def warn_if_constant(name: str, spread: float, source: str) -> None:
     """A modality with the same value everywhere in train carries no signal: say so."""
     if spread == 0.0:

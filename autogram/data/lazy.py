@@ -16,7 +16,7 @@ import numpy as np
 
 from autogram.config import ConfigError, DataConfig
 from autogram.data.base import SPLITS, LazySplit, Modality, MultiModalData
-from autogram.data.checks import check_finite, class_count, infer_kind, warn_if_constant
+from autogram.data.checks import check_finite, check_split_sizes, class_count, infer_kind, warn_if_constant
 
 Fetch = Callable[[np.ndarray], dict[str, np.ndarray]]
 SCAN_CHUNK = 512
@@ -82,6 +82,7 @@ def build_lazy(
         s: LazySplit(RowReader(fetches[s], index[s], shapes, tokens), labels[s])
         for s in SPLITS  # type: ignore[arg-type]
     }
+    check_split_sizes({s: len(labels[s]) for s in SPLITS}, source)
     num_classes = class_count(list(labels.values()), source)
     scale = {}
     for name, (count, total, squares) in moments.items():

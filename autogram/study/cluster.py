@@ -98,6 +98,11 @@ def _outermost_missing(folder: Path) -> Path:
 def check_execution(cfg: Any, out: Path, address: str | None) -> Any:
     """Devices, GPU shares, the study's storage and the cluster, checked before anything is
     written; returns ``cfg`` with the storage URL's password moved into the environment."""
+    from autogram.config.base import check_writable
+
+    check_writable(out, "--out")
+    if cfg.teacher.cache or cfg.teacher.checkpoint is None:  # where the teacher and its cache are written
+        check_writable(cfg.teacher.cache_dir, "teacher.cache_dir")
     resources = cfg.search.resources
     if cfg.device == "cuda" and resources.gpu == 0:
         raise ConfigError(

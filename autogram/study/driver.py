@@ -6,6 +6,7 @@ teacher is trained (or found) once, here, and shipped to workers as bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -322,6 +323,7 @@ def _fit(
     from ray import tune
 
     from autogram.study import callbacks, tune_state
+    from autogram.study.lock import recording_processes
     from autogram.study.progress import Progress
     from autogram.study.ray_setup import code_path, init_ray, ray_runtime_env
 
@@ -329,9 +331,12 @@ def _fit(
     key = str(plan.directory)
     callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])], finished)
     restore = code_path(plan, address)
+    stack = contextlib.ExitStack()
     try:
         if not ray.is_initialized():  # a cluster (--address) was joined while planning
             init_ray(address, ray_runtime_env(cfg, address))
+        if address is None:  # this driver's own Ray: listed in its lock, for a SIGKILL's aftermath
+            stack.enter_context(recording_processes(plan.directory))
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,
@@ -360,6 +365,7 @@ def _fit(
             tracker.abort("KILLED" if isinstance(exc, SearchInterrupted | KeyboardInterrupt) else "FAILED")
         raise
     finally:
+        stack.close()
         tune_state.keep_in(None)
         callbacks.unregister(key)
         if address is None and ray.is_initialized():
