@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ def _setup_logging(quiet: bool) -> None:
 
 
 # OSErrors that say the machine refused (space, quota, read-only, permissions), not a bug.
+# When this process started: `search` reports the whole command's time, not only the trials'.
+STARTED = time.monotonic()
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -279,6 +282,7 @@ def search(
         click.echo(f"autogram: {exc}", err=True)
         sys.exit(130)  # the shell's code for a command ended by SIGINT
     click.echo(format_front(document))
+    click.echo(f"search {plan.name} done in {time.monotonic() - STARTED:.0f}s (the whole command)")
 
 
 @main.command()
@@ -314,6 +318,7 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--where", multiple=True, help='Filter, e.g. "cost<=2.5e3" (repeatable, or comma-separated).')
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="YAML file to write.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs of the full run (default: the trial's budget).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file (and its recipe JSON).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @_quiet_option
 @_user_errors
@@ -324,6 +329,7 @@ def export(
     where: tuple[str, ...],
     output: str,
     epochs: int | None,
+    force: bool,
     tracking_uri: str | None,
     quiet: bool,
 ) -> None:
@@ -333,7 +339,7 @@ def export(
     _setup_logging(quiet)
     from autogram.export import export as run_export
 
-    raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri)
+    raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri, force)
     prov = raw["provenance"]
     scores = ", ".join(f"{k} {v:.4g}" for k, v in prov["objectives"].items())
     click.echo(f"exported trial {prov['trial']} of {prov['search']} ({scores}) -> {output}")

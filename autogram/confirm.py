@@ -116,7 +116,18 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "beats": beats,
                 }
             )
-    return out
+    return _once_per_pair(out)
+
+
+def _once_per_pair(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two chosen baselines are judged both ways ("kd beats ce", "ce does not beat kd"): keep one
+    verdict per pair, the one that says which beats the other when one does."""
+    kept: dict[frozenset[str], dict[str, Any]] = {}
+    for item in items:
+        key = frozenset((item["baseline"], item["point"]))
+        if key not in kept or (item["beats"] and not kept[key]["beats"]):
+            kept[key] = item
+    return [item for item in items if kept[frozenset((item["baseline"], item["point"]))] is item]
 
 
 def reads_teacher(raw: dict[str, Any]) -> bool:
@@ -168,18 +179,21 @@ def format_table(document: dict[str, Any]) -> str:
             s = row["summary"].get(metric)
             cells.append("-" if s is None else f"{s['mean']:.4g} +- {s['std']:.2g}")
         lines.append("| " + " | ".join(cells) + " |")
+    if document["verdict"]:
+        lines.append("Verdicts (differences of the means; * = beyond the seed spread, |delta| > std + std):")
     for item in document["verdict"]:
         word = "beats" if item["beats"] else "does not beat"
         deltas = ", ".join(
-            f"{k} {v['delta']:+.3f}{'' if v['beyond_spread'] else ' (within spread)'}"
-            for k, v in item["deltas"].items()
+            f"{k} {v['delta']:+.3f}{'*' if v['beyond_spread'] else ''}" for k, v in item["deltas"].items()
         )
         lines.append(f"- {item['point']} {word} {item['baseline']}: {deltas}; cost {item['cost_delta']:+.4g}")
     if document.get("teacher_adds"):
-        lines.append("What the teacher adds (the best row reading it - the best row without it):")
+        lines.append(
+            "What the teacher adds (the best row reading it - the best row without it; * = beyond the spread):"
+        )
         for metric, item in document["teacher_adds"].items():
-            within = "" if item["beyond_spread"] else " (within spread)"
-            lines.append(f"- {metric}: {item['delta']:+.3f}{within} ({item['with']} vs {item['without']})")
+            star = "*" if item["beyond_spread"] else ""
+            lines.append(f"- {metric}: {item['delta']:+.3f}{star} ({item['with']} vs {item['without']})")
     return "\n".join(lines)
 
 

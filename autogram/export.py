@@ -110,8 +110,16 @@ def export(
     where: list[str] | None = None,
     epochs: int | None = None,
     tracking_uri: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Write the chosen trial's training config to ``out``; returns the raw config."""
+    """Write the chosen trial's training config to ``out``; returns the raw config. An existing
+    ``out`` is refused unless ``force`` (another run's config, and its checkpoints, may go with it)."""
+    from autogram.distiller import recipe_path
+
+    if not force and out.exists():
+        raise ConfigError(f"-o {out}: the file exists (another export?); pass --force to overwrite it, or another -o")
+    if not force and recipe_path(out).exists():
+        raise ConfigError(f"-o {out}: {recipe_path(out)} exists; pass --force to overwrite it, or another -o")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose(document, pick, weights, list(where or []))
     if not chosen.get("run_id") and spec.get("tracking_uri"):
@@ -128,6 +136,9 @@ def export(
         "experiment": spec.get("experiment", ""),
         "objectives": chosen["values"],
         "trial_epochs": trial_epochs,
+        # The torch threads the trial ran with: `autogram train` uses as many on a CPU, so the
+        # trial's budget reproduces the trial's scores exactly (float sums depend on it).
+        "threads": max(1, int(spec["config"].get("search", {}).get("resources", {}).get("cpu", 1))),
         "pick": "weights" if weights else pick,
         "teacher_source": spec.get("teacher_source", {"source": "builtin"}),
         "where": list(where or []),

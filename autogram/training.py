@@ -8,7 +8,6 @@ and logged with ``mlflow.pytorch.log_model``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,12 +16,11 @@ from typing import Any
 
 import torch
 
+from autogram.checkpoint import STATE, Checkpointer, check_resumable, config_fingerprint
 from autogram.config import ConfigError, TrialConfig
 from autogram.config.base import read_json
-from autogram.distill import LoopState
 
 log = logging.getLogger("autogram")
-CHECKPOINT, STATE = "last.safetensors", "last.json"
 
 
 @dataclass
@@ -48,91 +46,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
-
-
-def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-
-
-class Checkpointer:
-    """Saves and restores the whole loop: weights, optimizer, schedule, RNG, history."""
-
-    def __init__(
-        self, directory: Path, modules: dict[str, torch.nn.Module], resume: bool, run_id: str, epochs: int
-    ) -> None:
-        self.directory = directory
-        self.modules = modules
-        self.resume = resume
-        self.run_id = run_id
-        self.epochs = epochs
-        self.resumed_from = 0
-
-    def saved_run_id(self) -> str:
-        """The MLflow run of the interrupted run, to continue logging into it."""
-        path = self.directory / STATE
-        return read_json(path, "checkpoint state").get("mlflow_run_id", "") if path.is_file() else ""
-
-    def restore(self, state: LoopState) -> int:
-        """Load the last checkpoint into the models and ``state``; return its epoch."""
-        from safetensors.torch import load_file
-
-        if not self.resume:
-            return 0
-        meta_path, weights_path = self.directory / STATE, self.directory / CHECKPOINT
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise ConfigError(f"--resume: no checkpoint in {self.directory}")
-        meta = read_json(meta_path, "checkpoint state")
-        tensors = load_file(str(weights_path))
-        for name, module in self.modules.items():
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        opt_state = {int(i): {} for i in meta["optimizer_params"]}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, slot = key.split(".", 2)
-                opt_state[int(index)][slot] = value
-        state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        state.schedule.load_state_dict(meta["schedule"])
-        state.generator.set_state(tensors["rng.generator"])
-        for key, value in meta["outcome"].items():
-            setattr(state.outcome, key, value)
-        self.resumed_from = int(meta["epoch"])
-        log.info("resuming from the checkpoint of epoch %d in %s", self.resumed_from, self.directory)
-        return self.resumed_from
-
-    def epoch_end(self, epoch: int, state: LoopState) -> None:
-        """Write the checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        from safetensors.torch import save_file
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"{name}.{k}": v.detach().cpu().contiguous()
-            for name, module in self.modules.items()
-            for k, v in module.state_dict().items()
-        }
-        optimizer = state.optimizer.state_dict()
-        for index, slots in optimizer["state"].items():
-            for slot, value in slots.items():
-                tensors[f"opt.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        tensors["rng.generator"] = state.generator.get_state()
-        tmp = self.directory / f".{CHECKPOINT}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.directory / CHECKPOINT)
-        outcome = {k: getattr(state.outcome, k) for k in ("steps", "samples", "flops_per_sample", "seconds", "history")}
-        _atomic_json(
-            self.directory / STATE,
-            {
-                "epoch": epoch,
-                "epochs": self.epochs,
-                "param_groups": optimizer["param_groups"],
-                "optimizer_params": list(optimizer["state"]),
-                "schedule": state.schedule.state_dict(),
-                "outcome": outcome,
-                "mlflow_run_id": self.run_id,
-            },
-        )
 
 
 def _flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -168,15 +81,34 @@ def _mlflow_run(cfg: TrialConfig, uri: str, experiment: str, run_id: str, config
     return run.info.run_id
 
 
+def _origin(config: TrialConfig, config_path: Path) -> str:
+    """How a checkpoint names the config it belongs to, for a message about another one."""
+    provenance = config.provenance or {}
+    if provenance.get("search"):
+        return f"{config_path.name} (search {provenance['search']!r}, trial {provenance.get('trial')})"
+    return config_path.name
+
+
 def _check_start(config: TrialConfig, ckpt_dir: Path, resume: bool) -> None:
     """Refuse, before anything loads, a run that would overwrite or cannot continue another."""
     from autogram.models.source import PYTHON_OBJECTS
     from autogram.models.sources import model_source
 
-    if not resume and (ckpt_dir / STATE).is_file():
-        raise ConfigError(f"{ckpt_dir} holds a checkpoint of an earlier run: pass --resume, or delete it to start over")
+    if (ckpt_dir / STATE).is_file():
+        saved = read_json(ckpt_dir / STATE, "checkpoint state")
+        if saved.get("config_sha256", config_fingerprint(config)) != config_fingerprint(config):
+            origin = saved.get("origin") or "another config"
+            raise ConfigError(
+                f"{ckpt_dir} holds the checkpoint of {origin}, not of this config (its fingerprint differs); "
+                "train this config under another file name, or delete that folder"
+            )
+        if not resume:
+            raise ConfigError(
+                f"{ckpt_dir} holds a checkpoint of an earlier run of this config: pass --resume, or delete it to "
+                "start over"
+            )
     if resume:  # a finished or re-budgeted run is refused before anything loads
-        _check_resumable(ckpt_dir, config.train.epochs)
+        check_resumable(ckpt_dir, config.train.epochs)
     for role, source in (("teacher", config.teacher), ("student", config.student)):
         if model_source(source, role).in_memory and source.python not in PYTHON_OBJECTS:
             raise ConfigError(
@@ -221,12 +153,15 @@ def train(
     checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)
     run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
     checkpointer.run_id = run_id
+    checkpointer.fingerprint, checkpointer.origin = config_fingerprint(config), _origin(config, config_path)
     client = client_for(uri)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         log_metrics(client, run_id, {f"curve/{k}": v for k, v in metrics.items()}, epoch)
 
     torch.manual_seed(config.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_trial_threads(config, device, threads))
     try:
         outcome = train_student(
             student, objective, signals, data, config.train, config.seed, device, report, hooks=checkpointer
@@ -236,6 +171,8 @@ def train(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    finally:
+        torch.set_num_threads(threads)
     student_path = config_path.with_name(f"{config_path.stem}.student.safetensors")
     _save_student(student, student_path, config)
     result = TrainResult(
@@ -264,6 +201,20 @@ def train(
     return result
 
 
+def _trial_threads(config: TrialConfig, device: torch.device, current: int) -> int:
+    """On a CPU, the threads the exported trial ran with (its sums, hence its scores, depend on
+    them), unless OMP_NUM_THREADS says otherwise; else ``current``."""
+    threads = (config.provenance or {}).get("threads")
+    if device.type != "cpu" or not threads or os.environ.get("OMP_NUM_THREADS"):
+        return current
+    if int(threads) != current:
+        log.info(
+            "train: %d torch thread(s), as the trial this config was exported from (set OMP_NUM_THREADS to choose)",
+            int(threads),
+        )
+    return int(threads)
+
+
 def _close_run(client: Any, uri: str, result: TrainResult, student: Any, data: Any, config: TrialConfig) -> str:
     """The run's final scores, status and model in MLflow; returns the model's URI."""
     from autogram.report.tracking import log_metrics
@@ -281,24 +232,6 @@ def _close_run(client: Any, uri: str, result: TrainResult, student: Any, data: A
     model_uri = _log_model(student, data, uri, run_id, Path(result.student_path), config)
     client.set_terminated(run_id, "FINISHED")
     return model_uri
-
-
-def _check_resumable(directory: Path, epochs: int) -> None:
-    path = directory / STATE
-    if not path.is_file():
-        return
-    meta = read_json(path, "checkpoint state")
-    planned = meta.get("epochs")
-    if planned is not None and int(meta["epoch"]) >= int(planned):
-        raise ConfigError(
-            f"--resume: the run in {directory} already finished ({meta['epoch']}/{planned} epochs); "
-            "delete that folder to train again"
-        )
-    if planned is not None and int(planned) != epochs:
-        raise ConfigError(
-            f"--resume: the run in {directory} was planned for {planned} epochs, this config says {epochs} "
-            f"(its schedule depends on it); resume with train.epochs={planned}"
-        )
 
 
 def _log_model(

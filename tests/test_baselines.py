@@ -124,7 +124,7 @@ def test_named_new_baselines_run_first_tagged_in_front_and_mlflow(tmp_path: Path
     by_number = {t["number"]: t for t in front["trials"]}
     best = adds["missing:image"]["with"]
     assert best["value"] == by_number[best["trial"]]["missing"]["missing:image"]
-    assert "What the teacher adds" in proc.stderr
+    assert "What the teacher adds" in proc.stdout
     bad = run_cli("search", "s.yaml", "--set", "search.baselines=[ce_dropout]", "--out", "other", cwd=tmp_path)
     assert bad.returncode == 2 and "search.baselines" in bad.stderr and "ce_dropout" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
@@ -221,7 +221,8 @@ def test_baselines_are_the_first_trials_tagged_in_front_and_mlflow(tmp_path: Pat
     assert gram_all["w_gram"] == 3000.0 and all(v == 1 for k, v in gram_all.items() if k.startswith("pair:"))
     assert sum(k.startswith("pair:") for k in gram_all) == 6
     assert [e["baseline"] for e in front["verdict"]] == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
-    assert "Against the baselines" in proc.stderr
+    assert "Against the baselines" in proc.stdout and "In short:" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("search b done in ")  # the whole command's time
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("b").experiment_id])
@@ -266,3 +267,35 @@ def test_autogram_search_stays_the_function_once_the_search_package_is_imported(
     import autogram.study.baselines  # noqa: F401 - the package no longer shares the function's name
 
     assert callable(autogram.search) and autogram.search.__module__ == "autogram"
+
+
+def test_headline_on_a_hand_made_front() -> None:
+    from autogram.report.headline import headline
+
+    objectives = [
+        {"name": "accuracy", "direction": "maximize"},
+        {"name": "robustness", "direction": "maximize"},
+        {"name": "cost", "direction": "minimize"},
+    ]
+    searched = {**_trial(3, (0.99, 0.50, 700.0), True), "params": {"use_w_kd": True, "w_kd": 2.0, "w_gram": 50.0}}
+    searched["params"].update({"pair:a:b": 1, "pair:c:d": 0, "modality_dropout": 0.3})
+    trials = [
+        _trial(0, (0.50, 0.40, 100.0), True, "ce"),
+        _trial(1, (0.95, 0.30, 800.0), True, "kd"),
+        searched,
+        _trial(4, (0.40, 0.20, 950.0), False),
+    ]
+    text = headline({"objectives": objectives, "trials": trials})
+    lines = text.splitlines()
+    assert lines[0] == "In short:"
+    assert lines[1] == (
+        "  best accuracy: searched trial 3 (kd + gram, 1 pair, modality dropout 0.30), accuracy 0.990 "
+        "(+0.49 over ce at 7x its cost; +0.04 over kd at 0.88x its cost)"
+    )
+    assert lines[2].startswith("  best robustness: searched trial 3 ") and "+0.2 over kd at 0.88x its cost" in lines[2]
+    assert lines[3] == "  best cost: baseline ce (trial 0), cost 100 (700 below kd)"
+    assert lines[4] == ("  searched: 1 of 2 searched trials reached the front; on every objective, trial 3 beats kd")
+    # Without a searched winner, the headline says the standard recipes won.
+    text = headline({"objectives": objectives, "trials": [t for t in trials if t["number"] != 3]})
+    assert "none beats a baseline on every objective: the standard recipes win this budget" in text
+    assert headline({"objectives": objectives, "trials": []}) == ""

@@ -138,6 +138,22 @@ def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     assert not verdicts["kd (trial 1)"]["beats"]
     assert not verdicts["kd_xmodal (trial 3)"]["beats"]
 
+    # Two baselines chosen as front points are judged once, in the direction that says who wins;
+    # the printed verdict marks only the differences beyond the spread.
+    chosen = [
+        row("kd (trial 1)", "kd", (0.80, 0.01), (0.60, 0.01)),
+        row("ce (trial 0)", "ce", (0.50, 0.01), (0.55, 0.1)),
+    ]
+    for r in chosen:
+        r["chosen"] = True
+    once = judge(chosen)
+    assert [(v["point"], v["baseline"], v["beats"]) for v in once] == [("kd (trial 1)", "ce (trial 0)", True)]
+    from autogram.confirm import format_table
+
+    text = format_table({"rows": chosen, "seeds": 3, "verdict": once})
+    assert "- kd (trial 1) beats ce (trial 0): accuracy +0.300*, robustness +0.050; cost +0" in text
+    assert text.count(" beats ") + text.count(" does not beat ") == 1
+
 
 def test_ablation_switches_each_active_part_off_in_turn(searched: Path) -> None:
     """kd_xmodal (trial 3): KD + the cross-modal term, with the config's modality dropout."""

@@ -157,6 +157,12 @@ def test_the_front_prints_a_column_for_every_searched_term_weight() -> None:
     # The term need not be registered in the process that prints the front.
     text = format_front(document)
     assert "weights (ce/kd/gram/xmodal/toy_cosine)" in text and "fixed/2/off/off/0.25" in text, text
+    # With the space's fixed values recorded (every search writes them), the same numbers as
+    # `autogram front` shows from MLflow; a row with no softmax term on shows no temperature.
+    document["fixed"] = {"w_ce": 1.0, "temperature": 4.0}
+    assert format_front(document).splitlines()[2].split()[-2:] == ["1/2/off/off/0.25", "4"]
+    document["trials"][0]["params"] = {**params, "use_w_kd": False}
+    assert format_front(document).splitlines()[2].split()[-2:] == ["1/off/off/off/0.25", "-"]
 
 
 @pytest.mark.slow

@@ -287,6 +287,14 @@ def test_mlflow_ui_shows_the_runs_and_the_front_plot(mlflow_server: str, server_
     browser = _browser(tmp_path)
     try:
         wait = WebDriverWait(browser, 90)
+        # The link the search prints lands on the experiment's runs table, not on MLflow 3's
+        # GenAI overview of traces (where a bare experiment link lands).
+        from autogram.report.tracking import experiment_link
+
+        browser.get(experiment_link(mlflow_server, experiment.experiment_id))
+        wait.until(lambda b: "matching runs" in b.page_source or "/overview" in b.current_url)
+        assert "/overview" not in browser.current_url and "matching runs" in browser.page_source
+        browser.save_screenshot(str(screenshots / "mlflow_experiment_landing.png"))
         browser.get(f"{base}/runs")
         wait.until(ec.presence_of_element_located((By.XPATH, "//a[normalize-space(.)='tracked']")))
         browser.save_screenshot(str(screenshots / "mlflow_runs.png"))

@@ -72,9 +72,12 @@ class TeacherConfig(ModelSource):
     or a trained model of the user's (``factory``; ``checkpoint`` then optionally names
     weights to load into it: safetensors, or a ``torch.save``d state dict)."""
 
+    # Weights to load: a built-in teacher's checkpoint file, or a user teacher's state dict (null: found by key or
+    # trained).
     checkpoint: Path | None = None
     # When set (exported configs), the checkpoint must carry exactly this key.
     checkpoint_key: str | None = None
+    # Where teacher checkpoints and (under signals/) teacher caches are kept.
     cache_dir: Path = Path("autogram-runs/teachers")
     # Compute the frozen teacher's outputs once (under cache_dir/signals) instead of every step.
     cache: bool = True
@@ -85,18 +88,31 @@ class TeacherConfig(ModelSource):
     cache_precision: Literal["float32", "float16", "bfloat16"] = "float16"
     # A cache estimated larger than this is refused before anything is built.
     cache_max_gb: float = Field(20.0, gt=0)
+    # Built-in teacher: width of each modality's transformer encoder.
     hidden_size: int = Field(128, ge=8)
+    # Built-in teacher: transformer layers per modality encoder.
     num_layers: int = Field(3, ge=1, le=24)
+    # Built-in teacher: attention heads (must divide hidden_size and embed_dim).
     num_heads: int = Field(4, ge=1)
+    # Built-in teacher: hidden width of each transformer MLP.
     intermediate_size: int = Field(256, ge=8)
+    # Built-in teacher: side of the square image patches (and of time patches).
     patch_size: int = Field(4, ge=1)
+    # Built-in teacher: transformer layers over the concatenated modality tokens.
     fusion_layers: int = Field(1, ge=1, le=12)
+    # Built-in teacher: width of each modality's embedding entering fusion.
     embed_dim: int = Field(128, ge=4)
+    # Built-in teacher: training epochs on the train split.
     epochs: int = Field(10, ge=1)
+    # Built-in teacher: training batch size.
     batch_size: int = Field(64, ge=2)
+    # Built-in teacher: AdamW learning rate (cosine schedule with warm-up).
     lr: float = Field(1e-3, gt=0.0, le=1.0)
+    # Built-in teacher: AdamW weight decay.
     weight_decay: float = Field(0.01, ge=0.0)
+    # Built-in teacher: probability of blanking each modality of a sample while it trains.
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
+    # Built-in teacher: seed of its weights and batches (part of its key).
     seed: int = 0
 
     @model_validator(mode="after")
@@ -125,9 +141,13 @@ class StudentConfig(ModelSource):
     """The student: the built-in per-modality CNN (sizes below) or the user's ``factory``,
     called once per trial after seeding, so each trial starts from fresh, seeded weights."""
 
+    # Built-in student: channels of the first convolution block (doubling per block).
     width: int = Field(16, ge=2, le=512)
+    # Built-in student: convolution blocks per modality encoder.
     num_blocks: int = Field(3, ge=2, le=6)
+    # Built-in student: width of each modality's embedding entering fusion.
     embed_dim: int = Field(32, ge=4)
+    # Built-in student: width of the token embedding table.
     token_embed_dim: int = Field(32, ge=4)
     # Grids: the last block's map is averaged over pool x pool cells (1: over the whole grid).
     # Above 1 the student keeps where a feature is: a spectrogram's pitch is a frequency
@@ -138,11 +158,17 @@ class StudentConfig(ModelSource):
 class DistillConfig(_Strict):
     """Loss weights, temperature and which tap pairs the Gram term aligns."""
 
+    # Weight of cross-entropy on the labels.
     w_ce: float = Field(1.0, ge=0.0)
+    # Weight of Hinton KD (KL of temperature-softened logits, times T^2).
     w_kd: float = Field(1.0, ge=0.0)
+    # Weight of the Gram term on the tap pairs (see gram_kind).
     w_gram: float = Field(1.0, ge=0.0)
+    # Weight of the cross-modal term (sample similarities across modality embeddings).
     w_xmodal: float = Field(1.0, ge=0.0)
+    # Softmax temperature of KD (and of DIST and the affinity term).
     temperature: float = Field(4.0, gt=0.0, le=100.0)
+    # sample: B x B similarity-preserving Grams; channel: C x C Grams per sample (projected when widths differ).
     gram_kind: Literal["sample", "channel"] = "sample"
     # "auto": the default pairing (same modality, nearest relative depth); otherwise a
     # list of "student_tap:teacher_tap" names as printed by `autogram layers`.
@@ -177,10 +203,15 @@ class DistillConfig(_Strict):
 class TrainConfig(_Strict):
     """The student's training budget in one trial."""
 
+    # Epochs of the student's training (a trial's short budget; an export keeps it unless --epochs).
     epochs: int = Field(3, ge=1)
+    # Student batch size.
     batch_size: int = Field(64, ge=2)
+    # AdamW learning rate of the student (cosine schedule).
     lr: float = Field(3e-3, gt=0.0, le=10.0)
+    # AdamW weight decay of the student.
     weight_decay: float = Field(1e-4, ge=0.0)
+    # Probability of blanking each modality of a sample for the student (never all of them).
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Gaussian noise on the student's float inputs (the teacher's stay clean): each sample
     # gets N(0, s^2) with s drawn uniformly from [0, input_noise], in the units of the
@@ -195,7 +226,9 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     """How robustness is scored."""
 
+    # Gaussian noise levels of the robustness suite, in standard deviations of the data.
     noise_severities: list[float] = Field([0.5, 1.0, 2.0], min_length=1)
+    # Batch size of evaluation.
     batch_size: int = Field(500, ge=1)
 
     @field_validator("noise_severities")
@@ -209,11 +242,15 @@ class EvalConfig(_Strict):
 class TrialConfig(_Strict):
     """Everything one distillation trial needs."""
 
+    # The run's name: the search's folder and MLflow experiment unless --name / search.experiment say otherwise.
     name: str = "autogram"
+    # Seeds the student's initial weights, batch order, augmentations and the corruption suite.
     seed: int = 0
     # Folders to import the factories' packages from (prepended to sys.path).
     python_path: list[Path] = []
+    # Where trials train: auto (CUDA when there is one), cpu or cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # What the cost objective counts: FLOPs of training (deterministic) or its wall-clock seconds.
     cost: Literal["train_gflops", "train_seconds"] = "train_gflops"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()

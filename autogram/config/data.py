@@ -15,15 +15,22 @@ from autogram.config.sources import ModalityKindName, import_path
 class BuiltinDataConfig(_Strict):
     """Sizes of the built-in synthetic image + token data set."""
 
+    # Training samples of the built-in data.
     n_train: int = Field(3000, ge=100)
+    # Validation samples of the built-in data.
     n_val: int = Field(1000, ge=50)
+    # Test samples of the built-in data.
     n_test: int = Field(1000, ge=50)
+    # Side of the built-in images.
     image_size: int = Field(16, ge=12, le=64)
+    # Length of the built-in token sequences.
     seq_len: int = Field(24, ge=8, le=256)
+    # Vocabulary size of the built-in tokens.
     vocab_size: int = Field(64, ge=32, le=4096)
     # Keywords per token group: more of them, more labelled rows to learn them all (the
     # quickstart: 24). 3, the default, keeps the data of configs written before this field.
     keywords: int = Field(3, ge=1)
+    # Seed of the built-in data generator.
     seed: int = 0
 
     @model_validator(mode="after")
@@ -43,7 +50,9 @@ class GroupSplit(_Strict):
     a ``test`` group (and of a ``val`` group) goes to that split, the rest trains. Groups are
     the values of the 1-D ``{split}_{by}`` arrays, or names from a ``{by}_names`` array."""
 
+    # The group array's name: {split}_{by} arrays (or a Hugging Face column) give each sample's group.
     by: str = Field(min_length=1)
+    # The groups held out as the test split.
     test: list[str | int] = Field(min_length=1)
     # Empty: whole groups, chosen by data.split_seed, validate (about val_fraction of the
     # remaining samples), so the search is scored on groups it never trained on, as the test
@@ -63,18 +72,27 @@ class DataConfig(_Strict):
     """Where the data comes from: the built-in generator (the default), an ``.npz`` file
     (``path``), a Hugging Face ``DatasetDict`` saved on disk (``hf``) or a Python factory."""
 
+    # An .npz file of {split}_{modality} and {split}_label arrays.
     path: Path | None = None
+    # A Hugging Face DatasetDict saved with save_to_disk.
     hf: Path | None = None
     # {modality: column, label: column} of the Hugging Face dataset (default: label column
     # "label", every other column a modality).
     columns: dict[str, str] = {}
+    # package.module:function returning {train, val, test} map-style datasets of (dict, label).
     factory: str | None = None
+    # Keyword arguments of the data factory.
     kwargs: dict[str, Any] = {}
     builtin: BuiltinDataConfig = BuiltinDataConfig()
+    # Which modalities to use, in this order (null: every one found).
     modalities: list[str] | None = None
+    # {modality: kind} where the shape alone does not tell (e.g. audio: spectrogram).
     modality_kinds: dict[str, ModalityKindName] = {}
+    # Share of the training samples carved out as validation when the data has no val split.
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    # Seed of the carved validation (and test) splits.
     split_seed: int = 0
+    # Use only the first N training samples (null: all).
     max_train: int | None = Field(None, ge=10)
     # Held-out groups (.npz data): honest numbers on unseen speakers or sites.
     split_by: GroupSplit | None = None

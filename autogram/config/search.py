@@ -31,15 +31,23 @@ class Range(_Strict):
 class SpaceConfig(_Strict):
     """What the search varies; a plain number fixes a value, a ``Range`` searches it."""
 
+    # Cross-entropy weight: a number, or a range.
     w_ce: float | Range = 1.0
+    # Hinton KD weight: a number, or a range (optional: may be switched off).
     w_kd: float | Range = Range(low=0.1, high=10.0, log=True, optional=True)
+    # Gram term weight: a number, or a range.
     w_gram: float | Range = Range(low=10.0, high=1e4, log=True, optional=True)
+    # Cross-modal term weight: a number, or a range.
     w_xmodal: float | Range = Range(low=0.1, high=100.0, log=True, optional=True)
+    # KD temperature: a number, or a range.
     temperature: float | Range = Range(low=1.0, high=8.0)
+    # Student learning rate: a number, or a range.
     lr: float | Range = Range(low=1e-3, high=1e-2, log=True)
+    # Student modality dropout: a number, or a range.
     modality_dropout: float | Range = Range(low=0.0, high=0.4)
     # None: every trial takes train.input_noise as configured.
     input_noise: float | Range | None = None
+    # Gram kind, or a list of kinds to choose from.
     gram_kind: Literal["sample", "channel"] | list[Literal["sample", "channel"]] = "sample"
     # Candidate tap pairs: "auto" (the default pairing), "student_tap:teacher_tap" names (each
     # a 0/1 flag), or "all": which teacher tap each student tap aligns to, searched among its
@@ -51,9 +59,11 @@ class SpaceConfig(_Strict):
     # The prior: cross-entropy steps that warm a copy of the student up before its features
     # are compared (0: at initialisation), and how many train samples the comparison reads.
     prior_steps: int = Field(100, ge=0)
+    # Train samples the prior compares features on.
     prior_samples: int = Field(256, ge=8)
     # How many student taps are mapped (pairs "all") or pairs switched on (otherwise).
     min_pairs: int = Field(1, ge=0)
+    # The most student taps mapped (pairs: all) or pairs switched on (null: no limit).
     max_pairs: int | None = Field(None, ge=1)
     # Weights of other registered loss terms (autogram/terms) by name, e.g. {dist: {low: 0.1,
     # high: 10, log: true, optional: true}}; sampled as w_<name>. A name of a built-in term
@@ -87,7 +97,9 @@ class SpaceConfig(_Strict):
 class ObjectiveSpec(_Strict):
     """One objective of the search and its direction."""
 
+    # accuracy, robustness or cost.
     name: Literal["accuracy", "robustness", "cost"]
+    # maximize or minimize.
     direction: Literal["maximize", "minimize"]
 
 
@@ -97,24 +109,33 @@ _CONSTRAINT = re.compile(r"^\s*(accuracy|robustness|cost|train_seconds|train_gfl
 class EarlyStopping(_Strict):
     """ASHA on one per-epoch metric; stopped trials are PRUNED and never on the front."""
 
+    # The per-epoch metric ASHA compares.
     metric: Literal["accuracy", "loss"] = "accuracy"
+    # Whether higher (max) or lower (min) is better.
     mode: Literal["max", "min"] = "max"
+    # Epochs every trial runs before it may be stopped.
     grace_period: int = Field(1, ge=1)
+    # 1/this of the trials continue at each rung.
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
 class Resources(_Strict):
     """Resources of one trial; fractions are allowed (GPU fractions only do accounting)."""
 
+    # CPUs per trial (also its torch threads).
     cpu: float = Field(1.0, gt=0.0)
+    # GPU share per trial (0.25 packs four trials on one GPU).
     gpu: float = Field(0.0, ge=0.0)
 
 
 class RuntimeEnv(_Strict):
     """What Ray ships to every trial's worker (Ray's ``runtime_env``): code and environment."""
 
+    # A folder shipped to every worker as its working directory.
     working_dir: str | None = None
+    # Local packages shipped to every worker.
     py_modules: list[str] | None = None
+    # Environment variables set in every worker.
     env_vars: dict[str, str] | None = None
 
     def for_ray(self) -> dict[str, Any]:
@@ -125,11 +146,16 @@ class RuntimeEnv(_Strict):
 class SearchConfig(_Strict):
     """The search: space, objectives, constraints, sampler and execution."""
 
+    # Trials to run, baselines included.
     trials: int = Field(12, ge=1)
+    # Trials running at once.
     concurrency: int = Field(2, ge=1)
     experiment: str | None = None  # MLflow experiment; default: the config's name
+    # Optuna's sampler: tpe, nsga2, gp or random.
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    # Seed of the sampler.
     seed: int = 0
+    # What the front trades off, each maximised or minimised.
     objectives: list[ObjectiveSpec] = Field(
         default_factory=lambda: [
             ObjectiveSpec(name="accuracy", direction="maximize"),
@@ -140,10 +166,15 @@ class SearchConfig(_Strict):
     )
     # e.g. ["cost <= 800", "accuracy >= 0.5"]; a trial breaking one is infeasible.
     constraints: list[str] = []
+    # Hypervolume reference point per objective (default: from the baselines' worst values).
     reference_point: dict[str, float] | None = None
+    # CPUs and GPU share of one trial.
     resources: Resources = Resources()
+    # Times Ray retries a trial whose worker died.
     max_failures: int = Field(1, ge=0)
+    # ASHA early stopping on one per-epoch metric (null: off).
     early_stopping: EarlyStopping | None = None
+    # What the search varies.
     space: SpaceConfig = SpaceConfig()
     # User code and settings for workers; factories named by import path resolve there.
     runtime_env: RuntimeEnv | None = None

@@ -24,8 +24,11 @@ def import_path(value: str | None) -> str | None:
 class TapSpec(_Strict):
     """One tap named by hand: a module path of the model and the modality it belongs to."""
 
+    # The tap's name in pairs and results.
     name: str
+    # The module whose output is the feature (as named by model.named_modules()).
     module_path: str
+    # The modality the feature belongs to, or fused.
     modality: str
     # How the module's output is laid out: (B, C, ...) "channels_first", (B, L, D)
     # "tokens_last", (B, D) "vector"; default: guessed from the module and the output.
@@ -39,16 +42,20 @@ class ModelSource(_Strict):
     with ``kwargs`` (a student factory also gets a description of the data first).
     """
 
+    # package.module:function that builds the model (null: the built-in model).
     factory: str | None = None
+    # Keyword arguments of the factory.
     kwargs: dict[str, Any] = {}
     # "dict": model({modality: tensor}); "kwargs": model(**{inputs[modality]: tensor}).
     call: Literal["dict", "kwargs"] = "dict"
+    # {modality: argument name} under call: kwargs (default: the modality's name).
     inputs: dict[str, str] = {}
     # For token modalities under call: kwargs, the argument that gets the padding mask
     # (token id 0 is padding); default "attention_mask" when the model's forward takes it.
     attention_mask: dict[str, str] = {}
     # null: the built-in model's own taps, or "auto" for a factory model.
     taps: Literal["auto"] | list[TapSpec] | None = None
+    # {module path prefix: modality} overriding the modality taps are found to belong to.
     modality_of: dict[str, str] = {}
     # {modality: module_path} for the cross-modal term (default: each modality's last tap).
     embeddings: dict[str, str] = {}

@@ -109,7 +109,8 @@ def format_front(document: dict[str, Any]) -> str:
     lines = [
         f"Pareto front of {document['name']}: {len(front)} of {len(document['trials'])} trials "
         f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
-        f"hypervolume {document['hypervolume']:.4g} (reference {document['reference_point']})",
+        f"hypervolume {document['hypervolume']:.4g} (reference point "
+        f"{', '.join(f'{r:.4g}' for r in document['reference_point'])}; docs: concepts/search.md)",
         "  trial  "
         + "  ".join(f"{n:>11}" for n in names)
         + f"  pairs  weights ({'/'.join(c.removeprefix('w_') for c in weight_columns)})  T",
@@ -120,16 +121,22 @@ def format_front(document: dict[str, Any]) -> str:
         tag = f"  [{label}]" if label else ""
         count = pair_count(params)
         pairs = "-" if count is None else str(count)
-        weights = "/".join(_fmt(params, w) for w in weight_columns)
+        fixed = document.get("fixed", {})
+        weights = "/".join(_fmt(params, w, fixed) for w in weight_columns)
         mapping = mapping_text(params)
+        # No softmax term on (KD, DIST): its temperature means nothing for this row.
+        softened = any(_fmt(params, w, fixed) not in ("off", "0") for w in ("w_kd", "w_dist") if w in weight_columns)
+        temperature = _fmt(params, "temperature", fixed) if softened else "-"
         lines.append(
             f"  {trial['number']:>5}  "
             + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
-            + f"  {pairs:>5}  {weights:<28}  {_fmt(params, 'temperature')}{tag}"
+            + f"  {pairs:>5}  {weights:<28}  {temperature}{tag}"
             + (f"  {mapping}" if mapping else "")
         )
-    judged = judgement(document)
-    return "\n".join(lines + ([judged] if judged else []))
+    from autogram.report.headline import headline
+
+    judged, words = judgement(document), headline(document)
+    return "\n".join(lines + [part for part in (judged, words) if part])
 
 
 def _weight_columns(document: dict[str, Any]) -> list[str]:
@@ -145,11 +152,14 @@ def _weight_columns(document: dict[str, Any]) -> list[str]:
     return columns
 
 
-def _fmt(params: dict[str, Any], name: str) -> str:
-    if name in params:
-        return f"{params[name]:.3g}"
+def _fmt(params: dict[str, Any], name: str, fixed: dict[str, float] | None = None) -> str:
+    """A weight or the temperature of one row: its sampled value, "off", or the space's fixed value."""
     if params.get(f"use_{name}") is False:
         return "off"
+    if name in params:
+        return f"{float(params[name]):.3g}"
+    if fixed and name in fixed:
+        return f"{fixed[name]:.3g}"
     return "fixed"
 
 

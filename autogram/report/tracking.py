@@ -56,17 +56,35 @@ def client_for(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+# The experiment tag MLflow's UI reads to choose an experiment's landing page.
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_link(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's address of an experiment, opening on its runs table: MLflow 3's UI shows
+    its GenAI overview (traces) unless the link asks for the model-training workflow. For a
+    local store, the path to open once ``mlflow ui`` serves it."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (after: mlflow ui --backend-store-uri {uri})"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating it (with a local artifact root for sqlite) if needed."""
     client = client_for(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND not in experiment.tags:  # made by an older autogram, or by hand
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         # Fixed at creation: keep artifacts beside the database, not wherever cwd happens to be.
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    # MLflow 3 opens an experiment of unknown kind on its GenAI overview (traces); this kind
+    # opens it on the runs table, where the search's runs are.
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
 
 
 class SearchTracker:
@@ -229,6 +247,12 @@ class SearchTracker:
         for step, value in enumerate(history, start=1):
             log_metrics(self.client, self.parent_id, {"hypervolume_history": value}, step=step)
         self.client.log_artifacts(self.parent_id, str(artifacts))
+        # The run page's description: the outcome in words, and where the front plot is.
+        from autogram.report.headline import headline
+
+        note = headline(document) or "No trial finished."
+        plots = "Trade-offs: the artifacts `plots/front_2d.png` (2-D projections) and `plots/front_3d.html`."
+        self.client.set_tag(self.parent_id, "mlflow.note.content", f"{note}\n\n{plots}")
         self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
     def abort(self, status: str = "FAILED") -> None:

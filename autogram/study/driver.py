@@ -390,13 +390,14 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
         log.info("marked %d interrupted trial(s) from before the resume as failed", stale)
     study = optuna.load_study(study_name=plan.name, storage=plan.storage_url)
     document = build_front(study, plan.name, plan.objectives, plan.config.search.reference_point)
+    # The space's fixed values (never sampled, so not among a trial's parameters): the front
+    # table shows them as numbers, as `autogram front` does from MLflow's parameters.
+    space = plan.config.search.space
+    fixed = {k: getattr(space, k) for k in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature")}
+    fixed.update({f"w_{k}": v for k, v in space.weights.items()})
+    document["fixed"] = {k: float(v) for k, v in fixed.items() if isinstance(v, int | float)}
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
-    from autogram.report.verdict import judgement
-
-    judged = judgement(document)
-    if judged:
-        log.info("%s", judged)
     if tracker is None:
         return document
     with temp_artifacts() as artifacts:
@@ -410,9 +411,12 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
             shutil.copy(plan.directory / RANKING_FILE, artifacts / RANKING_FILE)
         tracker.finish(document, history, artifacts)
     log.info(
-        "wrote %s (wall time %.1fs); MLflow run %s",
+        "wrote %s (trials took %.1fs); MLflow run %s",
         plan.directory / FRONT_FILE,
         document["wall_seconds"],
         tracker.parent_id,
     )
+    from autogram.report.tracking import experiment_link
+
+    log.info("MLflow: %s", experiment_link(plan.tracking_uri, tracker.experiment_id))
     return document
