@@ -93,11 +93,16 @@ def test_confirm_by_name_judges_chosen_baselines_and_leaves_no_staging_folder(se
     finally:
         shutil.rmtree(scratch)
     assert "confirm: logged under confirm/ on MLflow run" in proc.stderr
-    # Both points are baselines (CE and KD): each is judged against the other, never itself.
-    judged = [line for line in proc.stdout.splitlines() if line.startswith("- ")]
-    assert any(line.startswith("- kd (trial 1) ") and "ce (trial 0)" in line for line in judged), proc.stdout
-    assert any(line.startswith("- ce (trial 0) ") and "kd (trial 1)" in line for line in judged), proc.stdout
-    assert not any(line.startswith("- ce (trial 0) ") and line.count("ce (trial 0)") > 1 for line in judged)
+    # Both points are baselines (CE and KD): the pair is judged once (not "kd beats ce" and then
+    # "ce does not beat kd"), and no row against itself.
+    judged = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith("- ") and (" beats " in line or " does not beat " in line)
+    ]
+    pair = [line for line in judged if "kd (trial 1)" in line and "ce (trial 0)" in line]
+    assert len(pair) == 1, proc.stdout
+    assert not any(line.count("ce (trial 0)") > 1 or line.count("kd (trial 1)") > 1 for line in judged)
 
 
 @pytest.mark.parametrize(
