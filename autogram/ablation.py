@@ -43,12 +43,13 @@ def variants(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def carriers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per metric (accuracy, robustness, missing:<m>): the part whose removal lowers it most,
+    """Per metric (accuracies, robustness, missing:<m>): the part whose removal lowers it most,
     with the drop and whether it is beyond the seed spread (None: no removal lowers it)."""
+    from autogram.confirm import judged_metrics
+
     full = rows[0]["summary"]
     out: dict[str, dict[str, Any]] = {}
-    metrics = ["accuracy", "robustness", *sorted(k for k in full if k.startswith("missing:"))]
-    for metric in metrics:
+    for metric in judged_metrics(rows[:1]):
         drops = [
             (full[metric]["mean"] - row["summary"][metric]["mean"], row) for row in rows[1:] if metric in row["summary"]
         ]
@@ -64,8 +65,10 @@ def carriers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def format_ablation(document: dict[str, Any]) -> str:
     """The ablation table (mean +- std, test split) and which part carries each gain, as Markdown."""
     rows = document["rows"]
+    from autogram.confirm import METRICS
+
     extra = sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})
-    head = ["row", "accuracy", "robustness", "cost", *extra]
+    head = ["row", *METRICS, *extra]
     lines = [
         f"Ablation of trial {document['point']} on the test split, {document['seeds']} seeds (mean +- std):",
         "| " + " | ".join(head) + " |",

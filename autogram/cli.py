@@ -6,11 +6,8 @@ config errors stay fast. Every user error ends as one line on stderr and exit co
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,59 +16,14 @@ from typing import Any
 import click
 
 from autogram.config import ConfigError, TrialConfig, load_config
+from autogram.console import setup_logging, user_errors
 from autogram.version import __version__
 
 log = logging.getLogger("autogram")
 
 
-def _setup_logging(quiet: bool) -> None:
-    # MLflow's per-download progress bar says nothing a user needs (exports read one file).
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Its database set-up lines ("Creating initial MLflow database tables") need no action.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[autogram] %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-
-
-# OSErrors that say the machine refused (space, quota, read-only, permissions), not a bug.
 # When this process started: `search` reports the whole command's time, not only the trials'.
 STARTED = time.monotonic()
-_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConfigError raised anywhere below into one stderr line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"autogram: error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:
-            # The machine, not the code: a full disk, a read-only or vanished folder mid-run.
-            if exc.errno not in _MACHINE_ERRNOS:
-                raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"autogram: error: {where}{exc.strerror}", err=True)
-            sys.exit(2)
-        except Exception as exc:
-            if type(exc).__name__ != "StorageInternalError":  # optuna's, for a write the database refused
-                raise
-            click.echo(f"autogram: error: the study storage refused a write ({_first(exc)}): a full disk?", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-def _first(exc: BaseException) -> str:
-    from autogram.config.base import first_line
-
-    return first_line(exc)[:200]
 
 
 def _quiet_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,7 +45,7 @@ def _config_command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(config: str, overrides: tuple[str, ...], quiet: bool) -> TrialConfig:
-    _setup_logging(quiet)
+    setup_logging(quiet)
     cfg = load_config(config, list(overrides))
     if cfg.python_path:
         from autogram.models.source import use_python_path
@@ -112,7 +64,7 @@ def main() -> None:
 @_config_command
 @click.option("--json", "as_json", is_flag=True, help="Print the taps and pairs (or the ranking) as JSON.")
 @click.option("--rank", is_flag=True, help="Rank each student tap's teacher taps by the layer-mapping prior.")
-@_user_errors
+@user_errors
 def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool, rank: bool) -> None:
     """List the teacher's and student's feature taps and their default pairing (``--rank``:
     score every compatible pair by the prior that ``search.space.pairs: all`` uses)."""
@@ -171,7 +123,7 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool, 
 @_config_command
 @click.option("--retrain", is_flag=True, help="Train a new teacher even if a matching checkpoint exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checkpoint's details as JSON.")
-@_user_errors
+@user_errors
 def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool, as_json: bool) -> None:
     """Train the teacher (or reuse the checkpoint matching this config and data)."""
     cfg = _load(config, overrides, quiet)
@@ -207,7 +159,7 @@ def teacher(config: str, overrides: tuple[str, ...], quiet: bool, retrain: bool,
 @main.command()
 @_config_command
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
-@_user_errors
+@user_errors
 def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Run one short distillation trial and score accuracy, robustness and cost."""
     cfg = _load(config, overrides, quiet)
@@ -219,6 +171,7 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
         return
     click.echo(f"status      {result.status}{'  (' + result.reason + ')' if result.reason else ''}")
     click.echo(f"accuracy    {result.accuracy:.4f}   (validation, clean)")
+    click.echo(f"balanced    {result.balanced_accuracy:.4f}   (validation, clean, mean per-class recall)")
     click.echo(f"robustness  {result.robustness:.4f}   (mean over {len(result.corruptions)} corruptions)")
     click.echo(f"cost        {result.cost:.4g}   ({cfg.cost})")
     click.echo(f"train time  {result.train_seconds:.1f}s, {result.train_gflops:.1f} GFLOP, {result.steps} steps")
@@ -249,7 +202,7 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
 )
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--experiment", help="MLflow experiment (default: search.experiment, else the config's name).")
-@_user_errors
+@user_errors
 def search(
     config: str,
     overrides: tuple[str, ...],
@@ -290,10 +243,10 @@ def search(
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON (front.json's shape).")
 @_quiet_option
-@_user_errors
+@user_errors
 def front(name: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
     """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
-    _setup_logging(quiet)
+    setup_logging(quiet)
     from autogram.report.front import format_front
     from autogram.report.tracking import read_front
     from autogram.report.tracking import tracking_uri as resolve_uri
@@ -321,7 +274,7 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (and its recipe JSON).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @_quiet_option
-@_user_errors
+@user_errors
 def export(
     source: str,
     pick: str,
@@ -336,7 +289,7 @@ def export(
     """Write a training config for one point of a search's front (SOURCE: search, experiment or folder)."""
     from pathlib import Path
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     from autogram.export import export as run_export
 
     raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri, force)
@@ -352,7 +305,7 @@ def export(
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--experiment", help="MLflow experiment (default: the source search's, else the config's name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@_user_errors
+@user_errors
 def train_command(
     config: str,
     overrides: tuple[str, ...],
@@ -373,8 +326,14 @@ def train_command(
         click.echo(json.dumps(result.to_dict()))
         return
     click.echo(f"status {result.status}, {result.epochs} epochs")
-    click.echo(f"validation: accuracy {result.accuracy:.4f}, robustness {result.robustness:.4f}")
-    click.echo(f"test:       accuracy {result.test_accuracy:.4f}, robustness {result.test_robustness:.4f}")
+    click.echo(
+        f"validation: accuracy {result.accuracy:.4f}, balanced {result.balanced_accuracy:.4f}, "
+        f"robustness {result.robustness:.4f}"
+    )
+    click.echo(
+        f"test:       accuracy {result.test_accuracy:.4f}, balanced {result.test_balanced_accuracy:.4f}, "
+        f"robustness {result.test_robustness:.4f}"
+    )
     click.echo(f"student: {result.student_path}  MLflow run: {result.mlflow_run_id}")
 
 
@@ -386,14 +345,14 @@ def train_command(
 @click.option("--ablate", metavar="POINT", help="Instead: retrain trial POINT with each active part switched off.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as one JSON object.")
 @_quiet_option
-@_user_errors
+@user_errors
 def confirm(
     source: str, seeds: str, points: str, ablate: str | None, tracking_uri: str | None, as_json: bool, quiet: bool
 ) -> None:
     """Retrain front points of search SOURCE (a name, experiment or folder) and every baseline
     with several seeds, score them on the test split, and compare them (``--ablate``: which
     loss term or augmentation of one point carries its gain)."""
-    _setup_logging(quiet)
+    setup_logging(quiet)
     from autogram.confirm import confirm as run_confirm
     from autogram.confirm import format_table
 
@@ -417,7 +376,7 @@ def confirm(
 @click.option("--json", "as_json", is_flag=True, help="Print all figures as one JSON object.")
 @click.option("--gpu-only", is_flag=True, help="Only the GPU figures (trials packed 1, 4 and 8 to a GPU).")
 @_quiet_option
-@_user_errors
+@user_errors
 def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, gpu_only: bool, quiet: bool) -> None:
     """Measure, side by side: teacher cache speed-up, loss-term step costs, Gram GFLOP/s,
     search orchestration overhead, search efficiency (sampler vs random) and, on a GPU, the

@@ -4,8 +4,9 @@ point beats each baseline by more than the seed-to-seed spread.
 
 Each row is a trial's own config (as ``autogram export`` rebuilds it, teacher pinned) run
 at its own budget with seeds ``seed, seed + 1, ...``. The table gives the mean and the
-standard deviation over seeds of accuracy, robustness (the suite mean, the search's
-objective), cost, and accuracy with each modality missing. A point *beats* a baseline in
+standard deviation over seeds of accuracy, balanced accuracy (mean per-class recall),
+robustness (the suite mean, the search's objective), cost, and accuracy with each modality
+missing. A point *beats* a baseline in
 a metric when its mean is higher by more than the sum of the two standard deviations.
 Files (``confirm.json``, ``confirm.md``, ``confirm.png``) go to ``<search folder>/confirm/``
 when the search folder is at hand, and onto the search's MLflow parent run under
@@ -24,7 +25,7 @@ from typing import Any
 from autogram.config import ConfigError, validate
 
 log = logging.getLogger("autogram")
-METRICS = ("accuracy", "robustness", "cost")
+METRICS = ("accuracy", "balanced_accuracy", "robustness", "cost")
 
 
 def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]:
@@ -51,6 +52,13 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
                 f"(0..{max(by_number, default=-1)})"
             )
     return list(chosen.values())
+
+
+def judged_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics a verdict compares (every one but cost) that some row has, in table order."""
+    have = {k for r in rows for k in r["summary"]}
+    fixed = [m for m in METRICS if m != "cost" and m in have]
+    return fixed + sorted(k for k in have if k.startswith("missing:"))
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -83,7 +91,12 @@ def score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
 
     raw = {**raw, "seed": seed}
     result = run_trial(validate(raw), data=data, eval_split="test")
-    scores = {"accuracy": result.accuracy, "robustness": result.robustness, "cost": result.cost}
+    scores = {
+        "accuracy": result.accuracy,
+        "balanced_accuracy": result.balanced_accuracy,
+        "robustness": result.robustness,
+        "cost": result.cost,
+    }
     scores.update(result.detail)  # missing:<modality> and auc:<modality>
     return scores
 
@@ -97,7 +110,7 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for baseline in (r for r in rows if r["baseline"]):
         for point in (p for p in points if p is not baseline):
             deltas = {}
-            for metric in ("accuracy", "robustness", *(k for k in point["summary"] if k.startswith("missing:"))):
+            for metric in judged_metrics([point]):
                 if metric not in baseline["summary"]:
                     continue
                 p, b = point["summary"][metric], baseline["summary"][metric]
@@ -139,15 +152,14 @@ def reads_teacher(raw: dict[str, Any]) -> bool:
 
 
 def teacher_adds(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Per metric (accuracy, robustness, missing:<m>): the best row reading the teacher against
+    """Per metric (accuracies, robustness, missing:<m>): the best row reading the teacher against
     the best row without it, by mean, and whether the difference is beyond the two stds
     added; None when every row reads the teacher or none does."""
     groups = {flag: [r for r in rows if r.get("reads_teacher") is flag] for flag in (True, False)}
     if not groups[True] or not groups[False]:
         return None
     out: dict[str, Any] = {}
-    metrics = ["accuracy", "robustness", *sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})]
-    for metric in metrics:
+    for metric in judged_metrics(rows):
         best = {
             flag: max((r for r in group if metric in r["summary"]), key=lambda r: r["summary"][metric]["mean"])
             for flag, group in groups.items()
@@ -198,14 +210,14 @@ def format_table(document: dict[str, Any]) -> str:
 
 
 def _plot(document: dict[str, Any], path: Path) -> None:
-    """Mean +- std of accuracy, robustness and missing-modality accuracy per row (matplotlib)."""
+    """Mean +- std of the accuracies, robustness and missing-modality accuracy per row (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = document["rows"]
-    metrics = ["accuracy", "robustness", *sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})]
+    metrics = judged_metrics(rows)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):

@@ -42,6 +42,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     # The loss of the first steps of this run (up to 100; none before a resumed epoch).
     first_losses: list[float] = field(default_factory=list)
+    # Mean per-class recall, validation and test.
+    balanced_accuracy: float = 0.0
+    test_balanced_accuracy: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -166,8 +169,8 @@ def train(
         outcome = train_student(
             student, objective, signals, data, config.train, config.seed, device, report, hooks=checkpointer
         )
-        val_acc, val_corr = evaluate_robustness(student, data, config, device, "val")
-        test_acc, test_corr = evaluate_robustness(student, data, config, device, "test")
+        val_acc, val_corr, val_balanced = evaluate_robustness(student, data, config, device, "val")
+        test_acc, test_corr, test_balanced = evaluate_robustness(student, data, config, device, "test")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -189,6 +192,8 @@ def train(
         resumed_from_epoch=checkpointer.resumed_from,
         history=outcome.history,
         first_losses=outcome.first_losses,
+        balanced_accuracy=val_balanced,
+        test_balanced_accuracy=test_balanced,
     )
     result.model_uri = _close_run(client, uri, result, student, data, config)
     log.info(
@@ -225,6 +230,8 @@ def _close_run(client: Any, uri: str, result: TrainResult, student: Any, data: A
         "val_robustness": result.robustness,
         "test_accuracy": result.test_accuracy,
         "test_robustness": result.test_robustness,
+        "val_balanced_accuracy": result.balanced_accuracy,
+        "test_balanced_accuracy": result.test_balanced_accuracy,
     }
     final.update({f"test_corruption/{k}": v for k, v in result.test_corruptions.items()})
     log_metrics(client, run_id, final)

@@ -27,7 +27,8 @@ log = logging.getLogger("autogram")
 
 @dataclass
 class TrialResult:
-    """The scores of one trial (``cost`` is ``train_gflops`` or ``train_seconds``)."""
+    """The scores of one trial (``cost`` is ``train_gflops`` or ``train_seconds``; accuracy,
+    balanced accuracy and robustness are on the validation split, or test for ``confirm``)."""
 
     accuracy: float
     robustness: float
@@ -48,6 +49,8 @@ class TrialResult:
     eval_seconds: float = 0.0
     # Accuracy with each modality missing and the per-modality noise AUC (robustness_detail).
     detail: dict[str, float] = field(default_factory=dict)
+    # Mean per-class recall on the clean split: accuracy that a majority class cannot carry.
+    balanced_accuracy: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -76,13 +79,14 @@ def robustness_detail(clean: float, corruptions: dict[str, float], severities: l
 
 def evaluate_robustness(
     model: Any, data: Any, cfg: TrialConfig, device: Any, split: str = "val"
-) -> tuple[float, dict[str, float]]:
-    """Clean accuracy on ``split`` (validation by default) and the accuracy under each corruption."""
+) -> tuple[float, dict[str, float], float]:
+    """Clean accuracy on ``split`` (validation by default), the accuracy under each corruption,
+    and the clean balanced accuracy (mean per-class recall)."""
     import numpy as np
     import torch
 
     from autogram.data.corruptions import corrupted_views
-    from autogram.tensors.runtime import accuracy, correct_count, resident, to_tensors
+    from autogram.tensors.runtime import accuracy, balanced_accuracy, class_hits, correct_count, resident, to_tensors
 
     part = data.splits[split]
     severities, scale = cfg.eval.noise_severities, data.noise_scale
@@ -100,25 +104,23 @@ def evaluate_robustness(
         # on its device instead of corrupting and copying the split again for each trial.
         key = (data.fingerprint, f"eval:{split}:{cfg.seed}:{severities}:{scale}", str(device))
         labels, inputs, corrupted = resident(key, views)
-        clean = accuracy(model, inputs, labels, cfg.eval.batch_size, device)
+        hits, counts = class_hits(model, inputs, labels, cfg.eval.batch_size, device, data.num_classes)
         scores = {name: accuracy(model, view, labels, cfg.eval.batch_size, device) for name, view in corrupted}
-        return clean, scores
+        return int(hits.sum()) / max(int(counts.sum()), 1), scores, balanced_accuracy(hits, counts)
     # A lazy split is read chunk by chunk; each chunk is scored clean and under every corruption.
     correct: dict[str, int] = {}
+    hits = counts = torch.zeros(data.num_classes, dtype=torch.long)
     size = cfg.eval.batch_size
     for number, start in enumerate(range(0, len(part), size)):
         rows = part.rows(np.arange(start, min(start + size, len(part))))
         labels = torch.from_numpy(part.labels[start : start + size]).to(device)
-        views = [
-            ("clean", rows),
-            *((c.name, v) for c, v in corrupted_views(rows, data.modalities, severities, cfg.seed, scale, number)),
-        ]
-        for name, view in views:
-            hits = correct_count(model, to_tensors(view, device), labels, size, device)
-            correct[name] = correct.get(name, 0) + hits
+        chunk_hits, chunk_counts = class_hits(model, to_tensors(rows, device), labels, size, device, data.num_classes)
+        hits, counts = hits + chunk_hits, counts + chunk_counts
+        for c, view in corrupted_views(rows, data.modalities, severities, cfg.seed, scale, number):
+            hit = correct_count(model, to_tensors(view, device), labels, size, device)
+            correct[c.name] = correct.get(c.name, 0) + hit
     total = max(len(part), 1)
-    clean = correct.pop("clean") / total
-    return clean, {name: hits / total for name, hits in correct.items()}
+    return int(hits.sum()) / total, {name: n / total for name, n in correct.items()}, balanced_accuracy(hits, counts)
 
 
 @dataclass
@@ -260,9 +262,9 @@ def run_trial(
     torch.manual_seed(config.seed)
     outcome = train_student(parts.student, objective, signals, data, config.train, config.seed, device, report)
     eval_started = time.perf_counter()
-    clean, corruptions = evaluate_robustness(parts.student, data, config, device, eval_split)
+    scores = evaluate_robustness(parts.student, data, config, device, eval_split)
     eval_seconds = time.perf_counter() - eval_started
-    result = _result(config, parts, objective, outcome, signals, teacher_info, (clean, corruptions), device)
+    result = _result(config, parts, objective, outcome, signals, teacher_info, scores, device)
     result.eval_seconds = eval_seconds
     log.info(
         "trial %s: accuracy %.4f  robustness %.4f  cost %.4g (%s)",
@@ -282,13 +284,13 @@ def _result(
     outcome: Any,
     signals: Any,
     teacher_info: dict[str, Any],
-    scores: tuple[float, dict[str, float]],
+    scores: tuple[float, dict[str, float], float],
     device: Any,
 ) -> TrialResult:
-    """The trial's record from its training outcome and its (clean, per-corruption) scores."""
+    """The trial's record from its training outcome and its (clean, per-corruption, balanced) scores."""
     from autogram.models import parameter_count
 
-    clean, corruptions = scores
+    clean, corruptions, balanced = scores
     flops_per_sample = outcome.flops_per_sample
     if teacher_info.get("source") == "cache":
         # The cost objective is the recipe's compute, wherever the teacher's forward ran:
@@ -298,6 +300,7 @@ def _result(
     return TrialResult(
         accuracy=clean,
         robustness=sum(corruptions.values()) / len(corruptions),
+        balanced_accuracy=balanced,
         cost=gflops if config.cost == "train_gflops" else outcome.seconds,
         train_seconds=outcome.seconds,
         train_gflops=gflops,

@@ -94,14 +94,14 @@ def tiny_search(folder: Path, teacher_cache: Path, name: str, trials: int, epoch
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def start_cli(*args: str, cwd: Path, capture: bool = False) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, capture: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``python -m autogram ARGS`` in its own session, so a test can SIGKILL it whole;
-    ``capture`` keeps its output (text) for ``communicate()``."""
+    ``capture`` keeps its output (text) for ``communicate()``; ``env`` adds variables."""
     stream = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "autogram", *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(env),
         stdout=stream,
         stderr=stream,
         text=True,

@@ -79,7 +79,7 @@ def test_a_loop_driving_the_distiller_gives_the_losses_of_autogram_train(tmp_pat
                 losses.append(out.loss.item())
                 assert set(out.terms) == {"ce", "kd", "gram"}
         distiller.eval()
-        accuracy, _ = evaluate_robustness(distiller.student, data, cfg, CPU)
+        accuracy, _, _ = evaluate_robustness(distiller.student, data, cfg, CPU)
     finally:
         torch.set_num_threads(threads)
     for step, (mine, theirs) in enumerate(zip(losses[:20], reference.first_losses[:20], strict=True)):

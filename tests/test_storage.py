@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,16 +45,25 @@ def _events(directory: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.parametrize("form", ["userinfo", "query"])
 def test_search_and_resume_on_postgresql_write_no_password(
-    postgres: Postgres, tmp_path: Path, teacher_cache: Path
+    postgres: Postgres, tmp_path: Path, teacher_cache: Path, form: str
 ) -> None:
-    postgres.create_database("study")
+    database = f"study_{form}"
+    postgres.create_database(database)
     raw = tiny_raw(teacher_cache)
     raw["search"] = {"trials": 5, "concurrency": 1}
     (tmp_path / "pg.yaml").write_text(yaml.safe_dump(raw))
     directory = tmp_path / "runs" / "pg"
-    args = ["search", "pg.yaml", "--out", "runs", "--name", "pg", "--storage", postgres.url("study")]
-    driver = start_cli(*args, cwd=tmp_path, capture=True)
+    # libpq also takes the password as a query parameter; both forms must be scrubbed.
+    bare = postgres.url(database, with_password=False)
+    url = postgres.url(database) if form == "userinfo" else f"{bare}?password={postgres.password}"
+    # Ray's own temp folder (logs, session files, the job table) is scanned too: a short path of
+    # our own, since Ray's socket paths must stay under 107 characters.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="agpg", dir="/tmp"))
+    ray_env = {"RAY_TMPDIR": str(ray_tmp)}
+    args = ["search", "pg.yaml", "--out", "runs", "--name", "pg", "--storage", url]
+    driver = start_cli(*args, cwd=tmp_path, capture=True, env=ray_env)
     deadline = time.time() + 300
     while time.time() < deadline and sum(e["event"] == "complete" for e in _events(directory)) < 2:
         time.sleep(0.2)
@@ -74,20 +85,25 @@ def test_search_and_resume_on_postgresql_write_no_password(
         "--resume",
         cwd=tmp_path,
         timeout=900,
-        env={"PGPASSWORD": postgres.password},
+        env={"PGPASSWORD": postgres.password, **ray_env},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = optuna.load_study(study_name="pg", storage=postgres.url("study"))
+    study = optuna.load_study(study_name="pg", storage=postgres.url(database))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 5 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 5
     front = json.loads((directory / "front.json").read_text())
     assert sum(t["status"] == "ok" for t in front["trials"]) == 5
     spec = json.loads((directory / "search.json").read_text())
-    assert spec["storage"] == postgres.url("study", with_password=False)
+    assert spec["storage"] == postgres.url(database, with_password=False)
 
-    # The password is in no file of the search (Tune's pickles included), the MLflow store,
-    # its artifacts or the output.
-    assert _leaks(tmp_path, postgres.password) == []
+    # The password is in no file of the search (Tune's pickles included), Ray's temp folder,
+    # the MLflow store, its artifacts or the output.
+    try:
+        assert _leaks(tmp_path, postgres.password) == []
+        assert any(ray_tmp.rglob("*.log")), "Ray wrote no logs there: the scan would mean nothing"
+        assert _leaks(ray_tmp, postgres.password) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     for text in (out, err, proc.stdout, proc.stderr):
         assert postgres.password not in text
     from mlflow.tracking import MlflowClient

@@ -125,7 +125,7 @@ def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(
     handle = ensure_teacher(cfg.teacher, builtin, CPU)
     test = builtin.splits["test"]
     test_acc = accuracy(handle.model, to_tensors(test.inputs, CPU), torch.from_numpy(test.labels), 500, CPU)
-    clean, corruptions = evaluate_robustness(handle.model, builtin, cfg, CPU)
+    clean, corruptions, _ = evaluate_robustness(handle.model, builtin, cfg, CPU)
     robustness = sum(corruptions.values()) / len(corruptions)
     print(f"teacher test {test_acc:.3f}, val {clean:.3f}, robustness {robustness:.3f}")
     assert test_acc >= 0.90

@@ -86,7 +86,8 @@ class DataConfig(_Strict):
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     # Which modalities to use, in this order (null: every one found).
     modalities: list[str] | None = None
-    # {modality: kind} where the shape alone does not tell (e.g. audio: spectrogram).
+    # {modality: kind} where the shape alone does not tell (e.g. audio: spectrogram; sensor
+    # channels x time steps: timeseries).
     modality_kinds: dict[str, ModalityKindName] = {}
     # Share of the training samples carved out as validation when the data has no val split.
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)

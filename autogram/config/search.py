@@ -97,13 +97,15 @@ class SpaceConfig(_Strict):
 class ObjectiveSpec(_Strict):
     """One objective of the search and its direction."""
 
-    # accuracy, robustness or cost.
-    name: Literal["accuracy", "robustness", "cost"]
+    # accuracy, balanced_accuracy (mean per-class recall), robustness or cost.
+    name: Literal["accuracy", "balanced_accuracy", "robustness", "cost"]
     # maximize or minimize.
     direction: Literal["maximize", "minimize"]
 
 
-_CONSTRAINT = re.compile(r"^\s*(accuracy|robustness|cost|train_seconds|train_gflops)\s*(<=|>=)\s*(\S+)\s*$")
+_CONSTRAINT = re.compile(
+    r"^\s*(accuracy|balanced_accuracy|robustness|cost|train_seconds|train_gflops)\s*(<=|>=)\s*(\S+)\s*$"
+)
 
 
 class EarlyStopping(_Strict):

@@ -10,7 +10,7 @@ from pydantic import field_validator
 
 from autogram.config.base import Strict as _Strict
 
-ModalityKindName = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector"]
+ModalityKindName = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector", "timeseries"]
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 

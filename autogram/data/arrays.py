@@ -121,6 +121,17 @@ def _refuse_non_numeric(arrays: dict[str, np.ndarray], names: list[str] | None, 
             )
 
 
+def _moments(train: np.ndarray, kind: str) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Mean and std to standardise a float modality: one pair per modality, or per channel for
+    a timeseries, whose channels mix units (an accelerometer's m/s^2 beside a gyroscope's rad/s;
+    one shared scale would leave the small-unit channels near zero and their noise out of scale)."""
+    if kind == "timeseries":
+        mean = train.mean(axis=(0, 2), keepdims=True)[0]
+        std = train.std(axis=(0, 2), keepdims=True)[0]
+        return mean, np.where(std > 0, std, 1.0).astype(np.float32)
+    return float(train.mean()), float(train.std()) or 1.0
+
+
 def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> MultiModalData:
     """Validate, split and standardise raw arrays into :class:`MultiModalData`."""
     arrays = dict(arrays)
@@ -179,7 +190,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             # Standardise with train statistics only, so val/test stay unseen.
             train = train_array.astype(np.float32)
             warn_if_constant(name, float(train.std()), source)
-            mean, std = float(train.mean()), float(train.std()) or 1.0
+            mean, std = _moments(train, kind)
             for split in SPLITS:
                 values = (arrays[f"{split}_{name}"].astype(np.float32) - mean) / std
                 splits[split].inputs[name] = values.reshape(len(values), *shape)

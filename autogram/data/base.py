@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-ModalityKind = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector"]
+ModalityKind = Literal["image", "spectrogram", "tokens", "waveform", "video", "vector", "timeseries"]
 # Kinds whose last two dimensions are a 2-D grid (occlusion / time-frequency masking apply).
 GRID_KINDS = ("image", "spectrogram")
 SPLITS = ("train", "val", "test")

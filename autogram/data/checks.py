@@ -17,7 +17,8 @@ def infer_kind(
     """(kind, model-ready per-sample shape) of a modality from one sample's shape and dtype.
 
     Integer 1-D: tokens. Float 1-D: a vector (or a declared waveform). 2-D: a grid (image, or
-    a declared spectrogram) that gets a channel axis, (1, H, W). 3-D: (C, H, W). 4-D: video.
+    a declared spectrogram) that gets a channel axis, (1, H, W), or a declared timeseries
+    (C channels x T steps, kept as it is). 3-D: (C, H, W). 4-D: video.
     """
     dims = len(sample_shape)
     if integer and dims == 1 and declared in (None, "tokens"):
@@ -28,11 +29,18 @@ def infer_kind(
     kind = declared or default
     if kind is None:
         raise ConfigError(f"{where}: modality {name!r} has per-sample shape {sample_shape}: expected 1 to 4 dimensions")
-    allowed = {"vector": (1,), "waveform": (1, 2), "image": (2, 3), "spectrogram": (2, 3), "video": (4,)}[kind]
+    allowed = {
+        "vector": (1,),
+        "waveform": (1, 2),
+        "image": (2, 3),
+        "spectrogram": (2, 3),
+        "video": (4,),
+        "timeseries": (2,),
+    }[kind]
     if dims not in allowed:
         raise ConfigError(
             f"{where}: data.modality_kinds.{name}: {kind} needs {' or '.join(f'{d}-D' for d in allowed)} "
-            f"samples, got shape {sample_shape}"
+            f"samples{' (channels x time steps)' if kind == 'timeseries' else ''}, got shape {sample_shape}"
         )
     shape = (1, *sample_shape) if kind in ("image", "spectrogram") and dims == 2 else sample_shape
     return kind, shape

@@ -6,7 +6,13 @@ feature vectors), and for some kinds one corruption specific to it:
 
 - image: ``occlusion``, a square of half the side zeroed at a random place;
 - spectrogram: ``specmask``, one frequency band and one time band (a quarter each) zeroed;
-- tokens: ``dropout``, 30% of the tokens replaced by the mask token.
+- tokens: ``dropout``, 30% of the tokens replaced by the mask token;
+- timeseries (channels x time steps): ``timemask``, one band of a quarter of the time steps
+  zeroed on every channel, and ``chandrop``, half of the channels (a random half per sample)
+  zeroed over the whole window: a sensor axis failing.
+
+Timeseries are standardised per channel, so their ``noise@s`` is N(0, s^2) in each channel's
+own standard deviation: Gaussian noise per channel.
 
 Data autogram standardises (built-in, ``.npz``) has zero as its training mean and
 ``noise@s`` adds N(0, s^2) in units of its standard deviation; data passed as stored (a
@@ -29,6 +35,13 @@ import numpy as np
 from autogram.data.base import MASK_TOKEN, Modality
 
 TOKEN_DROPOUT = 0.3
+# The corruptions one kind has beside ``missing`` and ``noise``.
+SPECIFIC = {
+    "image": ("occlusion",),
+    "spectrogram": ("specmask",),
+    "tokens": ("dropout",),
+    "timeseries": ("timemask", "chandrop"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,13 +61,11 @@ class Corruption:
 
 def suite(modalities: list[Modality], severities: list[float]) -> list[Corruption]:
     """All corruptions scored for these modalities, in a fixed order."""
-    specific = {"image": "occlusion", "spectrogram": "specmask", "tokens": "dropout"}
     out = []
     for modality in modalities:
         out.append(Corruption(modality.name, "missing"))
         out.extend(Corruption(modality.name, "noise", s) for s in severities)
-        if modality.kind in specific:
-            out.append(Corruption(modality.name, specific[modality.kind]))
+        out.extend(Corruption(modality.name, kind) for kind in SPECIFIC.get(modality.kind, ()))
     return out
 
 
@@ -70,8 +81,19 @@ def _corrupt_float(x: np.ndarray, c: Corruption, rng: np.random.Generator, scale
         return np.zeros_like(x)
     if c.kind == "noise":
         return x + rng.normal(0.0, c.severity * scale, size=x.shape).astype(x.dtype)
-    height, width = x.shape[-2:]  # grids: (..., H, W)
+    height, width = x.shape[-2:]  # grids: (..., H, W); timeseries: (C, T)
     out = x.copy()
+    if c.kind == "timemask":
+        band = max(1, width // 4)
+        t0 = rng.integers(0, width - band + 1, n)
+        for i in range(n):
+            out[i, :, t0[i] : t0[i] + band] = 0.0
+        return out
+    if c.kind == "chandrop":
+        # argsort of uniform draws: a uniformly random half of the channels for each sample.
+        dropped = np.argsort(rng.random((n, height)), axis=1)[:, : max(1, height // 2)]
+        out[np.arange(n)[:, None], dropped, :] = 0.0
+        return out
     if c.kind == "occlusion":
         side_h, side_w = max(1, height // 2), max(1, width // 2)
         rows = rng.integers(0, height - side_h + 1, n)

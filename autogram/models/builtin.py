@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 # A diagnostic switch: when set, building a built-in model raises, so a run on the user's
 # own models can prove that no built-in model was constructed anywhere (workers included).
 NO_BUILTIN_ENV = "AUTOGRAM_NO_BUILTIN_MODELS"
-_BUILTIN_KINDS = ("image", "spectrogram", "tokens")
+_BUILTIN_KINDS = ("image", "spectrogram", "tokens", "timeseries")
 
 
 def _builtin_allowed(what: str) -> None:
@@ -22,13 +22,14 @@ def _builtin_allowed(what: str) -> None:
 
 
 def check_builtin_kinds(data: Any, role: str) -> None:
-    """The built-in models read images, spectrograms and tokens; say so for other modalities."""
+    """The built-in models read images, spectrograms, tokens and timeseries; say so for others."""
     from autogram.config import ConfigError
 
     other = [m for m in data.modalities if m.kind not in _BUILTIN_KINDS]
     if other:
         raise ConfigError(
-            f"{role}: the built-in {role} reads image, spectrogram and tokens modalities; {other[0].name!r} is "
+            f"{role}: the built-in {role} reads image, spectrogram, tokens and timeseries modalities; "
+            f"{other[0].name!r} is "
             f"{other[0].kind}: give {role}.factory"
         )
 

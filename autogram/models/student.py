@@ -64,6 +64,34 @@ class TokenEncoder(nn.Module):
         return self.blocks(self.embedding(x).transpose(1, 2)).amax(dim=2)
 
 
+class TimeSeriesEncoder(nn.Module):
+    """1-D Conv-BN-ReLU blocks over time, the sensor channels as input channels, widths doubling
+    and stride 2 after the first; the last map averaged over time."""
+
+    def __init__(self, modality: Modality, cfg: StudentConfig) -> None:
+        super().__init__()
+        widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
+        self.blocks = nn.Sequential(
+            *[
+                _block1d(c_in, c_out, 1 if i == 0 else 2)
+                for i, (c_in, c_out) in enumerate(zip([modality.shape[0], *widths[:-1]], widths, strict=True))
+            ]
+        )
+        self.out_channels = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Time-averaged features, (B, C), of a (B, channels, steps) batch."""
+        return self.blocks(x).mean(dim=2)
+
+
+def _encoder(modality: Modality, cfg: StudentConfig) -> nn.Module:
+    if modality.kind == "tokens":
+        return TokenEncoder(modality, cfg)
+    if modality.kind == "timeseries":
+        return TimeSeriesEncoder(modality, cfg)
+    return GridEncoder(cfg, modality.shape[0])
+
+
 class MultiModalCNN(nn.Module):
     """Per-modality CNN encoders -> projections to a shared embedding -> late fusion -> classifier."""
 
@@ -71,9 +99,7 @@ class MultiModalCNN(nn.Module):
         super().__init__()
         self.modalities = list(modalities)
         self.num_blocks = cfg.num_blocks
-        self.encoders = nn.ModuleDict(
-            {m.name: TokenEncoder(m, cfg) if m.kind == "tokens" else GridEncoder(cfg, m.shape[0]) for m in modalities}
-        )
+        self.encoders = nn.ModuleDict({m.name: _encoder(m, cfg) for m in modalities})
         self.projections = nn.ModuleDict(
             {m.name: nn.Linear(self.encoders[m.name].out_channels, cfg.embed_dim) for m in modalities}
         )

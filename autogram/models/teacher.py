@@ -1,6 +1,8 @@
 """The teacher: a multi-modal Transformer built from ``transformers`` model classes.
 
-One encoder per modality (ViT for images / spectrograms, BERT for token sequences), a
+One encoder per modality (ViT for images / spectrograms, BERT for token sequences, a ViT
+whose patches are 1 x patch_size windows of time for timeseries: every sensor channel of a
+stretch of time in one patch), a
 linear projection of each into a shared embedding space, a small BERT encoder that
 fuses the per-modality embeddings (its position embeddings act as modality embeddings),
 and a linear classifier. Configs are built locally: nothing is downloaded.
@@ -39,6 +41,11 @@ def _encoder(modality: Modality, arch: dict[str, int]) -> nn.Module:
             vocab_size=modality.vocab_size, max_position_embeddings=modality.shape[0], type_vocab_size=1, **common
         )
         return BertModel(config, add_pooling_layer=False)
+    if modality.kind == "timeseries":  # (C, T) read as a 1 x T image with C channels
+        channels, steps = modality.shape
+        patch = min(arch["patch_size"], steps)
+        config = ViTConfig(image_size=(1, steps), patch_size=(1, patch), num_channels=channels, **common)
+        return ViTModel(config, add_pooling_layer=False)
     channels, height, width = modality.shape
     patch = min(arch["patch_size"], height, width)
     config = ViTConfig(image_size=(height, width), patch_size=patch, num_channels=channels, **common)
@@ -80,6 +87,8 @@ class MultiModalTransformer(nn.Module):
             x = inputs[modality.name]
             if modality.kind == "tokens":
                 hidden = encoder(input_ids=x).last_hidden_state.mean(dim=1)
+            elif modality.kind == "timeseries":
+                hidden = encoder(pixel_values=x.unsqueeze(2)).last_hidden_state[:, 0]
             else:
                 hidden = encoder(pixel_values=x).last_hidden_state[:, 0]  # the CLS token
             embeds.append(self.projections[modality.name](hidden))

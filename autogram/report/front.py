@@ -33,10 +33,10 @@ def trial_status(trial: Any) -> str:
 
 
 def default_reference(objectives: list[dict[str, str]], rows: list[list[float]]) -> list[float]:
-    """Accuracy and robustness: 0 (maximised) ; cost: 1.1 x the largest cost seen (minimised)."""
+    """Accuracies and robustness: 0 (maximised) ; cost: 1.1 x the largest cost seen (minimised)."""
     reference = []
     for k, objective in enumerate(objectives):
-        if objective["name"] in ("accuracy", "robustness"):
+        if objective["name"] in ("accuracy", "balanced_accuracy", "robustness"):
             reference.append(0.0 if objective["direction"] == "maximize" else 1.0)
         else:
             worst = max((row[k] for row in rows), default=1.0)
@@ -70,6 +70,7 @@ def build_front(
                 "tag": trial.user_attrs.get("tag"),
                 "reads_teacher": trial.user_attrs.get("reads_teacher"),
                 "missing": trial.user_attrs.get("missing", {}),
+                "balanced_accuracy": trial.user_attrs.get("balanced_accuracy"),
             }
         )
     ok = [e for e in entries if e["status"] == "ok"]

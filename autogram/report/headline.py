@@ -32,7 +32,7 @@ def recipe_words(trial: dict[str, Any]) -> str:
 
 
 def _value(name: str, value: float) -> str:
-    return f"{value:.3f}" if name in ("accuracy", "robustness") else f"{value:.4g}"
+    return f"{value:.3f}" if name in ("accuracy", "balanced_accuracy", "robustness") else f"{value:.4g}"
 
 
 def _beats(a: dict[str, float], b: dict[str, float], objectives: list[dict[str, str]]) -> bool:

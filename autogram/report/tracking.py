@@ -197,7 +197,16 @@ class SearchTracker:
             status, state = "pruned", "KILLED"
         else:
             status, state = str(result.get("status", "ok")), "FINISHED"
-            keys = ("accuracy", "robustness", "cost", "train_seconds", "train_gflops", "eval_seconds", "gpu_peak_mb")
+            keys = (
+                "accuracy",
+                "balanced_accuracy",
+                "robustness",
+                "cost",
+                "train_seconds",
+                "train_gflops",
+                "eval_seconds",
+                "gpu_peak_mb",
+            )
             metrics = {k: result[k] for k in keys if result.get(k) is not None}
             metrics.update(
                 {k.replace("corruption.", "corruption/"): v for k, v in result.items() if k.startswith("corruption.")}

@@ -35,6 +35,10 @@ def make_sampler(name: str, seed: int, trials: int = 100) -> optuna.samplers.Bas
     raise ValueError(f"unknown sampler {name!r}")
 
 
+# What a finished trial's result keeps as Optuna user attributes (front.json reads them).
+_KEPT = ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher", "balanced_accuracy")
+
+
 def constraint_name(metric: str, op: str, bound: float) -> str:
     """A stable name for a user constraint, e.g. ``cost<=800``."""
     return f"{metric}{op}{bound:g}"
@@ -123,7 +127,7 @@ class AutogramOptunaSearch(OptunaSearch):
             attrs.update(status="pruned", epochs_done=int(result.get("epoch", 0)))
             return TrialState.PRUNED, None, attrs, {}
         status = str(result.get("status", "ok"))
-        for key in ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher"):
+        for key in _KEPT:
             if key in result:
                 attrs[key] = result[key]
         missing = {k.removeprefix("detail."): v for k, v in result.items() if k.startswith("detail.missing:")}

@@ -233,6 +233,39 @@ def correct_count(
     return int(correct)
 
 
+@torch.no_grad()
+def class_hits(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) per class, two (K,) int64 tensors on the host: what accuracy and
+    balanced accuracy are both read from, in one pass of the model."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    for start in range(0, labels.shape[0], batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        truth = labels[start : start + batch_size]
+        with autocast(device):
+            logits = model(batch)
+        correct += torch.bincount(truth[logits.argmax(dim=1) == truth], minlength=num_classes)[:num_classes]
+    model.train(was_training)
+    return correct.cpu(), torch.bincount(labels, minlength=num_classes)[:num_classes].cpu()
+
+
+def balanced_accuracy(correct: torch.Tensor, total: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present (``total`` > 0): an imbalanced split is
+    not judged by its majority class, and a class absent from the split does not count as 0."""
+    present = total > 0
+    if not bool(present.any()):
+        return 0.0
+    return float((correct[present].double() / total[present].double()).mean())
+
+
 def accuracy(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],

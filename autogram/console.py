@@ -1,0 +1,69 @@
+"""What every command shares on the console: autogram's log lines, and user errors turned
+into one line on stderr and exit code 2 (a config mistake, the machine refusing a write)."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from autogram.config import ConfigError
+
+log = logging.getLogger("autogram")
+
+
+def setup_logging(quiet: bool) -> None:
+    """autogram's log lines on stderr (``quiet``: warnings and errors only)."""
+    # MLflow's per-download progress bar says nothing a user needs (exports read one file).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Its database set-up lines ("Creating initial MLflow database tables") need no action.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[autogram] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+# OSErrors that say the machine refused (space, quota, read-only, permissions), not a bug.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConfigError raised anywhere below into one stderr line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"autogram: error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            # The machine, not the code: a full disk, a read-only or vanished folder mid-run.
+            if exc.errno not in _MACHINE_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"autogram: error: {where}{exc.strerror}", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            if type(exc).__name__ != "StorageInternalError":  # optuna's, for a write the database refused
+                raise
+            click.echo(
+                f"autogram: error: the study storage refused a write ({_first_line(exc)}): a full disk?", err=True
+            )
+            sys.exit(2)
+
+    return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    from autogram.config.base import first_line
+
+    return first_line(exc)[:200]
