@@ -91,7 +91,7 @@ def format_ablation(document: dict[str, Any]) -> str:
 
 def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the ablation of trial ``point`` (a number, or ``knee``) of search ``source``."""
-    from autogram.confirm import choose_points, load_for, publish, score, summary
+    from autogram.confirm import choose_points, load_for, publish, score, search_threads, summary
     from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
@@ -102,12 +102,13 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     (trial,) = choose_points(document, point)
     raw = trial_training_config(spec, trial)
     data = load_for(validate(raw))
+    threads = search_threads(spec)  # as the trial (and confirm) trained: the same scores
     rows = []
     for label, config in variants(raw):
         runs = []
         for i in range(seeds):
             log.info("ablation of trial %d: %s, seed %d of %d", trial["number"], label, i + 1, seeds)
-            runs.append(score(config, int(config.get("seed", 0)) + i, data))
+            runs.append(score(config, int(config.get("seed", 0)) + i, data, threads))
         rows.append({"label": label, "runs": runs, "summary": summary(runs)})
     result = {"search": document["name"], "point": trial["number"], "seeds": seeds, "split": "test", "rows": rows}
     result["carriers"] = carriers(rows)

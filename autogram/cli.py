@@ -343,11 +343,29 @@ def train_command(
 @click.option("--points", default="knee", show_default=True, help="knee, front, or trial numbers (comma-separated).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--ablate", metavar="POINT", help="Instead: retrain trial POINT with each active part switched off.")
+@click.option(
+    "--concurrency",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Retrainings at once, as Ray tasks with the search's per-trial resources (above 1).",
+)
+@click.option("--address", help="Run the retrainings on this Ray cluster (e.g. auto).")
+@click.option("--resume", is_flag=True, help="Keep the retrainings an interrupted confirm finished; run the rest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as one JSON object.")
 @_quiet_option
 @user_errors
 def confirm(
-    source: str, seeds: str, points: str, ablate: str | None, tracking_uri: str | None, as_json: bool, quiet: bool
+    source: str,
+    seeds: str,
+    points: str,
+    ablate: str | None,
+    tracking_uri: str | None,
+    concurrency: int,
+    address: str | None,
+    resume: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Retrain front points of search SOURCE (a name, experiment or folder) and every baseline
     with several seeds, score them on the test split, and compare them (``--ablate``: which
@@ -365,7 +383,14 @@ def confirm(
         ablation = run_ablation(source, ablate, int(seeds), tracking_uri)
         click.echo(json.dumps(ablation) if as_json else format_ablation(ablation))
         return
-    result = run_confirm(source, int(seeds), points, tracking_uri)
+    try:
+        result = run_confirm(source, int(seeds), points, tracking_uri, concurrency, address, resume)
+    except KeyboardInterrupt:
+        click.echo(
+            "autogram: confirm interrupted; every finished retraining is kept: rerun the same command with --resume",
+            err=True,
+        )
+        sys.exit(130)  # the shell's code for a command ended by SIGINT
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 

@@ -10,7 +10,8 @@ missing. A point *beats* a baseline in
 a metric when its mean is higher by more than the sum of the two standard deviations.
 Files (``confirm.json``, ``confirm.md``, ``confirm.png``) go to ``<search folder>/confirm/``
 when the search folder is at hand, and onto the search's MLflow parent run under
-``confirm/``.
+``confirm/``. The retrainings run here or as Ray tasks, and an interrupted confirm resumes
+without redoing a finished one (``autogram/confirm_runs.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, validate
+from autogram.confirm_runs import LEDGER, Job, Ledger, load_for, run_jobs, score, search_threads
+
+__all__ = ["confirm", "format_table", "judge", "load_for", "score", "search_threads", "summary", "teacher_adds"]
 
 log = logging.getLogger("autogram")
 METRICS = ("accuracy", "balanced_accuracy", "robustness", "cost")
@@ -71,34 +75,6 @@ def summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         }
         for k in keys
     }
-
-
-def load_for(cfg: Any) -> Any:
-    """The data of a retraining config, its user factories importable (``python_path``) as in
-    the search itself."""
-    from autogram.data import load_data
-
-    if cfg.python_path:
-        from autogram.models.source import use_python_path
-
-        use_python_path(cfg.python_path)
-    return load_data(cfg.data)
-
-
-def score(raw: dict[str, Any], seed: int, data: Any) -> dict[str, float]:
-    """One retraining of ``raw`` with ``seed``, scored on the test split."""
-    from autogram.trial import run_trial
-
-    raw = {**raw, "seed": seed}
-    result = run_trial(validate(raw), data=data, eval_split="test")
-    scores = {
-        "accuracy": result.accuracy,
-        "balanced_accuracy": result.balanced_accuracy,
-        "robustness": result.robustness,
-        "cost": result.cost,
-    }
-    scores.update(result.detail)  # missing:<modality> and auc:<modality>
-    return scores
 
 
 def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -235,8 +211,19 @@ def _plot(document: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str | None = None) -> dict[str, Any]:
-    """Run the confirmation; returns its document (also written and logged, see module doc)."""
+def confirm(
+    source: str,
+    seeds: int = 3,
+    points: str = "knee",
+    tracking_uri: str | None = None,
+    concurrency: int = 1,
+    address: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the confirmation; returns its document (also written and logged, see module doc).
+
+    ``concurrency`` > 1 or an ``address`` runs each (row, seed) as a Ray task with the search's
+    per-trial resources; ``resume`` keeps the retrainings an interrupted confirm finished."""
     from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
@@ -246,17 +233,15 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
     picked = {t["number"] for t in chosen}
     baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
     entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
-    data = load_for(validate(trial_training_config(spec, entries[0])))
-    rows = []
+    rows, jobs = [], []
     for trial in entries:
         raw = trial_training_config(spec, trial)
         label = (
             f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
         )
-        runs = []
-        for i in range(seeds):
-            log.info("confirm: %s, seed %d of %d", label, i + 1, seeds)
-            runs.append(score(raw, int(raw.get("seed", 0)) + i, data))
+        first = int(raw.get("seed", 0))
+        row_jobs = [Job(trial["number"], first + i, raw, label) for i in range(seeds)]
+        jobs += row_jobs
         rows.append(
             {
                 "label": label,
@@ -264,14 +249,34 @@ def confirm(source: str, seeds: int = 3, points: str = "knee", tracking_uri: str
                 "baseline": trial.get("baseline"),
                 "chosen": trial["number"] in picked,
                 "reads_teacher": reads_teacher(raw),
-                "runs": runs,
-                "summary": summary(runs),
+                "jobs": row_jobs,
             }
         )
+    folder = Path(source).parent if Path(source).is_file() else Path(source)
+    ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
+    done = ledger.kept(jobs, resume)
+    search = spec["config"].get("search", {})
+    threads = search_threads(spec)
+    parallel = None
+    if concurrency > 1 or address is not None:
+        from autogram.study.ray_setup import ray_runtime_env
+
+        runtime_env = ray_runtime_env(validate(spec["config"]), address)
+        parallel = {
+            "concurrency": concurrency,
+            "address": address,
+            "resources": search.get("resources"),
+            "runtime_env": runtime_env,
+        }
+    results = run_jobs(jobs, ledger, done, threads, parallel)
+    for row in rows:
+        row["runs"] = [results[job.key] for job in row.pop("jobs")]
+        row["summary"] = summary(row["runs"])
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
     result["verdict"] = judge(rows)
     result["teacher_adds"] = teacher_adds(rows)
     _write(result, source, spec, parent_id, tracking_uri)
+    ledger.close()
     return result
 
 

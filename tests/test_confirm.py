@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,9 +16,10 @@ import pytest
 
 from autogram.config import validate
 from autogram.confirm import judge
+from autogram.confirm_runs import trial_threads
 from autogram.export import trial_training_config
 from autogram.trial import run_trial
-from tests.conftest import run_cli, tiny_search
+from tests.conftest import run_cli, start_cli, tiny_search
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +70,14 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     raw = {**trial_training_config(spec, ce), "seed": 1}
     scores = {}
     for split in ("test", "val"):
-        again = run_trial(validate(raw), eval_split=split)
-        scores[split] = {"accuracy": again.accuracy, "robustness": again.robustness, "cost": again.cost}
+        with trial_threads(1):  # the search's trials ran with 1 CPU thread each, and so does confirm
+            again = run_trial(validate(raw), eval_split=split)
+        scores[split] = {
+            "accuracy": again.accuracy,
+            "balanced_accuracy": again.balanced_accuracy,
+            "robustness": again.robustness,
+            "cost": again.cost,
+        }
         scores[split].update(again.detail)  # missing:<modality> and auc:<modality>
     assert scores["test"] != scores["val"]  # the check below can tell the two splits apart
     assert result["rows"][-4]["runs"][1] == pytest.approx(scores["test"], abs=1e-9)
@@ -188,3 +199,61 @@ def test_ablation_switches_each_active_part_off_in_turn(searched: Path) -> None:
     assert "confirm/ablation_3.json" in [a.path for a in client.list_artifacts(parent.info.run_id, "confirm")]
     bad = run_cli("confirm", "runs/c", "--ablate", "1,2", cwd=searched)
     assert bad.returncode == 2 and "--ablate '1,2': one point" in bad.stderr
+
+
+def _confirm_json(folder: Path) -> dict:
+    return json.loads((folder / "runs" / "c" / "confirm" / "confirm.json").read_text())
+
+
+def test_confirm_on_ray_gives_the_same_table_as_in_one_process(searched: Path) -> None:
+    tables = {}
+    for concurrency in ("1", "2"):
+        args = ["confirm", "runs/c", "--seeds", "2", "--points", "knee", "--concurrency", concurrency]
+        proc = run_cli(*args, cwd=searched)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tables[concurrency] = _confirm_json(searched)
+    assert "as Ray tasks, 2 at a time" in proc.stderr
+    # Same seeds, same thread count, the same retrainings: the same numbers, to the last bit.
+    assert [r["runs"] for r in tables["2"]["rows"]] == [r["runs"] for r in tables["1"]["rows"]]
+    assert tables["2"]["verdict"] == tables["1"]["verdict"]
+    assert not (searched / "runs" / "c" / "confirm-runs.jsonl").exists()  # folded into confirm.json
+
+
+def _started(stderr: str) -> set[tuple[str, int]]:
+    """(row, seed) of every retraining a confirm's log says it started in this process."""
+    return {(m[0], int(m[1])) for m in re.findall(r"confirm: (.+?), seed (\d+) \(", stderr)}
+
+
+def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(searched: Path) -> None:
+    ledger = searched / "runs" / "c" / "confirm-runs.jsonl"
+    args = ["confirm", "runs/c", "--seeds", "2", "--points", "knee"]
+    driver = start_cli(*args, cwd=searched, capture=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and (not ledger.exists() or len(ledger.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, err[-3000:]
+    assert "--resume" in err.strip().splitlines()[-1]
+    kept = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert len(kept) >= 2
+
+    again = run_cli(*args, cwd=searched)  # without --resume: refused, nothing lost
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    assert [json.loads(line) for line in ledger.read_text().splitlines()] == kept
+
+    proc = run_cli(*args, "--resume", cwd=searched)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(kept)} of" in proc.stderr and "kept from" in proc.stderr
+    result = _confirm_json(searched)
+    by_key = {}
+    first = json.loads((searched / "runs" / "c" / "search.json").read_text())["config"].get("seed", 0)
+    for row in result["rows"]:
+        for i, run in enumerate(row["runs"]):
+            by_key[f"{row['trial']}:{first + i}"] = (row["label"], first + i, run)
+    rerun = _started(proc.stderr)
+    for line in kept:  # each kept retraining is in the table as it was, and was not run again
+        label, seed, run = by_key[line["key"]]
+        assert run == line["scores"] and (label, seed) not in rerun
+    assert len(rerun) == len(by_key) - len(kept)
+    assert not ledger.exists()

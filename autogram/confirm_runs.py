@@ -1,0 +1,219 @@
+"""The retrainings behind ``autogram confirm``: each (row, seed) scored on the test split, one
+after another in this process or as Ray tasks (``--concurrency N``, ``--address ADDR``).
+
+Every finished (row, seed) is appended to ``<search folder>/confirm-runs.jsonl`` at once
+(flushed and synced), keyed by its trial, its seed and a fingerprint of its config: Ctrl-C,
+a crash or a lost node loses no finished retraining, and ``--resume`` skips them. The file
+is removed once the confirm has written its table (which holds every run).
+
+Both paths train with the thread count the search's trials used (``search.resources.cpu``):
+a retraining's sums, hence its scores, depend on it, so the table is the same whichever path
+ran it, and a confirm reproduces its trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autogram.config import ConfigError, validate
+
+log = logging.getLogger("autogram")
+LEDGER = "confirm-runs.jsonl"  # beside confirm/, whose files go to MLflow
+
+
+@dataclass(frozen=True)
+class Job:
+    """One retraining: the row's config with one seed."""
+
+    trial: int
+    seed: int
+    raw: dict[str, Any]
+    label: str
+
+    @property
+    def key(self) -> str:
+        """``<trial>:<seed>``, how the ledger and the log name it."""
+        return f"{self.trial}:{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the seeded config: a kept run counts only for the very same retraining."""
+        text = json.dumps({**self.raw, "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_for(cfg: Any) -> Any:
+    """The data of a retraining config, its user factories importable (``python_path``) as in
+    the search itself."""
+    from autogram.data import load_data
+
+    if cfg.python_path:
+        from autogram.models.source import use_python_path
+
+        use_python_path(cfg.python_path)
+    return load_data(cfg.data)
+
+
+def search_threads(spec: dict[str, Any]) -> int:
+    """The CPU threads each trial of the search ``spec`` describes trained with."""
+    return max(1, int(spec["config"].get("search", {}).get("resources", {}).get("cpu", 1)))
+
+
+@contextlib.contextmanager
+def trial_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to the trials' count (unless OMP_NUM_THREADS says otherwise)."""
+    import torch
+
+    current = torch.get_num_threads()
+    wanted = threads if threads and not os.environ.get("OMP_NUM_THREADS") else current
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
+def score(raw: dict[str, Any], seed: int, data: Any, threads: int | None = None) -> dict[str, float]:
+    """One retraining of ``raw`` with ``seed`` (``threads``: the trials' CPU threads), scored on
+    the test split."""
+    from autogram.trial import run_trial
+
+    with trial_threads(threads):
+        result = run_trial(validate({**raw, "seed": seed}), data=data, eval_split="test")
+    scores = {
+        "accuracy": result.accuracy,
+        "balanced_accuracy": result.balanced_accuracy,
+        "robustness": result.robustness,
+        "cost": result.cost,
+    }
+    scores.update(result.detail)  # missing:<modality> and auc:<modality>
+    return scores
+
+
+class Ledger:
+    """``confirm-runs.jsonl``: one line per finished retraining (none kept when ``path`` is None: a
+    search read from MLflow has no folder to keep them in)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def kept(self, jobs: list[Job], resume: bool) -> dict[str, dict[str, float]]:
+        """The scores of ``jobs`` already finished; refuses to start over them without ``resume``."""
+        lines = self._lines()
+        if lines and not resume:
+            raise ConfigError(
+                f"{self.path} holds {len(lines)} finished retraining(s) of an interrupted confirm: pass --resume "
+                "to keep them, or delete the file to start over"
+            )
+        if resume and self.path is None:
+            raise ConfigError("--resume: a confirm keeps its finished runs in the search folder; name the folder")
+        wanted = {job.key: job.fingerprint for job in jobs}
+        return {line["key"]: line["scores"] for line in lines if wanted.get(line["key"]) == line["fingerprint"]}
+
+    def _lines(self) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.is_file():
+            return []
+        out = []
+        for text in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(text))
+            except json.JSONDecodeError:  # a line cut by a crash mid-write: that run reruns
+                continue
+        return out
+
+    def add(self, job: Job, scores: dict[str, float]) -> None:
+        """Append one finished retraining, synced before the next one starts."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"key": job.key, "fingerprint": job.fingerprint, "scores": scores})
+        with self.path.open("a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        """The confirm is written: its table holds every run, the ledger is not needed."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _remote_score(raw: dict[str, Any], seed: int, threads: int | None) -> dict[str, float]:
+    """A Ray task: load the data on the worker, retrain, score (the data is not shipped)."""
+    return score(raw, seed, load_for(validate({**raw, "seed": seed})), threads)
+
+
+def run_jobs(
+    jobs: list[Job],
+    ledger: Ledger,
+    done: dict[str, dict[str, float]],
+    threads: int | None,
+    parallel: dict[str, Any] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every job's scores by key: ``done`` as kept, the rest run here in order or, with
+    ``parallel`` (``concurrency``, ``address``, ``resources``, ``runtime_env``), as Ray tasks."""
+    todo = [job for job in jobs if job.key not in done]
+    if done:
+        log.info("confirm --resume: %d of %d retraining(s) kept from %s", len(done), len(jobs), ledger.path)
+    results = dict(done)
+    if not todo:
+        return results
+    if parallel is None:
+        data = load_for(validate(todo[0].raw))
+        for job in todo:
+            log.info("confirm: %s, seed %d (%d of %d)", job.label, job.seed, len(results) + 1, len(jobs))
+            results[job.key] = score(job.raw, job.seed, data, threads)
+            ledger.add(job, results[job.key])
+        return results
+    return _on_ray(todo, jobs, ledger, results, threads, parallel)
+
+
+def _on_ray(
+    todo: list[Job],
+    jobs: list[Job],
+    ledger: Ledger,
+    results: dict[str, dict[str, float]],
+    threads: int | None,
+    parallel: dict[str, Any],
+) -> dict[str, dict[str, float]]:
+    import ray
+
+    from autogram.study.ray_setup import init_ray
+
+    started = not ray.is_initialized()
+    if started:
+        init_ray(parallel.get("address"), parallel.get("runtime_env"))
+    resources = parallel.get("resources") or {}
+    task = ray.remote(_remote_score).options(
+        num_cpus=float(resources.get("cpu", 1.0)), num_gpus=float(resources.get("gpu", 0.0)), max_retries=1
+    )
+    limit = max(1, int(parallel.get("concurrency", 1)))
+    pending: dict[Any, Job] = {}
+    queue = list(todo)
+    log.info("confirm: %d retraining(s) as Ray tasks, %d at a time", len(todo), limit)
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                job = queue.pop(0)
+                pending[task.remote(job.raw, job.seed, threads)] = job
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            results[job.key] = ray.get(ready[0])
+            ledger.add(job, results[job.key])
+            log.info("confirm: %s, seed %d done (%d of %d)", job.label, job.seed, len(results), len(jobs))
+    except BaseException:
+        for ref in pending:  # nothing keeps running for a confirm that stopped
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return results
