@@ -14,6 +14,9 @@ machine, on the built-in data at the quickstart config's default sizes (unless n
   plain ``torch.matmul`` of the same shapes;
 - ``orchestration_overhead``: a small search's wall time / (sum of its trial times /
   concurrency) - 1;
+- ``confirm_speedup_concurrency_2``: ``autogram confirm`` of that search's front in one
+  process / as Ray tasks 2 at a time (Ray's start included), the median of alternating
+  repeats with their min-max spread;
 - ``hv_sampler`` vs ``hv_random``: median hypervolume after N trials over several seeds, for
   the configured sampler and for random search, with one shared reference point;
 - ``gpu_*``: trials per hour, GPU busy fraction, peak memory and per-trial overhead of the
@@ -149,6 +152,32 @@ def orchestration(base: dict[str, Any], root: Path, trials: int, concurrency: in
     }
 
 
+def confirm_speedup(directory: Path, seeds: int, repeats: int = 3) -> dict[str, Any]:
+    """``confirm --points front`` of the search in ``directory``, in one process / 2 Ray tasks at
+    a time: the median ratio of alternating repeats (so drift hits both alike), and its spread."""
+    from autogram.confirm import confirm
+
+    ratios, walls = [], {1: [], 2: []}
+    uri = f"sqlite:///{directory.parent / 'mlflow.db'}"
+    level = log.level
+    log.setLevel(logging.ERROR)  # six confirms' progress lines (and "not logged to MLflow": the
+    try:  # bench's searches are not tracked) would drown the bench's own
+        for _ in range(repeats):
+            for concurrency in (1, 2):
+                started = time.perf_counter()
+                confirm(str(directory), seeds, "front", uri, concurrency=concurrency)
+                walls[concurrency].append(time.perf_counter() - started)
+            ratios.append(walls[1][-1] / walls[2][-1])
+    finally:
+        log.setLevel(level)
+    return {
+        "confirm_speedup_concurrency_2": statistics.median(ratios),
+        "confirm_speedup_spread": [min(ratios), max(ratios)],
+        "confirm_seconds": {str(k): statistics.median(v) for k, v in walls.items()},
+        "confirm_repeats": repeats,
+    }
+
+
 def efficiency(base: dict[str, Any], root: Path, trials: int, seeds: int, epochs: int) -> dict[str, float]:
     """Median hypervolume after ``trials`` trials: the configured sampler vs random search."""
     from autogram.report.pareto import hypervolume
@@ -210,6 +239,8 @@ def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> 
             out.update(gram_throughput())
             log.info("bench 4/6: search orchestration overhead")
             out.update(orchestration(base, root, trials=4, concurrency=2, epochs=1 if quick else 6))
+            log.info("bench 4/6: confirm in one process vs on Ray, 2 at a time")
+            out.update(confirm_speedup(root / "bench-orchestration", seeds=2))
             log.info("bench 5/6: search efficiency, %s vs random", base["search"]["sampler"])
             small = json.loads(json.dumps(base))
             small["data"]["builtin"].update(n_train=1000, n_val=400)  # many searches: keep each short

@@ -38,6 +38,14 @@ def format_bench(result: dict[str, Any]) -> str:
         f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "
         f"(trials of {result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
     )
+    if "confirm_speedup_concurrency_2" in result:
+        low, high = result["confirm_speedup_spread"]
+        seconds = result["confirm_seconds"]
+        lines.append(
+            f"confirm of the front: {seconds['1']:.1f}s in one process vs {seconds['2']:.1f}s as 2 Ray tasks at a time "
+            f"-> speed-up {result['confirm_speedup_concurrency_2']:.2f}x (median of {result['confirm_repeats']} "
+            f"alternating repeats, {low:.2f}-{high:.2f})"
+        )
     lines.append(
         f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
         f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"

@@ -252,7 +252,8 @@ def class_hits(
         truth = labels[start : start + batch_size]
         with autocast(device):
             logits = model(batch)
-        correct += torch.bincount(truth[logits.argmax(dim=1) == truth], minlength=num_classes)[:num_classes]
+        # scatter_add, not a boolean mask: no host-device sync per batch on a GPU.
+        correct.scatter_add_(0, truth, (logits.argmax(dim=1) == truth).long())
     model.train(was_training)
     return correct.cpu(), torch.bincount(labels, minlength=num_classes)[:num_classes].cpu()
 
