@@ -109,11 +109,15 @@ _CONSTRAINT = re.compile(
 
 
 class EarlyStopping(_Strict):
-    """ASHA on one per-epoch metric; stopped trials are PRUNED and never on the front."""
+    """Successive halving of the trials at rungs of epochs; stopped trials are PRUNED and never
+    on the front."""
 
-    # The per-epoch metric ASHA compares.
+    # asha: Ray's ASHA on one per-epoch metric; pareto: promote by Pareto rank on the partial
+    # objectives (per-epoch accuracy, cost so far), keeping every trial on a rung's front.
+    kind: Literal["asha", "pareto"] = "asha"
+    # The per-epoch metric ASHA compares (kind asha).
     metric: Literal["accuracy", "loss"] = "accuracy"
-    # Whether higher (max) or lower (min) is better.
+    # Whether higher (max) or lower (min) is better (kind asha).
     mode: Literal["max", "min"] = "max"
     # Epochs every trial runs before it may be stopped.
     grace_period: int = Field(1, ge=1)
@@ -174,7 +178,7 @@ class SearchConfig(_Strict):
     resources: Resources = Resources()
     # Times Ray retries a trial whose worker died.
     max_failures: int = Field(1, ge=0)
-    # ASHA early stopping on one per-epoch metric (null: off).
+    # Early stopping at rungs of epochs: ASHA on one metric, or by Pareto rank (null: off).
     early_stopping: EarlyStopping | None = None
     # What the search varies.
     space: SpaceConfig = SpaceConfig()

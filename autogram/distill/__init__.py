@@ -362,6 +362,11 @@ def train_student(
         metrics = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics["accuracy"] = split_accuracy(student, val, 500, device)
         metrics["epoch_seconds"] = time.perf_counter() - start
+        # The cost so far, as the trial's result will count it (a cached teacher's forward
+        # included): early stopping by Pareto rank compares it at each rung.
+        replaced = float(getattr(teacher, "flops_per_sample", 0.0))
+        metrics["train_gflops"] = (outcome.flops_per_sample + replaced) * outcome.samples / 1e9
+        metrics["train_seconds"] = outcome.seconds
         outcome.epochs = epoch
         outcome.history.append({"epoch": epoch, **metrics})
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

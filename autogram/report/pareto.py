@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["pareto_front", "hypervolume", "pick", "dominates"]
+__all__ = ["pareto_front", "hypervolume", "pick", "dominates", "pareto_ranks", "crowding_distance"]
 
 _DIRECTIONS = ("maximize", "minimize")
 
@@ -45,6 +45,40 @@ def pareto_front(values: Sequence[Sequence[float]] | np.ndarray, directions: Seq
     lt = np.any(points[:, None, :] < points[None, :, :], axis=2)
     dominated = np.any(le & lt, axis=0)
     return [int(i) for i in np.flatnonzero(~dominated)]
+
+
+def pareto_ranks(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> list[int]:
+    """Non-dominated sorting: 0 for the rows on the front, 1 for the front of the rest, ..."""
+    points = _as_min(values, directions)
+    ranks = [-1] * len(points)
+    left = list(range(len(points)))
+    rank = 0
+    while left:
+        front = [left[i] for i in pareto_front(points[left], ["minimize"] * points.shape[1])]
+        for i in front:
+            ranks[i] = rank
+        left = [i for i in left if ranks[i] < 0]
+        rank += 1
+    return ranks
+
+
+def crowding_distance(values: Sequence[Sequence[float]] | np.ndarray, members: Sequence[int]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each row in ``members`` (one front) among themselves: the
+    sum over objectives of the normalised gap between its two neighbours; the ends of each
+    objective get infinity, so the extremes of a front are kept first."""
+    points = np.asarray(values, dtype=float)
+    distance = {int(i): 0.0 for i in members}
+    if len(members) < 3:
+        return {i: float("inf") for i in distance}
+    for column in range(points.shape[1]):
+        order = sorted(members, key=lambda i: points[i, column])
+        low, high = points[order[0], column], points[order[-1], column]
+        distance[int(order[0])] = distance[int(order[-1])] = float("inf")
+        if high == low:
+            continue
+        for before, row, after in zip(order[:-2], order[1:-1], order[2:], strict=True):
+            distance[int(row)] += (points[after, column] - points[before, column]) / (high - low)
+    return distance
 
 
 def _hv_min(points: np.ndarray, reference: np.ndarray) -> float:

@@ -90,17 +90,9 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials, plan.prior)
     if enqueued:
         log.info("baselines first: %s", ", ".join(enqueued))
-    scheduler = None
-    if search.early_stopping is not None:
-        stop = search.early_stopping
-        # Per-epoch reports are iterations 1..epochs, the final scored report is epochs + 1.
-        scheduler = tune.schedulers.ASHAScheduler(
-            metric=stop.metric,
-            mode=stop.mode,
-            max_t=plan.config.train.epochs + 1,
-            grace_period=stop.grace_period,
-            reduction_factor=stop.reduction_factor,
-        )
+    from autogram.study.stopping import scheduler_for
+
+    scheduler = scheduler_for(search, plan.config.train.epochs, plan.config.cost)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -1,0 +1,128 @@
+"""Early stopping (``search.early_stopping``): Ray's ASHA on one metric, or successive halving
+that keeps the Pareto front: asynchronous, its rungs promoting by Pareto rank instead of one
+metric (in the spirit of Syne Tune's MOASHA).
+
+ASHA on accuracy stops whatever lags in accuracy at a rung, which is often the cheap end of
+the front (CE-only recipes) or a recipe that trades a little accuracy for robustness. Here a
+rung compares the *partial objectives* every trial has reported by then: the per-epoch
+validation accuracy (standing in for ``accuracy`` and ``balanced_accuracy``) and the cost so
+far (``train_gflops`` or ``train_seconds``, as ``search.cost`` says). Robustness is scored
+once, at the end of a trial, so it is not part of a rung's comparison.
+
+At each rung (epochs ``grace_period * reduction_factor^k``) a trial continues when it is on
+the front of the trials recorded there so far, or within the best ``1/reduction_factor`` of
+them by (Pareto rank, then crowding distance: the extremes of a front first). Like ASHA it
+never waits: the first trials at a rung always continue. A stopped trial is told to Optuna as
+PRUNED, as with ASHA, and is never on the final front.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from autogram.report.pareto import crowding_distance, pareto_ranks
+
+# Per-epoch keys standing in for each objective at a rung (robustness has none).
+PARTIAL = {"accuracy": "accuracy", "balanced_accuracy": "accuracy"}
+
+
+def rung_columns(objectives: list[dict[str, str]], cost_key: str) -> list[tuple[str, str]]:
+    """(per-epoch key, direction) compared at a rung, one per objective that has one."""
+    columns = []
+    for objective in objectives:
+        key = cost_key if objective["name"] == "cost" else PARTIAL.get(objective["name"])
+        if key is not None and key not in [c[0] for c in columns]:
+            columns.append((key, objective["direction"]))
+    return columns
+
+
+def promoted(rung: dict[str, list[float]], trial: str, directions: list[str], reduction_factor: float) -> bool:
+    """Whether ``trial`` continues past a rung holding ``rung`` (trial id -> partial objectives,
+    itself included): on the rung's front, or within the best ``ceil(n / reduction_factor)``
+    by (Pareto rank, larger crowding distance first)."""
+    ids = list(rung)
+    values = [rung[i] for i in ids]
+    ranks = pareto_ranks(values, directions)
+    me = ids.index(trial)
+    if ranks[me] == 0:
+        return True
+    keep = max(1, math.ceil(len(ids) / reduction_factor))
+    order: list[int] = []
+    for rank in range(max(ranks) + 1):
+        members = [i for i, r in enumerate(ranks) if r == rank]
+        crowding = crowding_distance(_as_min(values, directions), members)
+        order += sorted(members, key=lambda i: -crowding[i])
+    return me in order[:keep]
+
+
+def _as_min(values: list[list[float]], directions: list[str]) -> list[list[float]]:
+    return [[-v if d == "maximize" else v for v, d in zip(row, directions, strict=True)] for row in values]
+
+
+class ParetoSuccessiveHalving(FIFOScheduler):
+    """A Ray Tune scheduler: asynchronous successive halving by Pareto rank (module doc)."""
+
+    def __init__(
+        self,
+        columns: list[tuple[str, str]],
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 2.0,
+        time_attr: str = "training_iteration",
+    ) -> None:
+        super().__init__()
+        self.columns = columns
+        self.reduction_factor = reduction_factor
+        self.time_attr = time_attr
+        milestones, t = [], float(grace_period)
+        while t < max_t:
+            milestones.append(int(round(t)))
+            t *= reduction_factor
+        self.milestones = sorted(set(milestones))
+        self.rungs: dict[int, dict[str, list[float]]] = {m: {} for m in self.milestones}
+        self.stopped = 0
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        """CONTINUE, or STOP a trial that a rung it reaches does not promote."""
+        epoch = result.get(self.time_attr)
+        if result.get("final") or epoch not in self.rungs or any(k not in result for k, _ in self.columns):
+            return TrialScheduler.CONTINUE
+        rung = self.rungs[epoch]
+        rung[trial.trial_id] = [float(result[k]) for k, _ in self.columns]
+        directions = [d for _, d in self.columns]
+        if promoted(rung, trial.trial_id, directions, self.reduction_factor):
+            return TrialScheduler.CONTINUE
+        self.stopped += 1
+        return TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        """One line for Ray's status table."""
+        return f"Pareto successive halving: rungs at epochs {self.milestones}, {self.stopped} trial(s) stopped"
+
+
+def scheduler_for(search: Any, epochs: int, cost: str) -> Any:
+    """The Ray Tune scheduler ``search.early_stopping`` asks for (None: off). Per-epoch reports
+    are iterations 1..epochs; the final scored report is epochs + 1."""
+    stop = search.early_stopping
+    if stop is None:
+        return None
+    if stop.kind == "pareto":
+        objectives = [o.model_dump() for o in search.objectives]
+        return ParetoSuccessiveHalving(
+            rung_columns(objectives, cost),
+            max_t=epochs + 1,
+            grace_period=stop.grace_period,
+            reduction_factor=stop.reduction_factor,
+        )
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric=stop.metric,
+        mode=stop.mode,
+        max_t=epochs + 1,
+        grace_period=stop.grace_period,
+        reduction_factor=stop.reduction_factor,
+    )
