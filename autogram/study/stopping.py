@@ -53,13 +53,11 @@ def promoted(rung: dict[str, list[float]], trial: str, directions: list[str], re
     order: list[int] = []
     for rank in range(max(ranks) + 1):
         members = [i for i, r in enumerate(ranks) if r == rank]
-        crowding = crowding_distance(_as_min(values, directions), members)
+        # Crowding distance sums normalised gaps, which negating a column does not change:
+        # the raw values serve whatever the directions.
+        crowding = crowding_distance(values, members)
         order += sorted(members, key=lambda i: -crowding[i])
     return me in order[:keep]
-
-
-def _as_min(values: list[list[float]], directions: list[str]) -> list[list[float]]:
-    return [[-v if d == "maximize" else v for v, d in zip(row, directions, strict=True)] for row in values]
 
 
 class ParetoSuccessiveHalving(FIFOScheduler):
