@@ -46,6 +46,7 @@ def search(
     address: str | None = None,
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    warm_start: str | None = None,
 ) -> dict[str, Any]:
     """Run a search (as ``autogram search``) and return its front document.
 
@@ -59,7 +60,9 @@ def search(
 
     cfg = with_objects(config, teacher, student)
     loaded = load_data(cfg.data, data) if data is not None else None
-    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, data=loaded, address=address)
+    plan = plan_search(
+        cfg, name, Path(out), resume, tracking_uri, experiment, data=loaded, address=address, warm_start=warm_start
+    )
     plan.python_objects = _objects(cfg)
     plan.code_targets = list((data or {}).values())
     return run_search(plan, resume=resume, address=address)

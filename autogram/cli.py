@@ -194,6 +194,9 @@ def trial(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool) -
     help="Folder holding searches.",
 )
 @click.option("--resume", is_flag=True, help="Continue the search NAME after a crash or Ctrl-C.")
+@click.option(
+    "--warm-start", metavar="EARLIER", help="Seed the sampler with search EARLIER's finished trials that fit."
+)
 @click.option("--address", help="Address of an existing Ray cluster ('auto' finds a local one).")
 @click.option(
     "--storage",
@@ -212,6 +215,7 @@ def search(
     name: str | None,
     out: str,
     resume: bool,
+    warm_start: str | None,
     address: str | None,
     storage: str | None,
     tracking_uri: str | None,
@@ -228,7 +232,7 @@ def search(
     from autogram.study import plan_search, run_search
     from autogram.study.resume import SearchInterrupted
 
-    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address)
+    plan = plan_search(cfg, name, Path(out), resume, tracking_uri, experiment, address=address, warm_start=warm_start)
     try:
         document = run_search(plan, resume=resume, address=address)
     except SearchInterrupted as exc:

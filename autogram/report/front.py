@@ -71,6 +71,8 @@ def build_front(
                 "reads_teacher": trial.user_attrs.get("reads_teacher"),
                 "missing": trial.user_attrs.get("missing", {}),
                 "balanced_accuracy": trial.user_attrs.get("balanced_accuracy"),
+                # --warm-start: copied from an earlier search, "<search>#<its trial number>"
+                "warm": _warm(trial.user_attrs),
             }
         )
     ok = [e for e in entries if e["status"] == "ok"]
@@ -88,6 +90,10 @@ def build_front(
     document["verdict"] = verdict(document)
     document["teacher_adds"] = teacher_adds(document)
     return document
+
+
+def _warm(attrs: dict[str, Any]) -> str | None:
+    return f"{attrs['warm']}#{attrs.get('warm_number')}" if attrs.get("warm") else None
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -118,7 +124,7 @@ def format_front(document: dict[str, Any]) -> str:
     ]
     for trial in front:
         params = trial["params"]
-        label = trial.get("baseline") or trial.get("tag")
+        label = trial.get("baseline") or trial.get("tag") or (f"warm {trial['warm']}" if trial.get("warm") else "")
         tag = f"  [{label}]" if label else ""
         count = pair_count(params)
         pairs = "-" if count is None else str(count)

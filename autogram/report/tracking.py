@@ -24,6 +24,7 @@ TAG_SEARCH, TAG_DIR, TAG_KIND = "autogram.search", "autogram.search_dir", "autog
 PARENT = "mlflow.parentRunId"
 TAG_BASELINE = "autogram.baseline"
 TAG_TAG = "autogram.tag"  # e.g. "prior": the prior's best layer mapping
+TAG_WARM = "autogram.warm"  # "<search>#<number>": a trial copied by --warm-start
 TAG_READS_TEACHER = "autogram.reads_teacher"  # "true" when a term of the trial read the teacher
 
 

@@ -66,7 +66,7 @@ def _trainable(
     return tune.with_resources(fn, {"cpu": resources.cpu, "gpu": resources.gpu})
 
 
-def _tuner(plan: SearchPlan, trainable: Any) -> Any:
+def _tuner(plan: SearchPlan, trainable: Any, tracker: Any) -> Any:
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -76,8 +76,9 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
     from autogram.study.space import SpaceSampler
 
     search = plan.config.search
+    sampler = SpaceSampler(search.space, plan.candidates)
     searcher = AutogramOptunaSearch(
-        space=SpaceSampler(search.space, plan.candidates),
+        space=sampler,
         metric=[o.name for o in search.objectives],
         mode=["max" if o.direction == "maximize" else "min" for o in search.objectives],
         sampler=make_sampler(search.sampler, search.seed, search.trials),
@@ -86,6 +87,9 @@ def _tuner(plan: SearchPlan, trainable: Any) -> Any:
         constraints=search.parsed_constraints(),
     )
     from autogram.study.baselines import enqueue_baselines
+    from autogram.study.warm import warm_up
+
+    warm_up(plan, searcher._ot_study, sampler, tracker)  # before the baselines: TPE sees them first
 
     enqueued = enqueue_baselines(searcher._ot_study, plan.baselines or {}, search.trials, plan.prior)
     if enqueued:
@@ -345,7 +349,7 @@ def _fit(
             log.info("resuming from %s", tune_path)
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
-            tuner = _tuner(plan, trainable)
+            tuner = _tuner(plan, trainable, tracker)
         logging.getLogger("ray.tune.tune").addFilter(TUNE_NOISE)  # adds it once per process
         tune_state.keep_in(plan.directory / TUNE_DIR)
         if interrupted(tuner.fit(), cfg.search.trials):

@@ -49,6 +49,7 @@ class SearchPlan:
     defaults: dict[str, str] | None = None
     ranking: Any = None
     prior: dict[str, Any] | None = None  # the prior's best mapping, as Optuna parameters
+    warm: Any = None  # --warm-start: the earlier search (a WarmSource) whose trials seed the study
 
     @property
     def mapping(self) -> bool:
@@ -76,10 +77,12 @@ def plan_search(
     experiment: str | None = None,
     data: Any = None,
     address: str | None = None,
+    warm_start: str | None = None,
 ) -> SearchPlan:
     """Validate the space against the real taps and the search directory; raises ConfigError.
 
-    ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine).
+    ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine);
+    ``warm_start`` an earlier search under ``out`` whose finished trials seed the new study.
     """
     from autogram.models import default_pairs, resolve_pairs
     from autogram.study.cluster import check_execution
@@ -89,6 +92,13 @@ def plan_search(
 
     if resume:
         cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
+    warm = None
+    if warm_start:
+        from autogram.study.warm import find_source
+
+        if resume:
+            raise ConfigError("--warm-start seeds a new search; --resume continues one (its study is seeded already)")
+        warm = find_source(out, warm_start)
     # Tracking, devices, storage and cluster first: a bad one fails in seconds, before models are built.
     from autogram.config.credentials import check_tracking, tracking_url
     from autogram.report.tracking import tracking_uri as resolve_uri
@@ -140,6 +150,7 @@ def plan_search(
         parts=parts if mapping else None,
         all_pairs=pairs if mapping else None,
         defaults=defaults if mapping else None,
+        warm=warm,
     )
 
 
