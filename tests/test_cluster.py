@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,7 +150,22 @@ def test_a_worker_node_killed_mid_trial_loses_and_duplicates_nothing(cluster: Ra
     assert len(children) == 4
     retried = [r for r in children if r.data.tags["ray_trial_id"] in restarted]
     assert retried and all(r.data.tags["ray_node_id"] == head.node_id for r in retried)
+    # The teacher cache was built by Ray tasks over shards of the train split, on both nodes
+    # (one CPU per node: six one-CPU shards spill over from the head), before the kill.
+    shard_nodes = set(re.findall(r"teacher cache: shard \d+/\d+ done \(.*node (\w+)\)", err))
+    assert "from 6 shards" in err and shard_nodes == {head.node_id[:12], worker.node_id[:12]}, err[-3000:]
     print(f"\ntwo-node search, worker raylet killed mid-trial: wall {front['wall_seconds']:.1f}s")
+
+    # confirm on the cluster (what is left of it: the head), its retrainings as Ray tasks.
+    command = [sys.executable, "-m", "autogram", "confirm", str(directory), "--seeds", "1", "--points", "front"]
+    command += ["--address", cluster.address, "--concurrency", "2", "--json"]
+    proc = subprocess.run(command, cwd=tmp_path, env=_env(cluster), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["rows"] and all(len(row["runs"]) == 1 for row in result["rows"])
+    assert all(0.0 <= row["runs"][0]["accuracy"] <= 1.0 for row in result["rows"])
+    assert f"confirm: {len(result['rows'])} retraining(s) as Ray tasks, 2 at a time" in proc.stderr
+    assert (directory / "confirm" / "confirm.json").is_file()
 
 
 def test_an_out_folder_a_node_cannot_see_fails_before_any_trial(cluster: RayCluster, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ teacher is trained (or found) once, here, and shipped to workers as bytes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -195,6 +194,7 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
     from autogram.data import load_data
     from autogram.study import tune_state
     from autogram.study.optuna_search import finished_trials
+    from autogram.study.ray_setup import ray_session
     from autogram.tensors.runtime import pick_device
 
     cfg = plan.config
@@ -205,21 +205,23 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
             "trials run on the CPU: search.resources.gpu is 0 (the teacher and its cache use the GPU); "
             "set it to pack trials on the GPU, e.g. --set search.resources.gpu=0.25"
         )
-    handle, cache_dir = _teacher_and_cache(plan, data, device, resume)
-    _write_spec(plan, handle)
-    if resume:
-        try:  # before anything reads Ray's state: a file cut by the kill goes back one save
-            tune_state.repair(plan.directory / TUNE_DIR)
-        except tune_state.TuneStateError as exc:
-            raise ConfigError(f"--resume: {exc}") from None
-    tracker = _start_tracker(plan, handle, resume) if track else None
-    _tune_environment()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.perf_counter()
-    finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
-    if resume:
-        requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
-    _fit(plan, lambda: _trainable(plan, data, cache_dir, handle, finished), finished, resume, address, tracker)
+    # Ray from the start: a search's teacher cache is built by Ray tasks (teacher/shards.py).
+    with ray_session(plan, address):
+        handle, cache_dir = _teacher_and_cache(plan, data, device, resume)
+        _write_spec(plan, handle)
+        if resume:
+            try:  # before anything reads Ray's state: a file cut by the kill goes back one save
+                tune_state.repair(plan.directory / TUNE_DIR)
+            except tune_state.TuneStateError as exc:
+                raise ConfigError(f"--resume: {exc}") from None
+        tracker = _start_tracker(plan, handle, resume) if track else None
+        _tune_environment()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        started = time.perf_counter()
+        finished = finished_trials(plan.storage_url, plan.name) if resume else frozenset()
+        if resume:
+            requeue_lost_trials(plan.directory, plan.storage_url, plan.name, tracker)
+        _fit(plan, lambda: _trainable(plan, data, cache_dir, handle, finished), finished, resume, address, tracker)
     return _finish(plan, handle, tracker, started)
 
 
@@ -238,12 +240,20 @@ def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any, resume: bool) -
         return handle, None
     from autogram.distill.cache_plan import search_layout
     from autogram.teacher.cache import ensure_cache
+    from autogram.teacher.shards import search_builder
 
     # Only the taps some term of the space can read, in the forms it reads them.
     layout = search_layout(cfg, plan.setup, handle.taps)
     root = cfg.teacher.cache_dir / "signals"
     return handle, ensure_cache(
-        handle.model, handle.identity, data, layout, device, root, max_gb=cfg.teacher.cache_max_gb
+        handle.model,
+        handle.identity,
+        data,
+        layout,
+        device,
+        root,
+        max_gb=cfg.teacher.cache_max_gb,
+        builder=search_builder(cfg, device),
     )
 
 
@@ -315,24 +325,15 @@ def _fit(
     tracker: Any,
 ) -> None:
     """Run the trials on Ray (a local one unless ``address``); raises SearchInterrupted on Ctrl-C."""
-    import ray
     from ray import tune
 
     from autogram.study import callbacks, tune_state
-    from autogram.study.lock import recording_processes
     from autogram.study.progress import Progress
-    from autogram.study.ray_setup import code_path, init_ray, ray_runtime_env
 
     cfg = plan.config
     key = str(plan.directory)
     callbacks.register(key, [Progress(plan, cfg.search.trials), *([tracker] if tracker else [])], finished)
-    restore = code_path(plan, address)
-    stack = contextlib.ExitStack()
     try:
-        if not ray.is_initialized():  # a cluster (--address) was joined while planning
-            init_ray(address, ray_runtime_env(cfg, address))
-        if address is None:  # this driver's own Ray: listed in its lock, for a SIGKILL's aftermath
-            stack.enter_context(recording_processes(plan.directory))
         log.info(
             "search %s: %d trials, concurrency %d, sampler %s -> %s",
             plan.name,
@@ -361,16 +362,8 @@ def _fit(
             tracker.abort("KILLED" if isinstance(exc, SearchInterrupted | KeyboardInterrupt) else "FAILED")
         raise
     finally:
-        stack.close()
         tune_state.keep_in(None)
         callbacks.unregister(key)
-        if address is None and ray.is_initialized():
-            ray.shutdown()
-        for name, value in (restore or {}).items():
-            if value:
-                os.environ[name] = value
-            else:
-                os.environ.pop(name, None)
 
 
 def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,3 +69,31 @@ def ray_runtime_env(cfg: Any, address: str | None = None) -> dict[str, Any] | No
     runtime_env = cfg.search.runtime_env.for_ray() if cfg.search.runtime_env else {}
     runtime_env["env_vars"] = {CHDIR_ENV: os.environ.get(CHDIR_ENV, "0"), **runtime_env.get("env_vars", {})}
     return runtime_env
+
+
+@contextlib.contextmanager
+def ray_session(plan: SearchPlan, address: str | None) -> Iterator[None]:
+    """Ray for one search driver, from the teacher cache's build to the last trial: a local Ray
+    (listed in the search's lock, for a SIGKILL's aftermath) shut down at the end, or the
+    cluster ``address`` joined while planning; the user's code on local workers' path."""
+    import ray
+
+    from autogram.study.lock import recording_processes
+
+    restore = code_path(plan, address)
+    stack = contextlib.ExitStack()
+    try:
+        if not ray.is_initialized():  # a cluster (--address) was joined while planning
+            init_ray(address, ray_runtime_env(plan.config, address))
+        if address is None:
+            stack.enter_context(recording_processes(plan.directory))
+        yield
+    finally:
+        stack.close()
+        if address is None and ray.is_initialized():
+            ray.shutdown()
+        for name, value in (restore or {}).items():
+            if value:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)

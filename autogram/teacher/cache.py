@@ -234,13 +234,23 @@ def build_cache(
 
 
 def _write_arrays(
-    model: torch.nn.Module, split: Any, layout: CacheLayout, device: torch.device, tmp: Path, key: str, batch_size: int
+    model: torch.nn.Module,
+    split: Any,
+    layout: CacheLayout,
+    device: torch.device,
+    tmp: Path,
+    key: str,
+    batch_size: int,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """Write the arrays of samples ``rows`` (start, stop; default: the whole split) and their
+    manifest into ``tmp``; batches start at multiples of ``batch_size`` from ``rows[0]``."""
     from autogram.models.features import capture
     from autogram.teacher.sketch import Sketcher
     from autogram.tensors.runtime import autocast
 
-    n = len(split)
+    first, stop = rows if rows is not None else (0, len(split))
+    n = stop - first
     outputs: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     sketchers = {}
@@ -253,8 +263,8 @@ def _write_arrays(
     started = last_report = time.perf_counter()
     flops_per_sample = 0.0
     for start in range(0, n, batch_size):
-        rows = split.rows(np.arange(start, min(start + batch_size, n)))
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in rows.items()}
+        chunk = split.rows(np.arange(first + start, first + min(start + batch_size, n)))
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in chunk.items()}
         with torch.no_grad(), autocast(device), capture(model, list(layout.taps)) as feats:
             if start == 0:  # the forward a live teacher would run per sample, for the cost objective
                 from torch.utils.flop_counter import FlopCounterMode
@@ -277,6 +287,20 @@ def _write_arrays(
         if time.perf_counter() - last_report > 10:  # a big teacher's cache takes a while: show progress
             last_report = time.perf_counter()
             log.info("teacher cache: %d/%d samples (%.0fs)", start + len(logits), n, last_report - started)
+    return write_manifest(outputs, dtypes, tmp, key, layout, flops_per_sample, started)
+
+
+def write_manifest(
+    outputs: dict[str, np.ndarray],
+    dtypes: dict[str, str],
+    tmp: Path,
+    key: str,
+    layout: CacheLayout,
+    flops_per_sample: float,
+    started: float,
+) -> dict[str, Any]:
+    """Flush the memory-mapped ``outputs`` in ``tmp`` and write the manifest, last."""
+    n = len(next(iter(outputs.values()))) if outputs else 0
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "key": key,
@@ -335,9 +359,11 @@ def ensure_cache(
     device: torch.device,
     root: Path,
     max_gb: float | None = None,
+    builder: Any = None,
 ) -> Path:
     """The folder of a valid cache for this teacher, data and layout (a plain tap list stores
-    those taps' features exactly), built or rebuilt as needed."""
+    those taps' features exactly), built or rebuilt as needed: by :func:`build_cache` in this
+    process, or by ``builder`` (same arguments; a search's: shards over Ray, see shards.py)."""
     layout = taps if isinstance(taps, CacheLayout) else CacheLayout.plan(list(taps))
     key = cache_key(teacher_key, data.fingerprint, layout, device)
     directory = root / key[:16]
@@ -358,5 +384,5 @@ def ensure_cache(
             log.warning("teacher cache: %s; rebuilding", exc)
         if model is None:
             raise CacheInvalid(f"{directory}: no valid cache, and no teacher model here to build it") from None
-        build_cache(model, split, layout, device, directory, key)
+        (builder or build_cache)(model, split, layout, device, directory, key)
     return directory
