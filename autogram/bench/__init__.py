@@ -1,7 +1,9 @@
 """``autogram bench``: where the time goes, measured side by side in one run.
 
 Every figure is a ratio of two measurements taken in the same process on the same
-machine, on the built-in data at the quickstart config's default sizes (unless noted):
+machine, on the built-in data at the quickstart config's default sizes (unless noted);
+every timing ratio is the median of >= 3 rounds with the sides in turn, with its range
+(:mod:`autogram.bench.repeats`):
 
 - ``cache_speedup_cold`` / ``cache_speedup_warm`` (``cache_speedup`` = warm): a trial's wall
   time with the teacher live / with the teacher cache, the cache's files evicted from the
@@ -19,6 +21,7 @@ machine, on the built-in data at the quickstart config's default sizes (unless n
   repeats with their min-max spread;
 - ``hv_sampler`` vs ``hv_random``: median hypervolume after N trials over several seeds, for
   the configured sampler and for random search, with one shared reference point;
+- ``cache_build_speedup_2_workers`` and ``early_stopping`` (:mod:`autogram.bench.scaling`);
 - ``gpu_*``: trials per hour, GPU busy fraction, peak memory and per-trial overhead of the
   same trials packed 1, 4 and 8 to a GPU (:mod:`autogram.bench.gpu`; null without CUDA).
 """
@@ -40,8 +43,9 @@ from autogram.config import TrialConfig, validate
 log = logging.getLogger("autogram")
 
 
-def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, float]:
+def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, Any]:
     """Median step time of each loss variant / the CE+KD step, teacher cached."""
+    from autogram.bench.repeats import ratio
     from autogram.distill import _step
     from autogram.distill.cache_plan import layout_for
     from autogram.teacher import ensure_teacher
@@ -85,7 +89,8 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
     samples: dict[str, list[float]] = {name: [] for name in variants}
     # A step queues GPU work without waiting for it: wait before reading the clock.
     settle = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    # Variants take turns step by step, so a change in machine load hits them all alike.
+    # Variants take turns step by step, so a change in machine load hits them all alike; the
+    # steps fall into 3 blocks, each block's medians give one ratio (median and range kept).
     for step in range(steps + 5):
         idx = torch.arange(step * batch, (step + 1) * batch) % len(labels)
         on_device = idx.to(device)
@@ -97,14 +102,23 @@ def step_ratios(base: dict[str, Any], data: Any, steps: int = 30) -> dict[str, f
             settle()
             if step >= 5:  # warm-up steps excluded
                 samples[name].append(time.perf_counter() - start)
-    times = {name: statistics.median(values) for name, values in samples.items()}
-    return {name: t / times["ce_kd"] for name, t in times.items()} | {"ce_kd_step_ms": times["ce_kd"] * 1e3}
+    blocks = 3
+    size = len(samples["ce_kd"]) // blocks
+    medians = {n: [statistics.median(v[b * size : (b + 1) * size]) for b in range(blocks)] for n, v in samples.items()}
+    ratios = {name: ratio(per_block, medians["ce_kd"]) for name, per_block in medians.items()}
+    out: dict[str, Any] = {name: r["median"] for name, r in ratios.items()}
+    out["ce_kd_step_ms"] = statistics.median(samples["ce_kd"]) * 1e3
+    out["spread"] = {name: r["spread"] for name, r in ratios.items() if name != "ce_kd"}
+    out["repeats"] = blocks
+    return out
 
 
-def gram_throughput(batch: int = 64, repeats: int = 50) -> dict[str, float]:
-    """GFLOP/s of the sample-Gram loss on a default tap pair's shapes vs a plain matmul."""
+def gram_throughput(batch: int = 64, repeats: int = 50, rounds: int = 3) -> dict[str, Any]:
+    """GFLOP/s of the sample-Gram loss on a default tap pair's shapes vs a plain matmul, in
+    turns for ``rounds`` rounds (medians, and the ratio's range)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from autogram.bench.repeats import ratio
     from autogram.tensors.losses import gram_loss
 
     student, teacher = torch.randn(batch, 16, 256), torch.randn(batch, 128, 17)
@@ -120,9 +134,17 @@ def gram_throughput(batch: int = 64, repeats: int = 50) -> dict[str, float]:
         return counter.get_total_flops() * repeats / (time.perf_counter() - start) / 1e9
 
     flat_s, flat_t = student.reshape(batch, -1), teacher.reshape(batch, -1)
-    gram = rate(lambda: gram_loss(student, teacher, "sample"))
-    matmul = rate(lambda: (torch.matmul(flat_s, flat_s.t()), torch.matmul(flat_t, flat_t.t())))
-    return {"gram_gflops": gram, "matmul_gflops": matmul}
+    grams, matmuls = [], []
+    for _ in range(rounds):
+        grams.append(rate(lambda: gram_loss(student, teacher, "sample")))
+        matmuls.append(rate(lambda: (torch.matmul(flat_s, flat_s.t()), torch.matmul(flat_t, flat_t.t()))))
+    share = ratio(grams, matmuls)
+    return {
+        "gram_gflops": statistics.median(grams),
+        "matmul_gflops": statistics.median(matmuls),
+        "gram_vs_matmul": share["median"],
+        "gram_vs_matmul_spread": share["spread"],
+    }
 
 
 def _search(raw: dict[str, Any], root: Path, name: str) -> dict[str, Any]:
@@ -138,17 +160,26 @@ def _search(raw: dict[str, Any], root: Path, name: str) -> dict[str, Any]:
     return document
 
 
-def orchestration(base: dict[str, Any], root: Path, trials: int, concurrency: int, epochs: int) -> dict[str, float]:
-    """A small search's wall time against the ideal: sum of trial times / concurrency."""
+def orchestration(
+    base: dict[str, Any], root: Path, trials: int, concurrency: int, epochs: int, repeats: int = 3
+) -> dict[str, Any]:
+    """A small search's wall time against the ideal, sum of trial times / concurrency: the median
+    of ``repeats`` searches, with their range (the first is kept for the confirm figure)."""
     raw = json.loads(json.dumps(base))
     raw["train"]["epochs"] = epochs
     raw["search"].update(trials=trials, concurrency=concurrency, early_stopping=None)
-    document = _search(raw, root, "bench-orchestration")
-    ideal = sum(document["trial_seconds"]) / concurrency
+    overheads, walls, trial_seconds = [], [], []
+    for index in range(repeats):
+        document = _search(raw, root, "bench-orchestration" + (f"-{index}" if index else ""))
+        overheads.append(document["wall_seconds"] / (sum(document["trial_seconds"]) / concurrency) - 1)
+        walls.append(document["wall_seconds"])
+        trial_seconds += document["trial_seconds"]
     return {
-        "search_wall_seconds": document["wall_seconds"],
-        "mean_trial_seconds": statistics.mean(document["trial_seconds"]),
-        "orchestration_overhead": document["wall_seconds"] / ideal - 1,
+        "search_wall_seconds": statistics.median(walls),
+        "mean_trial_seconds": statistics.mean(trial_seconds),
+        "orchestration_overhead": statistics.median(overheads),
+        "orchestration_overhead_spread": [min(overheads), max(overheads)],
+        "orchestration_repeats": repeats,
     }
 
 
@@ -218,6 +249,7 @@ def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> 
     ``gpu_only`` measures only the GPU figures (packed trials), for a short turn on a GPU."""
     from autogram.bench.cache import cache_figures, cache_speedup
     from autogram.bench.gpu import gpu_figures
+    from autogram.bench.scaling import cache_build_speedup, early_stopping
     from autogram.data import load_data
 
     base = cfg.model_dump(mode="json")
@@ -230,22 +262,26 @@ def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> 
         root = Path(tmp)
         if not gpu_only:
             data = load_data(cfg.data)
-            log.info("bench 1/6: teacher cache: size, build time, sketch error; trial time cached (cold, warm) vs live")
+            log.info("bench 1/8: teacher cache: size, build time, sketch error; trial time cached (cold, warm) vs live")
             out.update(cache_figures(base, data, root))
             out.update(cache_speedup(base, data, epochs=2 if quick else base["train"]["epochs"]))
-            log.info("bench 2/6: training-step time per loss variant")
+            log.info("bench 2/8: teacher cache built in one process vs over 2 one-CPU Ray workers")
+            out.update(cache_build_speedup(base, data, root))
+            log.info("bench 3/8: training-step time per loss variant")
             out["step_ratio"] = step_ratios(base, data)
-            log.info("bench 3/6: Gram GFLOP/s vs matmul")
+            log.info("bench 4/8: Gram GFLOP/s vs matmul")
             out.update(gram_throughput())
-            log.info("bench 4/6: search orchestration overhead")
+            log.info("bench 5/8: search orchestration overhead; confirm in one process vs on Ray, 2 at a time")
             out.update(orchestration(base, root, trials=4, concurrency=2, epochs=1 if quick else 6))
-            log.info("bench 4/6: confirm in one process vs on Ray, 2 at a time")
             out.update(confirm_speedup(root / "bench-orchestration", seeds=2))
-            log.info("bench 5/6: search efficiency, %s vs random", base["search"]["sampler"])
             small = json.loads(json.dumps(base))
             small["data"]["builtin"].update(n_train=1000, n_val=400)  # many searches: keep each short
+            log.info("bench 6/8: search efficiency, %s vs random", base["search"]["sampler"])
             out.update(efficiency(small, root, trials=6 if quick else 12, seeds=3, epochs=2 if quick else 4))
-        log.info("bench 6/6: GPU throughput of packed trials (null without CUDA)")
+            log.info("bench 7/8: early stopping: none vs asha vs pareto, hypervolume and CPU-seconds")
+            trials, epochs = (8, 4) if quick else (16, 8)
+            out.update(early_stopping(small, root, _search, trials=trials, epochs=epochs, seeds=1 if quick else 2))
+        log.info("bench 8/8: GPU throughput of packed trials (null without CUDA)")
         out.update(gpu_figures(base, root, trials=8 if quick else 32, search=_search))
     out["bench_seconds"] = time.perf_counter() - started
     return out

@@ -10,7 +10,8 @@
   with respect to the student's features, sketched teacher against exact teacher;
 - ``cache_speedup_cold`` / ``cache_speedup_warm``: a trial's wall time with the live teacher
   over its wall time with the cache, the cache's files first evicted from the page cache
-  (``posix_fadvise(DONTNEED)``) and the process's in-memory copy dropped, then again warm.
+  (``posix_fadvise(DONTNEED)``) and the process's in-memory copy dropped, then again warm;
+  the three in turns, 3 rounds, each speed-up the median of the rounds with its range.
 """
 
 from __future__ import annotations
@@ -46,16 +47,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
 
 
-def _timed_trial(cfg: Any, data: Any) -> float:
-    from autogram.trial import run_trial
-
-    start = time.perf_counter()
-    run_trial(cfg, data=data)
-    return time.perf_counter() - start
-
-
-def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, float]:
-    """The same trial live, cached from a cold page cache, and cached warm."""
+def cache_speedup(base: dict[str, Any], data: Any, epochs: int, repeats: int = 3) -> dict[str, Any]:
+    """The same trial cached from a cold page cache, cached warm, and live, in turns, ``repeats``
+    rounds: each speed-up is the median of the rounds' ratios, with their range."""
+    from autogram.bench.repeats import alternate, ratio
     from autogram.teacher.reader import RESIDENT_KIND
     from autogram.tensors.runtime import drop_resident
     from autogram.trial import run_trial
@@ -68,19 +63,29 @@ def cache_speedup(base: dict[str, Any], data: Any, epochs: int) -> dict[str, flo
     # Warm-up: the same code paths once (building the cache if need be), so the cold trial
     # differs from the warm one only in its reads; it names the cache it read.
     warm_up = run_trial(cached.model_copy(update={"train": cached.train.model_copy(update={"epochs": 1})}), data=data)
-    if warm_up.teacher.get("cache"):  # none when the config's terms never read the teacher
-        evict(Path(warm_up.teacher["cache"]))
-    drop_resident(RESIDENT_KIND)
-    cold = _timed_trial(cached, data)
-    warm = _timed_trial(cached, data)
-    without = _timed_trial(live, data)
+    folder = warm_up.teacher.get("cache")  # none when the config's terms never read the teacher
+
+    def cold() -> None:
+        if folder:
+            evict(Path(folder))
+        drop_resident(RESIDENT_KIND)
+        run_trial(cached, data=data)
+
+    seconds = alternate(
+        {"cold": cold, "warm": lambda: run_trial(cached, data=data), "live": lambda: run_trial(live, data=data)},
+        repeats,
+    )
+    speedup_cold, speedup_warm = ratio(seconds["live"], seconds["cold"]), ratio(seconds["live"], seconds["warm"])
     return {
-        "trial_seconds_cached_cold": cold,
-        "trial_seconds_cached": warm,
-        "trial_seconds_live": without,
-        "cache_speedup_cold": without / cold,
-        "cache_speedup_warm": without / warm,
-        "cache_speedup": without / warm,
+        "trial_seconds_cached_cold": statistics.median(seconds["cold"]),
+        "trial_seconds_cached": statistics.median(seconds["warm"]),
+        "trial_seconds_live": statistics.median(seconds["live"]),
+        "cache_speedup_cold": speedup_cold["median"],
+        "cache_speedup_cold_spread": speedup_cold["spread"],
+        "cache_speedup_warm": speedup_warm["median"],
+        "cache_speedup_warm_spread": speedup_warm["spread"],
+        "cache_speedup": speedup_warm["median"],
+        "cache_speedup_repeats": repeats,
         "trial_epochs": epochs,
     }
 

@@ -24,19 +24,34 @@ def format_bench(result: dict[str, Any]) -> str:
         f"  sketch error over {result['sketch_batches']} batches: sample-Gram loss median {loss['median']:.2%} "
         f"(p95 {loss['p95']:.2%}), its gradient median {grad['median']:.2%} (p95 {grad['p95']:.2%})"
     )
+    repeats = result["cache_speedup_repeats"]
     lines.append(
         f"  trial {result['trial_seconds_live']:.1f}s live vs {result['trial_seconds_cached_cold']:.1f}s cached "
         f"(cold page cache) / {result['trial_seconds_cached']:.1f}s (warm) -> speed-up "
-        f"{result['cache_speedup_cold']:.2f}x cold, {result['cache_speedup_warm']:.2f}x warm"
+        f"{_ranged(result['cache_speedup_cold'], result['cache_speedup_cold_spread'], repeats)} cold, "
+        f"{_ranged(result['cache_speedup_warm'], result['cache_speedup_warm_spread'], repeats)} warm"
     )
-    lines.append(f"step time / CE+KD step ({result['step_ratio']['ce_kd_step_ms']:.1f} ms, teacher cached):")
-    for name, ratio in result["step_ratio"].items():
-        if name != "ce_kd_step_ms":
-            lines.append(f"  {name:<34} {ratio:.2f}x")
-    lines.append(f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s")
+    built = result["cache_build_seconds_compared"]
+    sharded = _ranged(
+        result["cache_build_speedup_2_workers"], result["cache_build_speedup_spread"], result["cache_build_repeats"]
+    )
     lines.append(
-        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% "
-        f"(trials of {result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
+        f"  cache build: {built['one_process']:.1f}s in one process vs {built['sharded']:.1f}s as shards on 2 "
+        f"one-CPU Ray workers -> {sharded}"
+    )
+    steps = result["step_ratio"]
+    lines.append(f"step time / CE+KD step ({steps['ce_kd_step_ms']:.1f} ms, teacher cached):")
+    for name, spread in steps["spread"].items():
+        lines.append(f"  {name:<34} {_ranged(steps[name], spread, steps['repeats'])}")
+    lines.append(
+        f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s "
+        f"({_ranged(result['gram_vs_matmul'], result['gram_vs_matmul_spread'], 3)})"
+    )
+    low, high = result["orchestration_overhead_spread"]
+    lines.append(
+        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% (median of "
+        f"{result['orchestration_repeats']} searches, {100 * low:.1f}-{100 * high:.1f}%; trials of "
+        f"{result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
     )
     if "confirm_speedup_concurrency_2" in result:
         low, high = result["confirm_speedup_spread"]
@@ -50,7 +65,28 @@ def format_bench(result: dict[str, Any]) -> str:
         f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
         f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
     )
+    stopping = result.get("early_stopping")
+    if stopping:
+        lines.append(
+            f"early stopping, {stopping['trials']} trials of {stopping['epochs']} epochs "
+            f"(median of {stopping['seeds']} seed(s)):  hypervolume  CPU-seconds  pruned"
+        )
+        for kind in ("none", "asha", "pareto"):
+            row = stopping[kind]
+            versus = (
+                f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} of none's hypervolume on "
+                f"{stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds)"
+                if kind != "none"
+                else ""
+            )
+            lines.append(
+                f"  {kind:<8} {row['hypervolume']:>11.4g}  {row['cpu_seconds']:>11.1f}  {row['pruned']:>6g}{versus}"
+            )
     return "\n".join(lines)
+
+
+def _ranged(value: float, spread: list[float], repeats: int) -> str:
+    return f"{value:.2f}x (median of {repeats}, {spread[0]:.2f}-{spread[1]:.2f})"
 
 
 def format_gpu_bench(result: dict[str, Any]) -> str:

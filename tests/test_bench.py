@@ -1,0 +1,89 @@
+"""The bench's repeated timings and its figures for work spread over Ray (real local Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autogram.bench.repeats import alternate, ratio, spread_text
+from tests.conftest import tiny_raw
+
+
+def test_sides_take_turns_and_a_ratio_keeps_its_range() -> None:
+    order: list[str] = []
+    seconds = alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3)
+    assert order == ["a", "b"] * 3 and [len(v) for v in seconds.values()] == [3, 3]
+    stats = ratio([2.0, 3.0, 9.0], [1.0, 1.0, 1.0])
+    assert stats == {"median": 3.0, "spread": [2.0, 9.0], "repeats": 3}
+    assert spread_text(stats) == "3.00x (median of 3, 2.00-9.00)"
+
+
+@pytest.mark.slow
+def test_cache_build_and_early_stopping_figures_are_measured(teacher_cache: Path, tmp_path: Path) -> None:
+    from autogram.bench import _search
+    from autogram.bench.report import format_bench
+    from autogram.bench.scaling import cache_build_speedup, early_stopping
+    from autogram.config import validate
+    from autogram.data import load_data
+
+    raw = validate(tiny_raw(teacher_cache)).model_dump(mode="json")
+    data = load_data(validate(raw).data)
+    build = cache_build_speedup(raw, data, tmp_path)
+    low, high = build["cache_build_speedup_spread"]
+    assert build["cache_build_repeats"] == 3 and 0 < low <= build["cache_build_speedup_2_workers"] <= high
+    assert not list(tmp_path.glob("build-*")) and not list(tmp_path.glob(".build-*"))  # nothing left behind
+
+    raw["search"]["concurrency"] = 2
+    figures = early_stopping(raw, tmp_path, _search, trials=8, epochs=4, seeds=1)["early_stopping"]
+    assert figures["none"]["pruned"] == 0 and figures["none"]["cpu_seconds"] > 0
+    # Rungs at epochs 1 and 2 with half going on: trials that reach a rung behind the others stop.
+    for kind in ("asha", "pareto"):
+        assert figures[kind]["pruned"] >= 1, figures
+        assert figures[kind]["hypervolume"] > 0 and figures[kind]["cpu_seconds"] > 0
+    text = format_bench({"early_stopping": figures, **_cpu_figures_shape()})
+    assert "early stopping, 8 trials of 4 epochs" in text and "pareto" in text
+
+
+def _cpu_figures_shape() -> dict:
+    """The other keys format_bench reads, as run_bench writes them (values from this machine
+    are not needed to check the text's shape)."""
+    spread = [1.0, 1.0]
+    return {
+        "cache_bytes_per_sample": {"exact": 1e3, "sketched": 1e2},
+        "cache_build_seconds": {"exact": 1.0, "sketched": 1.0},
+        "sketch_k": 512,
+        "cache_precision": "float16",
+        "cache_bytes_per_sample_per_tap": 10.0,
+        "vit_tap": {"bytes_per_sample_exact": 1e5, "bytes_per_sample_sketched": 1e3, "sketch_ms_per_sample_cpu": 1.0},
+        "sketch_loss_rel_error": {"median": 0.01, "p95": 0.02},
+        "sketch_grad_rel_error": {"median": 0.01, "p95": 0.02},
+        "sketch_batches": 50,
+        "trial_seconds_live": 2.0,
+        "trial_seconds_cached_cold": 1.0,
+        "trial_seconds_cached": 1.0,
+        "cache_speedup_cold": 2.0,
+        "cache_speedup_cold_spread": spread,
+        "cache_speedup_warm": 2.0,
+        "cache_speedup_warm_spread": spread,
+        "cache_speedup_repeats": 3,
+        "cache_build_seconds_compared": {"one_process": 2.0, "sharded": 1.0},
+        "cache_build_speedup_2_workers": 2.0,
+        "cache_build_speedup_spread": spread,
+        "cache_build_repeats": 3,
+        "step_ratio": {"ce_kd": 1.0, "ce": 0.5, "ce_kd_step_ms": 3.0, "spread": {"ce": spread}, "repeats": 3},
+        "gram_gflops": 1.0,
+        "matmul_gflops": 2.0,
+        "gram_vs_matmul": 0.5,
+        "gram_vs_matmul_spread": spread,
+        "orchestration_overhead": 0.1,
+        "orchestration_overhead_spread": [0.05, 0.2],
+        "orchestration_repeats": 3,
+        "mean_trial_seconds": 3.0,
+        "search_wall_seconds": 10.0,
+        "hv_trials": 6,
+        "hv_seeds": 3,
+        "sampler": "tpe",
+        "hv_sampler": 1.0,
+        "hv_random": 1.0,
+    }
