@@ -85,6 +85,7 @@ _SCRIPT = textwrap.dedent(
     key = cache_key(handle.key, parts.data.fingerprint, layout, cpu)
     split = parts.data.splits["train"]
     if mode == "single":
+        torch.set_num_threads(1)  # as the 1-CPU shard tasks: CPU kernels' sums depend on the thread count
         build_cache(handle.model, split, layout, cpu, out, key, batch_size=50)
     else:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -164,7 +165,12 @@ def test_a_sharded_cache_equals_the_single_process_one_and_a_killed_build_resume
     assert kept  # the killed build's shard was read, not rebuilt (its rows ran once: counted above)
 
 
-def test_a_stale_staging_folder_of_another_layout_is_not_reused(teacher_cache: Path, tmp_path: Path) -> None:
+def test_sketched_shards_share_the_first_batchs_basis_and_a_stale_staging_folder_is_not_reused(
+    teacher_cache: Path, tmp_path: Path
+) -> None:
+    """Sketches keep their top principal directions exact in a basis fixed by the split's first
+    batch: every shard must use that one basis (a last shard of 10 samples has fewer
+    directions than the basis keeps), else its inner products with other shards' are wrong."""
     import ray
 
     from autogram.teacher.shards import build_sharded
@@ -173,7 +179,8 @@ def test_a_stale_staging_folder_of_another_layout_is_not_reused(teacher_cache: P
     parts = prepare(cfg, CPU)
     handle = ensure_teacher(cfg.teacher, parts.data, CPU)
     taps = resolved_taps(build_teacher(parts.data, handle.model.arch), parts.data)
-    layout = CacheLayout.plan(taps, precision="float32")
+    layout = CacheLayout.plan(taps, {t.name: {"sample"} for t in taps}, sketch=64, precision="float16")
+    assert "sketch" in {form for forms in layout.forms.values() for form in forms}
     key = cache_key(handle.key, parts.data.fingerprint, layout, CPU)
     split = parts.data.splits["train"]
     target = tmp_path / "cache"
@@ -182,10 +189,15 @@ def test_a_stale_staging_folder_of_another_layout_is_not_reused(teacher_cache: P
     (staging / "plan.json").write_text(json.dumps({"key": "other", "bounds": [[0, 600]]}))
     (staging / "shard-0000").mkdir()
     (staging / "shard-0000" / MANIFEST).write_text("{}")  # junk that must not be read
-    build_cache(handle.model, split, layout, CPU, tmp_path / "single", key, batch_size=100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 1-CPU shard tasks: CPU kernels' sums depend on the thread count
+    try:
+        build_cache(handle.model, split, layout, CPU, tmp_path / "single", key, batch_size=295)
+    finally:
+        torch.set_num_threads(threads)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        build_sharded(handle.model, split, layout, CPU, target, key, shards=2, resources={"cpu": 1}, batch_size=100)
+        build_sharded(handle.model, split, layout, CPU, target, key, shards=2, resources={"cpu": 1}, batch_size=295)
     finally:
         ray.shutdown()
     assert _files(target) == _files(tmp_path / "single")

@@ -8,7 +8,9 @@ like ``--out``. The driver then assembles the shards into the same files, manife
 :func:`autogram.teacher.cache.build_cache` writes, and removes the staging folder.
 
 Shard boundaries are multiples of the batch size, so every batch the teacher sees is the batch
-the single-process build sees: in exact mode the two caches are equal byte for byte. A build cut
+the single-process build sees, and every shard sketches on the exact basis the split's first
+batch fixes (:func:`~autogram.teacher.cache.sketch_bases`, run here before the tasks): with the
+same torch thread count the two caches are equal byte for byte. A build cut
 by a crash or a kill keeps its finished shards (a shard counts once its manifest is written and
 its files match it), and the next build of the same key runs only the missing ones.
 """
@@ -82,6 +84,7 @@ def _build_shard(
     key: str,
     batch: int,
     threads: int,
+    bases: dict[str, Any],
 ) -> dict[str, Any]:
     """One shard, on a Ray worker: the teacher over ``rows``, written to ``folder`` atomically."""
     import socket
@@ -98,7 +101,7 @@ def _build_shard(
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        _write_arrays(model.to(device), split, layout, device, tmp, key, batch, rows=rows)
+        _write_arrays(model.to(device), split, layout, device, tmp, key, batch, rows=rows, bases=bases)
         if target.exists():  # another build of the same key finished this shard first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -158,6 +161,11 @@ def build_sharded(
         f"; {len(bounds) - len(todo)} finished by an earlier build are kept" if len(todo) < len(bounds) else "",
     )
     if todo:
+        from autogram.teacher.cache import sketch_bases
+
+        # One basis per sketched tap for every shard, fixed by the split's first batch as in
+        # a single build; the tasks' own first batches would each fix another.
+        bases = sketch_bases(model, split, layout, device, batch_size)
         home = next(model.parameters()).device if any(True for _ in model.parameters()) else None
         model_ref = ray.put(model.cpu())  # workers move it to their own device
         if home is not None:
@@ -167,7 +175,7 @@ def build_sharded(
         task = ray.remote(_build_shard).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
         pending = {
             task.remote(
-                model_ref, split_ref, layout, device.type, bounds[i], str(folders[i]), key, batch_size, threads
+                model_ref, split_ref, layout, device.type, bounds[i], str(folders[i]), key, batch_size, threads, bases
             ): i
             for i in todo
         }
