@@ -202,3 +202,34 @@ def test_sketched_shards_share_the_first_batchs_basis_and_a_stale_staging_folder
         ray.shutdown()
     assert _files(target) == _files(tmp_path / "single")
     assert not staging.exists()
+
+
+def test_a_user_error_in_a_shard_task_is_the_same_one_line_error(teacher_cache: Path, tmp_path: Path) -> None:
+    import copy
+
+    import ray
+
+    from autogram.config import ConfigError
+    from autogram.teacher.shards import build_sharded
+
+    cfg = validate(tiny_raw(teacher_cache))
+    parts = prepare(cfg, CPU)
+    handle = ensure_teacher(cfg.teacher, parts.data, CPU)
+    model = copy.deepcopy(handle.model)
+    with torch.no_grad():  # features far beyond float16's range
+        for parameter in model.parameters():
+            parameter.mul_(1e3)
+    taps = resolved_taps(build_teacher(parts.data, handle.model.arch), parts.data)
+    layout = CacheLayout.plan(taps, precision="float16")
+    key = cache_key(handle.key, parts.data.fingerprint, layout, CPU)
+    split = parts.data.splits["train"]
+    with pytest.raises(ConfigError, match="beyond float16's range") as single:
+        build_cache(model, split, layout, CPU, tmp_path / "single", key)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(ConfigError, match="beyond float16's range") as sharded:
+            build_sharded(model, split, layout, CPU, tmp_path / "sharded", key, shards=2, resources={"cpu": 1})
+    finally:
+        ray.shutdown()
+    assert str(sharded.value) == str(single.value) and "\n" not in str(sharded.value)
+    assert not (tmp_path / "sharded").exists() and not (tmp_path / "single").exists()

@@ -183,7 +183,7 @@ def build_sharded(
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             pending.pop(done[0])
-            report = ray.get(done[0])  # a task's error surfaces here, its finished siblings kept
+            report = _result(done[0])  # a task's error surfaces here, its finished siblings kept
             finished += 1
             log.info(
                 "teacher cache: shard %d/%d done (rows %d-%d, %.1fs on %s, node %s)",
@@ -196,6 +196,21 @@ def build_sharded(
             )
     _assemble(folders, directory, key, layout, started)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _result(ref: Any) -> dict[str, Any]:
+    """A shard task's report; a user error it raised (a ConfigError: e.g. a tap beyond float16)
+    comes back as itself, the one-line message it would be in one process."""
+    import ray
+
+    from autogram.config import ConfigError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ConfigError):
+            raise exc.cause from None
+        raise
 
 
 def _assemble(folders: list[Path], directory: Path, key: str, layout: Any, started: float) -> None:
