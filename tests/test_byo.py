@@ -208,3 +208,53 @@ def test_runtime_env_reaches_every_trial(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     front = json.loads((tmp_path / "runs" / "env" / "front.json").read_text())
     assert [t["status"] for t in front["trials"]] == ["ok", "ok"]
+
+
+def _doc_commands(path: Path, prefix: str) -> list[list[str]]:
+    """The ``autogram ...`` commands of a doc's code blocks that start with ``prefix``, split
+    on ``&&`` and stripped of comments, as a user copies them."""
+    import shlex
+
+    commands = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("autogram "):
+            continue  # prose, or another command
+        for part in line.split("#")[0].split("&&"):
+            words = shlex.split(part)
+            if words[: len(prefix.split())] == prefix.split():
+                commands.append(words[1:])
+    return commands
+
+
+def test_the_readme_sequence_quick_start_then_byo_runs_without_a_collision(byo: Path, teacher_cache: Path) -> None:
+    """The README's quick start (export, train) then the byo how-to's, in one working folder,
+    with the docs' own file names: neither overwrites or refuses the other's files."""
+    from tests.conftest import run_cli, tiny_raw
+
+    quick_export, quick_train = (
+        _doc_commands(ROOT / "README.md", "autogram export quickstart")[0],
+        [c for c in _doc_commands(ROOT / "README.md", "autogram train") if len(c) == 2][0],
+    )
+    byo_export = _doc_commands(ROOT / "docs" / "how-to" / "own-models.md", "autogram export byo")[0]
+    byo_train = _doc_commands(ROOT / "docs" / "how-to" / "own-models.md", "autogram train")[0]
+    assert quick_export[-1] == quick_train[-1] != byo_export[-1] == byo_train[-1]  # e.g. quickstart-best.yaml
+
+    raw = tiny_raw(teacher_cache)
+    raw["name"] = "quickstart"
+    raw["train"]["epochs"] = 1
+    raw["search"] = {"trials": 2, "concurrency": 2, "baselines": ["ce"]}
+    (byo / "quickstart.yaml").write_text(yaml.safe_dump(raw))
+    for command in (["search", "quickstart.yaml"], quick_export, quick_train):
+        proc = run_cli(*command, cwd=byo)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    quick_checkpoints = sorted(p.name for p in (byo / f"{Path(quick_train[-1]).stem}.checkpoints").iterdir())
+
+    for command in (["search", "config.yaml"], byo_export, byo_train):
+        proc = _cli(*command, cwd=byo)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    exported = {name: yaml.safe_load((byo / name).read_text()) for name in (quick_export[-1], byo_export[-1])}
+    assert exported[quick_export[-1]]["provenance"]["search"] == "quickstart"
+    assert exported[byo_export[-1]]["provenance"]["search"] == "byo"
+    # Each training kept its own checkpoints: the byo run did not touch the quick start's.
+    assert sorted(p.name for p in (byo / f"{Path(quick_train[-1]).stem}.checkpoints").iterdir()) == quick_checkpoints
+    assert (byo / f"{Path(byo_train[-1]).stem}.checkpoints").is_dir()
