@@ -39,6 +39,8 @@ def _meaning(raw: dict[str, Any], old: bool) -> dict[str, Any]:
     assert space.pop("weights", {}) == {}  # a space from before searches the old w_* keys only
     for key in ("top_k", "prior_steps", "prior_samples"):  # read only with pairs: all, which is new
         space.pop(key, None)
+    # How a search builds the teacher cache (over Ray), new: it never changes what a trial computes.
+    out["teacher"].pop("cache_shards", None)
     for section in ("data", "teacher", "student"):  # sources named by their fields, as before
         assert out[section].pop("kind", None) is None
     return out
