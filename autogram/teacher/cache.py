@@ -202,6 +202,22 @@ def _form_values(feats: dict[str, torch.Tensor], layout: CacheLayout, sketchers:
     return values
 
 
+def write_folder(directory: Path, write: Any) -> dict[str, Any]:
+    """``write(tmp)`` into a temporary folder beside ``directory``, which then replaces it:
+    readers never see a half-written cache, and a failed write leaves nothing behind."""
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        result = write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return result
+
+
 def build_cache(
     model: torch.nn.Module,
     split: Any,
@@ -212,16 +228,7 @@ def build_cache(
     batch_size: int = 256,
 ) -> None:
     """Run the frozen teacher over the split once and write logits and each tap's forms."""
-    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _write_arrays(model, split, layout, device, tmp, key, batch_size)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    manifest = write_folder(directory, lambda tmp: _write_arrays(model, split, layout, device, tmp, key, batch_size))
     log.info(
         "teacher cache: built %s (%d samples, logits + %d tap arrays, %.1f MB = %.2f kB per sample, %.1fs)",
         directory,

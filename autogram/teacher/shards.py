@@ -215,14 +215,12 @@ def _result(ref: Any) -> dict[str, Any]:
 
 def _assemble(folders: list[Path], directory: Path, key: str, layout: Any, started: float) -> None:
     """The shards' rows, concatenated into one cache written and renamed like build_cache's."""
-    from autogram.teacher.cache import _file_name, read_manifest, write_manifest
+    from autogram.teacher.cache import _file_name, read_manifest, write_folder, write_manifest
 
     manifests = [read_manifest(f) for f in folders]
     total = sum(m["samples"] for m in manifests)
-    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> dict[str, Any]:
         outputs: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
         for name, entry in manifests[0]["arrays"].items():
@@ -236,13 +234,9 @@ def _assemble(folders: list[Path], directory: Path, key: str, layout: Any, start
                 row += len(part)
             outputs[name], dtypes[name] = out, entry["dtype"]
         flops = float(manifests[0].get("teacher_flops_per_sample", 0.0))
-        manifest = write_manifest(outputs, dtypes, tmp, key, layout, flops, started)
-        del outputs
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+        return write_manifest(outputs, dtypes, tmp, key, layout, flops, started)
+
+    manifest = write_folder(directory, write)
     log.info(
         "teacher cache: assembled %s from %d shards (%d samples, %.1f MB, %.1fs)",
         directory,
