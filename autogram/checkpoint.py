@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from autogram.config import ConfigError, TrialConfig
-from autogram.config.base import read_json
+from autogram.config.base import atomic_write, read_json
 from autogram.distill import LoopState
 
 log = logging.getLogger("autogram")
@@ -21,9 +20,8 @@ CHECKPOINT, STATE = "last.safetensors", "last.json"
 
 def atomic_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON through a temporary file: a crash leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    text = json.dumps(payload)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 class Checkpointer:
@@ -90,9 +88,7 @@ class Checkpointer:
             for slot, value in slots.items():
                 tensors[f"opt.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
         tensors["rng.generator"] = state.generator.get_state()
-        tmp = self.directory / f".{CHECKPOINT}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.directory / CHECKPOINT)
+        atomic_write(self.directory / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp)))
         outcome = {k: getattr(state.outcome, k) for k in ("steps", "samples", "flops_per_sample", "seconds", "history")}
         atomic_json(
             self.directory / STATE,

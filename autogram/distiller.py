@@ -366,14 +366,9 @@ def recipe_document(raw: dict[str, Any], taps: dict[str, dict[str, Any]] | None)
 
 def write_recipe(out: Path, document: dict[str, Any]) -> Path:
     """Write a :func:`recipe_document` beside the exported config ``out``, atomically."""
-    import os
+    from autogram.config.base import atomic_write
 
     target = recipe_path(out)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-        os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(document, indent=2, default=str) + "\n"
+    atomic_write(target, lambda tmp: tmp.write_text(text))
     return target

@@ -18,7 +18,7 @@ import torch
 
 from autogram.checkpoint import STATE, Checkpointer, check_resumable, config_fingerprint
 from autogram.config import ConfigError, TrialConfig
-from autogram.config.base import read_json
+from autogram.config.base import atomic_write, read_json
 
 log = logging.getLogger("autogram")
 
@@ -134,11 +134,10 @@ def train(
     Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
     from autogram.config.credentials import check_tracking
-    from autogram.distill import train_student
     from autogram.report.tracking import client_for, log_metrics
     from autogram.report.tracking import tracking_uri as resolve_uri
     from autogram.tensors.runtime import pick_device
-    from autogram.trial import evaluate_robustness, prepare, teacher_signals
+    from autogram.trial import prepare, teacher_signals
 
     config_path = Path(config_path)
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
@@ -162,38 +161,27 @@ def train(
     def report(epoch: int, metrics: dict[str, float]) -> None:
         log_metrics(client, run_id, {f"curve/{k}": v for k, v in metrics.items()}, epoch)
 
-    torch.manual_seed(config.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_trial_threads(config, device, threads))
-    try:
-        outcome = train_student(
-            student, objective, signals, data, config.train, config.seed, device, report, hooks=checkpointer
-        )
-        val_acc, val_corr, val_balanced = evaluate_robustness(student, data, config, device, "val")
-        test_acc, test_corr, test_balanced = evaluate_robustness(student, data, config, device, "test")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    outcome, val, test = _train_and_score(
+        config, parts, objective, signals, device, report, checkpointer, client, run_id
+    )
     student_path = config_path.with_name(f"{config_path.stem}.student.safetensors")
     _save_student(student, student_path, config)
     result = TrainResult(
-        accuracy=val_acc,
-        robustness=sum(val_corr.values()) / len(val_corr),
-        test_accuracy=test_acc,
-        test_robustness=sum(test_corr.values()) / len(test_corr),
+        accuracy=val[0],
+        robustness=sum(val[1].values()) / len(val[1]),
+        test_accuracy=test[0],
+        test_robustness=sum(test[1].values()) / len(test[1]),
         status=outcome.status,
         epochs=outcome.epochs,
-        corruptions=val_corr,
-        test_corruptions=test_corr,
+        corruptions=val[1],
+        test_corruptions=test[1],
         student_path=str(student_path),
         mlflow_run_id=run_id,
         resumed_from_epoch=checkpointer.resumed_from,
         history=outcome.history,
         first_losses=outcome.first_losses,
-        balanced_accuracy=val_balanced,
-        test_balanced_accuracy=test_balanced,
+        balanced_accuracy=val[2],
+        test_balanced_accuracy=test[2],
     )
     result.model_uri = _close_run(client, uri, result, student, data, config)
     log.info(
@@ -204,6 +192,39 @@ def train(
         run_id,
     )
     return result
+
+
+def _train_and_score(
+    config: TrialConfig,
+    parts: Any,
+    objective: Any,
+    signals: Any,
+    device: torch.device,
+    report: Any,
+    checkpointer: Checkpointer,
+    client: Any,
+    run_id: str,
+) -> tuple[Any, tuple[float, dict[str, float], float], tuple[float, dict[str, float], float]]:
+    """Train with the exported trial's seed and threads, then score validation and test
+    (accuracy, corruptions, balanced accuracy); a failure marks the MLflow run FAILED."""
+    from autogram.distill import train_student
+    from autogram.trial import evaluate_robustness
+
+    torch.manual_seed(config.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_trial_threads(config, device, threads))
+    try:
+        outcome = train_student(
+            parts.student, objective, signals, parts.data, config.train, config.seed, device, report, hooks=checkpointer
+        )
+        val = evaluate_robustness(parts.student, parts.data, config, device, "val")
+        test = evaluate_robustness(parts.student, parts.data, config, device, "test")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return outcome, val, test
 
 
 def _trial_threads(config: TrialConfig, device: torch.device, current: int) -> int:
@@ -310,17 +331,12 @@ def _save_student(student: torch.nn.Module, path: Path, config: TrialConfig) -> 
 
     # A user's student is saved under its own parameter names, loadable without autogram.
     state = {k: v.detach().cpu().contiguous() for k, v in user_module(student).state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        state,
-        str(tmp),
-        metadata={
-            "format": "autogram-student/1",
-            "student": config.student.model_dump_json(),
-            "data_source": str(config.data.path or config.data.hf or config.data.factory or "builtin"),
-        },
-    )
-    os.replace(tmp, path)
+    meta = {
+        "format": "autogram-student/1",
+        "student": config.student.model_dump_json(),
+        "data_source": str(config.data.path or config.data.hf or config.data.factory or "builtin"),
+    }
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def load_student(path: str | Path, config: TrialConfig) -> torch.nn.Module:

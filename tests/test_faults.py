@@ -1,6 +1,6 @@
 """Faults a flaky machine or a hostile user causes: corrupt teacher weights, a retrained teacher
 behind an old cache, a pinned teacher gone missing, a cut cache manifest, an unreachable tracking
-server. Each is refused or repaired with a log line, never used silently.
+server, a full disk. Each is refused or repaired with a log line, never used silently.
 
 Interrupts (SIGINT / SIGKILL mid-trial, then ``--resume``) are in ``test_search.py``; two searches
 of one name started together in ``test_lock.py``."""
@@ -8,6 +8,9 @@ of one name started together in ``test_lock.py``."""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from autogram.config import ConfigError, validate
 from autogram.data import load_data
 from autogram.teacher import ensure_teacher
 from autogram.teacher.cache import MANIFEST, ensure_cache
-from tests.conftest import run_cli, tiny_raw
+from tests.conftest import cli_env, run_cli, tiny_raw
 
 CPU = torch.device("cpu")
 
@@ -122,6 +125,47 @@ def test_an_unreachable_tracking_server_fails_in_one_line_before_anything_is_wri
     assert "tracking" in lines[-1]
     assert not (tmp_path / "runs").exists()
     assert time.monotonic() - started < 120
+
+
+def _on_a_small_disk(folder: Path, size: str, *args: str) -> tuple[int, str, list[str]]:
+    """Run ``autogram ARGS`` in ``folder`` with ``folder/runs`` a tmpfs of ``size`` (in a
+    private user + mount namespace: a real full file system, gone when the command ends);
+    its exit code, stderr, and what it left in ``runs/s``."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        pytest.skip("no user and mount namespaces here: cannot make a small file system")
+    (folder / "runs").mkdir()
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs runs || exit 97\n"
+        f'"{sys.executable}" -m autogram {" ".join(args)}\n'
+        "code=$?\necho left: $(ls -A runs/s 2>/dev/null)\nexit $code\n"
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=folder, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 97, proc.stderr
+    left = proc.stdout.strip().splitlines()[-1].removeprefix("left:").split()
+    return proc.returncode, proc.stderr, left
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("8k", "runs/s/search.json: No space left on device"),  # a file autogram writes
+        ("64k", "optuna.db: the study storage refused a write ((sqlite3.OperationalError) database or disk is full)"),
+    ],
+)
+def test_a_full_disk_is_one_line_exit_2_and_leaves_the_name_usable(
+    tmp_path: Path, teacher_cache: Path, size: str, expected: str
+) -> None:
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {"trials": 2}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, stderr, left = _on_a_small_disk(tmp_path, size, "search", "s.yaml", "--out", "runs", "--name", "s", "-q")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[-1].startswith("autogram: error: ") and expected in lines[-1], lines[-1]
+    # No half-written file, no study a rerun would call "already holds a search".
+    assert left == [], left
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,20 @@ def check_writable(path: Path, field: str) -> None:
         raise ConfigError(f"{field}: cannot write into {folder} ({exc.strerror or type(exc).__name__})") from None
     os.close(handle)
     os.unlink(name)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], tmp: Path | None = None) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then swap it in: readers never
+    see half a file, and a failure (a full disk) leaves the old file whole and no temporary
+    file behind; an OSError then names ``path``, not the temporary file."""
+    import os
+
+    tmp = tmp or path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):
+            exc.filename = str(path)
+        raise

@@ -7,7 +7,6 @@ front; pruned, diverged, failed and infeasible ones never are.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +97,10 @@ def _warm(attrs: dict[str, Any]) -> str | None:
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write atomically: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2))
-    os.replace(tmp, path)
+    from autogram.config.base import atomic_write
+
+    text = json.dumps(document, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def format_front(document: dict[str, Any]) -> str:

@@ -155,23 +155,25 @@ class SearchTracker:
         if trial_id in self.children:
             self.client.update_run(self.children[trial_id], status="RUNNING")
             return
-        number = config.get("trial_number", "")
+        tags = {
+            "ray_trial_id": trial_id,
+            "status": "running",
+            **({TAG_BASELINE: str(config["baseline"])} if config.get("baseline") else {}),
+            **({TAG_TAG: str(config["tag"])} if config.get("tag") else {}),
+        }
+        params = {k: v for k, v in config.items() if k != "trial_number"}
+        self.children[trial_id] = self.open_child(config.get("trial_number", ""), tags, params)
+
+    def open_child(self, number: int | str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        """Create trial ``number``'s child run under the parent with ``tags`` and ``params``; its id."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{number}",
-            tags={
-                PARENT: self.parent_id,
-                TAG_SEARCH: self.search_name,
-                TAG_KIND: "trial",
-                "ray_trial_id": trial_id,
-                "trial_number": str(number),
-                "status": "running",
-                **({TAG_BASELINE: str(config["baseline"])} if config.get("baseline") else {}),
-                **({TAG_TAG: str(config["tag"])} if config.get("tag") else {}),
-            },
+            tags={PARENT: self.parent_id, TAG_SEARCH: self.search_name, TAG_KIND: "trial", "trial_number": str(number)}
+            | tags,
         )
-        self.children[trial_id] = run.info.run_id
-        self._log_params(run.info.run_id, {k: v for k, v in config.items() if k != "trial_number"})
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Per-epoch curve points (``curve/<metric>`` at step = epoch) and the host."""

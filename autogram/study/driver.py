@@ -66,12 +66,11 @@ def _trainable(
 
 
 def _tuner(plan: SearchPlan, trainable: Any, tracker: Any) -> Any:
-    import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     from autogram.study.callbacks import DriverCallback
-    from autogram.study.optuna_search import AutogramOptunaSearch, make_sampler
+    from autogram.study.optuna_search import AutogramOptunaSearch, make_sampler, open_storage
     from autogram.study.space import SpaceSampler
 
     search = plan.config.search
@@ -82,7 +81,7 @@ def _tuner(plan: SearchPlan, trainable: Any, tracker: Any) -> Any:
         mode=["max" if o.direction == "maximize" else "min" for o in search.objectives],
         sampler=make_sampler(search.sampler, search.seed, search.trials),
         study_name=plan.name,
-        storage=optuna.storages.RDBStorage(plan.storage_url),
+        storage=open_storage(plan.storage_url),
         constraints=search.parsed_constraints(),
     )
     from autogram.study.baselines import enqueue_baselines
@@ -181,10 +180,15 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or resume) the search; writes ``front.json``, logs to MLflow (unless ``track`` is
     off, as in benchmarks), returns the front."""
-    from autogram.study.lock import search_lock
+    from autogram.study.lock import discard_unstarted, search_lock
 
     with search_lock(plan.directory):  # one driver per search folder, released on any exit
-        return _run_locked(plan, resume, address, track)
+        try:
+            return _run_locked(plan, resume, address, track)
+        except BaseException:
+            if not resume:  # failed before any trial (a full disk, Ctrl-C in the teacher): no debris
+                discard_unstarted(plan.directory, TUNE_DIR)
+            raise
 
 
 def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool) -> dict[str, Any]:

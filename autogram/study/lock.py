@@ -177,3 +177,21 @@ def search_lock(directory: Path) -> Iterator[None]:
     finally:
         with _RECORDING:
             path.unlink(missing_ok=True)
+
+
+def discard_unstarted(directory: Path, tune_dir: str) -> None:
+    """Empty the folder of a *new* search that failed before Ray Tune started (no ``tune_dir``
+    in it): nothing there can be resumed, and a leftover ``search.json`` or ``optuna.db`` would
+    make the name unusable (a rerun: "already holds a search"; ``--resume``: "no search").
+    Everything in it is this driver's: a new search starts in an empty folder, under its lock."""
+    import shutil
+
+    if (directory / tune_dir).exists() or not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name == LOCK_FILE:
+            continue  # released, and removed, by search_lock itself
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -39,6 +39,21 @@ def make_sampler(name: str, seed: int, trials: int = 100) -> optuna.samplers.Bas
 _KEPT = ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher", "balanced_accuracy")
 
 
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's RDB storage; a database that refuses to create its tables (a full disk, a
+    read-only file) is one line naming it, not SQLAlchemy's traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autogram.config import ConfigError
+    from autogram.config.base import first_line
+    from autogram.config.credentials import masked
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"{masked(url)}: the study storage refused a write ({first_line(exc)[:200]})") from None
+
+
 def constraint_name(metric: str, op: str, bound: float) -> str:
     """A stable name for a user constraint, e.g. ``cost<=800``."""
     return f"{metric}{op}{bound:g}"

@@ -84,21 +84,14 @@ def plan_search(
     ``address`` is the Ray cluster the search will join (``None``: a local Ray on this machine);
     ``warm_start`` an earlier search under ``out`` whose finished trials seed the new study.
     """
-    from autogram.models import default_pairs, resolve_pairs
+    from autogram.models import default_pairs
     from autogram.study.cluster import check_execution
-    from autogram.study.space import gram_possible
     from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 
     if resume:
         cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
-    warm = None
-    if warm_start:
-        from autogram.study.warm import find_source
-
-        if resume:
-            raise ConfigError("--warm-start seeds a new search; --resume continues one (its study is seeded already)")
-        warm = find_source(out, warm_start)
+    warm = _warm_source(out, warm_start, resume)
     # Tracking, devices, storage and cluster first: a bad one fails in seconds, before models are built.
     from autogram.config.credentials import check_tracking, tracking_url
     from autogram.report.tracking import tracking_uri as resolve_uri
@@ -108,22 +101,10 @@ def plan_search(
     cfg = check_execution(cfg, out, address)
     space = cfg.search.space
     parts = prepare(cfg, pick_device(cfg.device), data)
-    try:
-        pairs = resolve_pairs(space.pairs, parts.student_taps, parts.teacher_taps)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
+    pairs = _candidate_pairs(space, parts)
     candidates = [p.name for p in pairs]
     setup = parts.term_setup(pairs)
     mapping = space.pairs == "all"
-    # With pairs "all", the bounds count mapped student taps; otherwise switched-on pairs.
-    most = len({p.student.name for p in pairs}) if mapping else len(candidates)
-    what = "student taps to map" if mapping else "candidate pairs"
-    if gram_possible(space) and space.min_pairs > most:
-        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {most} {what}")
-    if space.max_pairs is not None and space.max_pairs > most:
-        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {most} {what}")
-    if mapping and gram_possible(space):
-        _warn_infeasible(space, most)
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
     # A cache too big for the disk is refused now, before anything is built (with pairs "all"
@@ -152,6 +133,39 @@ def plan_search(
         defaults=defaults if mapping else None,
         warm=warm,
     )
+
+
+def _warm_source(out: Path, warm_start: str | None, resume: bool) -> Any:
+    """The earlier search whose finished trials seed the new study (``None`` without one)."""
+    if not warm_start:
+        return None
+    from autogram.study.warm import find_source
+
+    if resume:
+        raise ConfigError("--warm-start seeds a new search; --resume continues one (its study is seeded already)")
+    return find_source(out, warm_start)
+
+
+def _candidate_pairs(space: Any, parts: Any) -> list[Any]:
+    """The space's candidate pairs on the real taps, with ``min_pairs``/``max_pairs`` checked
+    against them (with ``pairs: all`` the bounds count mapped student taps, else pairs)."""
+    from autogram.models import resolve_pairs
+    from autogram.study.space import gram_possible
+
+    try:
+        pairs = resolve_pairs(space.pairs, parts.student_taps, parts.teacher_taps)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("distill.pairs", "search.space.pairs")) from None
+    mapping = space.pairs == "all"
+    most = len({p.student.name for p in pairs}) if mapping else len(pairs)
+    what = "student taps to map" if mapping else "candidate pairs"
+    if gram_possible(space) and space.min_pairs > most:
+        raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {most} {what}")
+    if space.max_pairs is not None and space.max_pairs > most:
+        raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {most} {what}")
+    if mapping and gram_possible(space):
+        _warn_infeasible(space, most)
+    return pairs
 
 
 def _warn_infeasible(space: Any, taps: int) -> None:

@@ -234,27 +234,19 @@ def warm_up(plan: Any, study: Any, sampler: Any, tracker: Any) -> WarmReport | N
 
 def _log_runs(tracker: Any, study: Any, names: list[str]) -> None:
     """One finished child run per copied trial, tagged ``autogram.warm`` with its origin."""
-    from autogram.report.tracking import PARENT, TAG_KIND, TAG_SEARCH, TAG_WARM, log_metrics
+    from autogram.report.tracking import TAG_WARM, log_metrics
 
     for trial in study.get_trials(deepcopy=False):
         origin = trial.user_attrs.get("warm")
         if origin is None:
             continue
-        run = tracker.client.create_run(
-            tracker.experiment_id,
-            run_name=f"trial-{trial.number}",
-            tags={
-                PARENT: tracker.parent_id,
-                TAG_SEARCH: tracker.search_name,
-                TAG_KIND: "trial",
-                TAG_WARM: f"{origin}#{trial.user_attrs.get('warm_number')}",
-                "trial_number": str(trial.number),
-                "status": str(trial.user_attrs.get("status", "ok")),
-            },
-        )
-        tracker._log_params(run.info.run_id, dict(trial.params))
+        tags = {
+            TAG_WARM: f"{origin}#{trial.user_attrs.get('warm_number')}",
+            "status": str(trial.user_attrs.get("status", "ok")),
+        }
+        run_id = tracker.open_child(trial.number, tags, dict(trial.params))
         metrics = dict(zip(names, trial.values, strict=True))
         kept = ("balanced_accuracy", "train_seconds", "train_gflops")
         metrics.update({k: trial.user_attrs[k] for k in kept if isinstance(trial.user_attrs.get(k), int | float)})
-        log_metrics(tracker.client, run.info.run_id, metrics)
-        tracker.client.set_terminated(run.info.run_id, "FINISHED")
+        log_metrics(tracker.client, run_id, metrics)
+        tracker.client.set_terminated(run_id, "FINISHED")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from autogram.config import ConfigError, TeacherConfig
+from autogram.config.base import atomic_write
 from autogram.data.base import Modality, MultiModalData
 from autogram.models.source import weights_digest
 from autogram.models.taps import Tap
@@ -117,10 +118,10 @@ def save_teacher(model: torch.nn.Module, path: Path, key: str, data: MultiModalD
         # Checked at every load: flipped bytes in the tensors are refused, never trained against.
         "weights_sha256": weights_digest(model),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    # A per-process temporary name: two processes training the same teacher do not collide.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    atomic_write(path, lambda target: save_file(state, str(target), metadata=meta), tmp)
 
 
 def load_teacher(path: Path, data: MultiModalData) -> tuple[torch.nn.Module, dict[str, str]]:
