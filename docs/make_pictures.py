@@ -45,13 +45,25 @@ def _browser(profile: Path) -> object:
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
 
 
-def _screenshots(uri: str, work: Path, images: Path) -> None:
-    """The experiment's landing page (its runs table) and the search's parent run page."""
+def _click(browser: object, label: str) -> None:
+    """Click the button labelled ``label`` if the page has one (MLflow's layout varies by version)."""
+    from selenium.webdriver.common.by import By
+
+    for button in browser.find_elements(By.CSS_SELECTOR, f'button[aria-label="{label}"]'):
+        if button.is_displayed():
+            button.click()
+            time.sleep(1)
+            return
+
+
+def _screenshots(uri: str, work: Path, images: Path, name: str = "quickstart") -> None:
+    """The experiment's landing page (its runs table, the search's trials unfolded) and the
+    search's parent run page scrolled to its description (what the search found, in words)."""
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.support.ui import WebDriverWait
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("quickstart")
+    experiment = client.get_experiment_by_name(name)
     parent = next(
         r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("autogram.kind") == "search"
     )
@@ -79,10 +91,22 @@ def _screenshots(uri: str, work: Path, images: Path) -> None:
         browser.get(experiment_link(f"http://127.0.0.1:{port}", experiment.experiment_id))
         wait.until(lambda b: "matching runs" in b.page_source)
         time.sleep(2)
+        _click(browser, "Close")  # MLflow 3's assistant panel would take a third of the picture
+        from selenium.webdriver.common.by import By
+
+        link = f"//a[contains(@href,'/runs/')][normalize-space(.)='{parent.info.run_name}']"
+        for row in browser.find_elements(By.XPATH, f"{link}/preceding::button[1]"):
+            row.click()  # unfold the search's child runs (its trials)
+            time.sleep(2)
         browser.save_screenshot(str(images / "mlflow_runs.png"))
         browser.get(f"{base}/runs/{parent.info.run_id}?workflowType=machine_learning")
         wait.until(lambda b: "In short" in b.page_source)
         time.sleep(2)
+        _click(browser, "Close")
+        _click(browser, "Expand description")
+        heading = browser.find_element(By.XPATH, "//h4[contains(text(),'Description')]")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", heading)
+        time.sleep(1)
         browser.save_screenshot(str(images / "mlflow_parent_run.png"))
     finally:
         if browser is not None:
