@@ -161,27 +161,27 @@ def train(
     def report(epoch: int, metrics: dict[str, float]) -> None:
         log_metrics(client, run_id, {f"curve/{k}": v for k, v in metrics.items()}, epoch)
 
-    outcome, val, test = _train_and_score(
+    outcome, (val_acc, val_corr, val_balanced), (test_acc, test_corr, test_balanced) = _train_and_score(
         config, parts, objective, signals, device, report, checkpointer, client, run_id
     )
     student_path = config_path.with_name(f"{config_path.stem}.student.safetensors")
     _save_student(student, student_path, config)
     result = TrainResult(
-        accuracy=val[0],
-        robustness=sum(val[1].values()) / len(val[1]),
-        test_accuracy=test[0],
-        test_robustness=sum(test[1].values()) / len(test[1]),
+        accuracy=val_acc,
+        robustness=sum(val_corr.values()) / len(val_corr),
+        test_accuracy=test_acc,
+        test_robustness=sum(test_corr.values()) / len(test_corr),
         status=outcome.status,
         epochs=outcome.epochs,
-        corruptions=val[1],
-        test_corruptions=test[1],
+        corruptions=val_corr,
+        test_corruptions=test_corr,
         student_path=str(student_path),
         mlflow_run_id=run_id,
         resumed_from_epoch=checkpointer.resumed_from,
         history=outcome.history,
         first_losses=outcome.first_losses,
-        balanced_accuracy=val[2],
-        test_balanced_accuracy=test[2],
+        balanced_accuracy=val_balanced,
+        test_balanced_accuracy=test_balanced,
     )
     result.model_uri = _close_run(client, uri, result, student, data, config)
     log.info(
