@@ -137,7 +137,7 @@ def train(
     from autogram.report.tracking import client_for, log_metrics
     from autogram.report.tracking import tracking_uri as resolve_uri
     from autogram.tensors.runtime import pick_device
-    from autogram.trial import prepare, teacher_signals
+    from autogram.trial import mean_robustness, prepare, teacher_signals
 
     config_path = Path(config_path)
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
@@ -168,9 +168,9 @@ def train(
     _save_student(student, student_path, config)
     result = TrainResult(
         accuracy=val_acc,
-        robustness=sum(val_corr.values()) / len(val_corr),
+        robustness=mean_robustness(val_corr),
         test_accuracy=test_acc,
-        test_robustness=sum(test_corr.values()) / len(test_corr),
+        test_robustness=mean_robustness(test_corr),
         status=outcome.status,
         epochs=outcome.epochs,
         corruptions=val_corr,

@@ -57,6 +57,12 @@ class TrialResult:
         return asdict(self)
 
 
+def mean_robustness(corruptions: dict[str, float]) -> float:
+    """The robustness objective: the mean accuracy over the corruption suite (one definition,
+    so a trial and `autogram train` score the same quantity)."""
+    return sum(corruptions.values()) / len(corruptions)
+
+
 def robustness_detail(clean: float, corruptions: dict[str, float], severities: list[float]) -> dict[str, float]:
     """Beside the suite mean (the objective): ``missing:<m>``, the accuracy with modality m
     blanked, and ``auc:<m>``, the area under accuracy vs noise severity on m from 0 (clean)
@@ -299,7 +305,7 @@ def _result(
     gflops = flops_per_sample * outcome.samples / 1e9
     return TrialResult(
         accuracy=clean,
-        robustness=sum(corruptions.values()) / len(corruptions),
+        robustness=mean_robustness(corruptions),
         balanced_accuracy=balanced,
         cost=gflops if config.cost == "train_gflops" else outcome.seconds,
         train_seconds=outcome.seconds,
