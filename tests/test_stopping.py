@@ -62,6 +62,23 @@ def test_rung_columns_follow_the_objectives() -> None:
     assert rung_columns(objectives, "train_gflops") == [("accuracy", "maximize"), ("train_gflops", "minimize")]
 
 
+def test_no_rung_at_the_last_epoch_for_either_kind() -> None:
+    from autogram.config import validate
+    from autogram.study.stopping import rung_epochs, scheduler_for
+
+    # Stopping after the last epoch saves only the scoring and throws away a trained point.
+    assert rung_epochs(1, 2.0, 8) == [1, 2, 4]
+    assert rung_epochs(1, 3.0, 4) == [1, 3]
+    assert rung_epochs(2, 2.0, 2) == []
+    for kind in ("asha", "pareto"):
+        search = validate({"search": {"early_stopping": {"kind": kind, "reduction_factor": 2}}}).search
+        scheduler = scheduler_for(search, 8, "train_gflops")
+        milestones = (
+            scheduler.milestones if kind == "pareto" else sorted(m for b in scheduler._brackets for m, _ in b._rungs)
+        )
+        assert milestones == [1, 2, 4], kind
+
+
 def test_the_scheduler_stops_what_a_rung_does_not_promote_in_a_real_tune_run(tmp_path: Path) -> None:
     import ray
     from ray import tune
@@ -78,7 +95,7 @@ def test_the_scheduler_stops_what_a_rung_does_not_promote_in_a_real_tune_run(tmp
             ],
             "train_gflops",
         ),
-        max_t=5,
+        epochs=4,
         grace_period=1,
         reduction_factor=2.0,
     )

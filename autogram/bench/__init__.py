@@ -280,7 +280,7 @@ def run_bench(cfg: TrialConfig, quick: bool = False, gpu_only: bool = False) -> 
             out.update(efficiency(small, root, trials=6 if quick else 12, seeds=3, epochs=2 if quick else 4))
             log.info("bench 7/8: early stopping: none vs asha vs pareto, hypervolume and CPU-seconds")
             trials, epochs = (8, 4) if quick else (16, 8)
-            out.update(early_stopping(small, root, _search, trials=trials, epochs=epochs, seeds=1 if quick else 2))
+            out.update(early_stopping(small, root, _search, trials=trials, epochs=epochs, seeds=1 if quick else 3))
         log.info("bench 8/8: GPU throughput of packed trials (null without CUDA)")
         out.update(gpu_figures(base, root, trials=8 if quick else 32, search=_search))
     out["bench_seconds"] = time.perf_counter() - started

@@ -67,18 +67,20 @@ def format_bench(result: dict[str, Any]) -> str:
     )
     stopping = result.get("early_stopping")
     if stopping:
+        same = "the same trials in each" if stopping.get("same_trials") else "NOT the same trials in each"
         lines.append(
-            f"early stopping, {stopping['trials']} trials of {stopping['epochs']} epochs "
-            f"(median of {stopping['seeds']} seed(s)):  hypervolume  CPU-seconds  pruned"
+            f"early stopping, {stopping['trials']} random trials of {stopping['epochs']} epochs ({same}; "
+            f"median of {stopping['seeds']} seed(s)):  hypervolume  CPU-seconds  pruned"
         )
         for kind in ("none", "asha", "pareto"):
             row = stopping[kind]
-            versus = (
-                f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} of none's hypervolume on "
-                f"{stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds)"
-                if kind != "none"
-                else ""
-            )
+            versus = ""
+            if kind != "none":
+                low, high = stopping.get(f"{kind}_hypervolume_vs_none_spread", [float("nan")] * 2)
+                versus = (
+                    f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} ({low:.0%}-{high:.0%}) of none's hypervolume "
+                    f"on {stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds, paired by seed)"
+                )
             lines.append(
                 f"  {kind:<8} {row['hypervolume']:>11.4g}  {row['cpu_seconds']:>11.1f}  {row['pruned']:>6g}{versus}"
             )

@@ -7,13 +7,21 @@ the front (CE-only recipes) or a recipe that trades a little accuracy for robust
 rung compares the *partial objectives* every trial has reported by then: the per-epoch
 validation accuracy (standing in for ``accuracy`` and ``balanced_accuracy``) and the cost so
 far (``train_gflops`` or ``train_seconds``, as ``search.cost`` says). Robustness is scored
-once, at the end of a trial, so it is not part of a rung's comparison.
+once, at the end of a trial, so it is not part of a rung's comparison. Scoring it at the
+rungs too (the corruption suite on 256 validation rows) was measured and bought nothing: on
+per-epoch records of random searches (quickstart, 4 seeds; AV-MNIST, 1 seed) the rule kept
+97% and 99.9% of the hypervolume either way, at 39% / 40% of the CPU-seconds without it
+and 54% / 49% with it. Robustness so far tracks accuracy so far on both.
 
 At each rung (epochs ``grace_period * reduction_factor^k``) a trial continues when it is on
 the front of the trials recorded there so far, or within the best ``1/reduction_factor`` of
 them by (Pareto rank, then crowding distance: the extremes of a front first). Like ASHA it
 never waits: the first trials at a rung always continue. A stopped trial is told to Optuna as
 PRUNED, as with ASHA, and is never on the final front.
+
+Rungs lie before a trial's last epoch, for both kinds: stopping a trial after its last epoch
+saves only its scoring and throws away a fully trained point (Ray's ASHA, given the final
+scored report as its last iteration, would put a rung there).
 """
 
 from __future__ import annotations
@@ -27,6 +35,15 @@ from autogram.report.pareto import crowding_distance, pareto_ranks
 
 # Per-epoch keys standing in for each objective at a rung (robustness has none).
 PARTIAL = {"accuracy": "accuracy", "balanced_accuracy": "accuracy"}
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, epochs: int) -> list[int]:
+    """The epochs ``grace_period * reduction_factor^k`` before the last one (``epochs``)."""
+    milestones, t = [], float(grace_period)
+    while round(t) < epochs:
+        milestones.append(int(round(t)))
+        t *= reduction_factor
+    return sorted(set(milestones))
 
 
 def rung_columns(objectives: list[dict[str, str]], cost_key: str) -> list[tuple[str, str]]:
@@ -66,7 +83,7 @@ class ParetoSuccessiveHalving(FIFOScheduler):
     def __init__(
         self,
         columns: list[tuple[str, str]],
-        max_t: int,
+        epochs: int,
         grace_period: int = 1,
         reduction_factor: float = 2.0,
         time_attr: str = "training_iteration",
@@ -75,11 +92,7 @@ class ParetoSuccessiveHalving(FIFOScheduler):
         self.columns = columns
         self.reduction_factor = reduction_factor
         self.time_attr = time_attr
-        milestones, t = [], float(grace_period)
-        while t < max_t:
-            milestones.append(int(round(t)))
-            t *= reduction_factor
-        self.milestones = sorted(set(milestones))
+        self.milestones = rung_epochs(grace_period, reduction_factor, epochs)
         self.rungs: dict[int, dict[str, list[float]]] = {m: {} for m in self.milestones}
         self.stopped = 0
 
@@ -111,16 +124,21 @@ def scheduler_for(search: Any, epochs: int, cost: str) -> Any:
         objectives = [o.model_dump() for o in search.objectives]
         return ParetoSuccessiveHalving(
             rung_columns(objectives, cost),
-            max_t=epochs + 1,
+            epochs=epochs,
             grace_period=stop.grace_period,
             reduction_factor=stop.reduction_factor,
         )
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(
+    asha = ASHAScheduler(
         metric=stop.metric,
         mode=stop.mode,
         max_t=epochs + 1,
         grace_period=stop.grace_period,
         reduction_factor=stop.reduction_factor,
     )
+    # max_t must exceed the last epoch (the scored report comes after it), which makes Ray put
+    # a rung at the last epoch; drop it (module doc). A test checks the rungs this leaves.
+    for bracket in asha._brackets:
+        bracket._rungs = [(milestone, kept) for milestone, kept in bracket._rungs if milestone < epochs]
+    return asha
