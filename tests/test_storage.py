@@ -142,3 +142,47 @@ def test_quickstart_still_uses_sqlite_in_the_search_folder() -> None:
     from autogram.config import load_config
 
     assert load_config(ROOT / "search_spaces" / "quickstart.yaml").search.storage is None
+
+
+def test_a_new_search_refuses_a_study_of_its_name_and_drops_one_it_never_started(
+    postgres: Postgres, tmp_path: Path, teacher_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autogram.study.stopping
+    from autogram.config import validate
+    from autogram.study import plan_search, run_search
+
+    database = "study_names"
+    postgres.create_database(database)
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    bare = postgres.url(database, with_password=False)
+    raw = tiny_raw(teacher_cache)
+    raw["search"] = {"trials": 2, "concurrency": 1, "storage": bare}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+
+    # An earlier study of the name: Optuna would load it and its trials would join the new
+    # front. A new search refuses, in one line, and writes nothing.
+    optuna.create_study(study_name="taken", storage=bare, directions=["maximize", "maximize", "minimize"])
+    env = {"PGPASSWORD": postgres.password}
+    proc = run_cli("search", "s.yaml", "--out", "runs", "--name", "taken", cwd=tmp_path, timeout=900, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds a study named 'taken'" in lines[0], proc.stderr
+    assert not (tmp_path / "runs" / "taken").exists() or not any((tmp_path / "runs" / "taken").iterdir())
+
+    # A new search that fails after creating its study, before Ray Tune ran a trial (here: the
+    # scheduler cannot be built), leaves neither files nor a study: the name stays usable.
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no scheduler today")
+
+    cfg = validate(raw)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = plan_search(cfg, "fresh", tmp_path / "runs", resume=False, tracking_uri=uri)
+    monkeypatch.setattr(autogram.study.stopping, "scheduler_for", broken)
+    with pytest.raises(RuntimeError, match="no scheduler today"):
+        run_search(plan, track=False)
+    assert "fresh" not in optuna.get_all_study_names(storage=bare)
+    assert not any((tmp_path / "runs" / "fresh").iterdir())
+    monkeypatch.undo()
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    again = plan_search(cfg, "fresh", tmp_path / "runs", resume=False, tracking_uri=uri)
+    assert again.name == "fresh"

@@ -186,8 +186,14 @@ def run_search(
         try:
             return _run_locked(plan, resume, address, track)
         except BaseException:
-            if not resume:  # failed before any trial (a full disk, Ctrl-C in the teacher): no debris
+            if not resume and not (plan.directory / TUNE_DIR).exists():
+                # Failed before any trial (a full disk, Ctrl-C in the teacher): no debris, and
+                # a study it created on a shared storage goes too (the name stays usable).
                 discard_unstarted(plan.directory, TUNE_DIR)
+                if plan.config.search.storage:
+                    from autogram.study.optuna_search import drop_study
+
+                    drop_study(plan.storage_url, plan.name)
             raise
 
 

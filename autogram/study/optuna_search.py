@@ -222,3 +222,32 @@ def close_stale_trials(storage_url: str, name: str) -> int:
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "interrupted: the driver stopped mid-trial")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return len(stale)
+
+
+def check_new_study(url: str, name: str) -> None:
+    """Refuse a new search whose shared storage already holds a study of its name: Optuna would
+    load it, and the earlier trials would join this search's front unannounced."""
+    from autogram.config import ConfigError
+    from autogram.config.credentials import masked
+
+    if name in optuna.get_all_study_names(storage=open_storage(url)):
+        raise ConfigError(
+            f"search.storage {masked(url)} already holds a study named {name!r} (an earlier search of that "
+            f"name): resume it with --resume from its folder, pick another --name, or delete it with "
+            f"`optuna delete-study --study-name {name} --storage URL`"
+        )
+
+
+def drop_study(url: str, name: str) -> None:
+    """Delete the study ``name`` that a new search created and never started (a failure before
+    Ray Tune ran a trial), so the name stays usable; a storage that cannot be reached is logged."""
+    import logging
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass  # never created: the search failed before its study
+    except SQLAlchemyError as exc:
+        logging.getLogger("autogram").warning("could not delete the unstarted study %r: %s", name, exc)

@@ -107,6 +107,10 @@ def plan_search(
     mapping = space.pairs == "all"
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
+    if cfg.search.storage and not resume:  # the default sqlite study lives in the new, empty folder
+        from autogram.study.optuna_search import check_new_study
+
+        check_new_study(cfg.search.storage, name)
     # A cache too big for the disk is refused now, before anything is built (with pairs "all"
     # when the prior has chosen the candidates: every compatible pair would overstate it).
     if cfg.teacher.cache and not mapping:
