@@ -76,7 +76,7 @@ def format_bench(result: dict[str, Any]) -> str:
             row = stopping[kind]
             versus = ""
             if kind != "none":
-                low, high = stopping.get(f"{kind}_hypervolume_vs_none_spread", [float("nan")] * 2)
+                low, high = stopping[f"{kind}_hypervolume_vs_none_spread"]
                 versus = (
                     f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} ({low:.0%}-{high:.0%}) of none's hypervolume "
                     f"on {stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds, paired by seed)"

@@ -186,14 +186,12 @@ def run_search(
         try:
             return _run_locked(plan, resume, address, track)
         except BaseException:
-            if not resume and not (plan.directory / TUNE_DIR).exists():
-                # Failed before any trial (a full disk, Ctrl-C in the teacher): no debris, and
-                # a study it created on a shared storage goes too (the name stays usable).
-                discard_unstarted(plan.directory, TUNE_DIR)
-                if plan.config.search.storage:
-                    from autogram.study.optuna_search import drop_study
+            # Failed before any trial (a full disk, Ctrl-C in the teacher): no debris, and a
+            # study it created on a shared storage goes too (the name stays usable).
+            if not resume and discard_unstarted(plan.directory, TUNE_DIR) and plan.config.search.storage:
+                from autogram.study.optuna_search import drop_study
 
-                    drop_study(plan.storage_url, plan.name)
+                drop_study(plan.storage_url, plan.name)
             raise
 
 

@@ -179,15 +179,18 @@ def search_lock(directory: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
-def discard_unstarted(directory: Path, tune_dir: str) -> None:
+def discard_unstarted(directory: Path, tune_dir: str) -> bool:
     """Empty the folder of a *new* search that failed before Ray Tune started (no ``tune_dir``
     in it): nothing there can be resumed, and a leftover ``search.json`` or ``optuna.db`` would
     make the name unusable (a rerun: "already holds a search"; ``--resume``: "no search").
-    Everything in it is this driver's: a new search starts in an empty folder, under its lock."""
+    Everything in it is this driver's: a new search starts in an empty folder, under its lock.
+    Returns whether the search had not started (its folder emptied, or never made)."""
     import shutil
 
-    if (directory / tune_dir).exists() or not directory.is_dir():
-        return
+    if (directory / tune_dir).exists():
+        return False
+    if not directory.is_dir():
+        return True
     for entry in directory.iterdir():
         if entry.name == LOCK_FILE:
             continue  # released, and removed, by search_lock itself
@@ -195,3 +198,4 @@ def discard_unstarted(directory: Path, tune_dir: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    return True
