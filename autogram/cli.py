@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from autogram.config import ConfigError, TrialConfig, load_config
-from autogram.console import setup_logging, user_errors
+from autogram.console import describe_taps, setup_logging, taps_document, user_errors
 from autogram.version import __version__
 
 log = logging.getLogger("autogram")
@@ -75,48 +75,16 @@ def layers(config: str, overrides: tuple[str, ...], quiet: bool, as_json: bool, 
         ranking = rank_config(cfg)
         click.echo(json.dumps(ranking.to_json(), indent=2) if as_json else ranking.describe())
         return
+    from autogram.models import default_pairs
     from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 
     parts = prepare(cfg, pick_device("cpu"))
-    from autogram.models import default_pairs
-
     auto = default_pairs(parts.student_taps, parts.teacher_taps)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "teacher": [t.to_dict() for t in parts.teacher_taps],
-                    "student": [t.to_dict() for t in parts.student_taps],
-                    "default_pairs": [p.name for p in auto],
-                    "pairs": [p.name for p in parts.pairs],
-                    "cross_modal": {
-                        "student": [t.name for t in parts.student_embeds.values()],
-                        "teacher": [t.name for t in parts.teacher_embeds.values()],
-                    },
-                },
-                indent=2,
-            )
-        )
-        return
-    data = parts.data
-    click.echo(f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}")
-    for title, taps in (("teacher taps", parts.teacher_taps), ("student taps", parts.student_taps)):
-        click.echo(f"\n{title} (name, modality, relative depth, output shape per sample, module path):")
-        for tap in taps:
-            click.echo(f"  {tap.describe()}")
-    click.echo("\ndefault pairing (same modality, nearest relative depth):")
-    for pair in auto:
-        click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
-    if cfg.distill.pairs != "auto":
-        click.echo("\nconfigured pairs (distill.pairs):")
-        for pair in parts.pairs:
-            click.echo(f"  {pair.student.name:<16} -> {pair.teacher.name}")
-    click.echo(
-        "\ncross-modal term taps (embeddings entering fusion): "
-        f"student {', '.join(t.name for t in parts.student_embeds.values())}; "
-        f"teacher {', '.join(t.name for t in parts.teacher_embeds.values())}"
-    )
+        click.echo(json.dumps(taps_document(parts, auto), indent=2))
+    else:
+        click.echo(describe_taps(parts, auto, configured=cfg.distill.pairs != "auto"))
 
 
 @main.command()
@@ -252,7 +220,7 @@ def front(name: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> No
     """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
     setup_logging(quiet)
     from autogram.report.front import format_front
-    from autogram.report.tracking import read_front
+    from autogram.report.readback import read_front
     from autogram.report.tracking import tracking_uri as resolve_uri
 
     document = read_front(resolve_uri(tracking_uri), name)

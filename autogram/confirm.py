@@ -224,34 +224,13 @@ def confirm(
 
     ``concurrency`` > 1 or an ``address`` runs each (row, seed) as a Ray task with the search's
     per-trial resources; ``resume`` keeps the retrainings an interrupted confirm finished."""
-    from autogram.export import load_source, trial_training_config
+    from autogram.export import load_source
 
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
-    picked = {t["number"] for t in chosen}
-    baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
-    entries = [*[t for t in chosen if not t.get("baseline")], *baselines]
-    rows, jobs = [], []
-    for trial in entries:
-        raw = trial_training_config(spec, trial)
-        label = (
-            f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
-        )
-        first = int(raw.get("seed", 0))
-        row_jobs = [Job(trial["number"], first + i, raw, label) for i in range(seeds)]
-        jobs += row_jobs
-        rows.append(
-            {
-                "label": label,
-                "trial": trial["number"],
-                "baseline": trial.get("baseline"),
-                "chosen": trial["number"] in picked,
-                "reads_teacher": reads_teacher(raw),
-                "jobs": row_jobs,
-            }
-        )
+    rows, jobs = _rows_and_jobs(document, spec, chosen, seeds)
     folder = Path(source).parent if Path(source).is_file() else Path(source)
     ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
     done = ledger.kept(jobs, resume)
@@ -278,6 +257,37 @@ def confirm(
     _write(result, source, spec, parent_id, tracking_uri)
     ledger.close()
     return result
+
+
+def _rows_and_jobs(
+    document: dict[str, Any], spec: dict[str, Any], chosen: list[dict[str, Any]], seeds: int
+) -> tuple[list[dict[str, Any]], list[Job]]:
+    """One row per chosen point and per finished baseline, and its (point, seed) retrainings;
+    each row keeps its jobs under ``jobs`` until their results replace them."""
+    from autogram.export import trial_training_config
+
+    picked = {t["number"] for t in chosen}
+    baselines = [t for t in document["trials"] if t.get("baseline") and t["status"] == "ok"]
+    rows, jobs = [], []
+    for trial in [*[t for t in chosen if not t.get("baseline")], *baselines]:
+        raw = trial_training_config(spec, trial)
+        label = (
+            f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
+        )
+        first = int(raw.get("seed", 0))
+        row_jobs = [Job(trial["number"], first + i, raw, label) for i in range(seeds)]
+        jobs += row_jobs
+        rows.append(
+            {
+                "label": label,
+                "trial": trial["number"],
+                "baseline": trial.get("baseline"),
+                "chosen": trial["number"] in picked,
+                "reads_teacher": reads_teacher(raw),
+                "jobs": row_jobs,
+            }
+        )
+    return rows, jobs
 
 
 def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
@@ -308,7 +318,8 @@ def publish(
         extra(target)
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:
-        from autogram.report.tracking import client_for, find_parent
+        from autogram.report.readback import find_parent
+        from autogram.report.tracking import client_for
 
         parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
         client_for(uri).log_artifacts(parent_id, str(target), "confirm")

@@ -1,5 +1,6 @@
 """What every command shares on the console: autogram's log lines, and user errors turned
-into one line on stderr and exit code 2 (a config mistake, the machine refusing a write)."""
+into one line on stderr and exit code 2 (a config mistake, the machine refusing a write);
+and what ``autogram layers`` prints."""
 
 from __future__ import annotations
 
@@ -67,3 +68,38 @@ def _first_line(exc: BaseException) -> str:
     from autogram.config.base import first_line
 
     return first_line(exc)[:200]
+
+
+def taps_document(parts: Any, auto: list[Any]) -> dict[str, Any]:
+    """``autogram layers --json``: both models' taps, the default and configured pairs, and
+    the cross-modal term's taps of a prepared set-up ``parts``."""
+    return {
+        "teacher": [t.to_dict() for t in parts.teacher_taps],
+        "student": [t.to_dict() for t in parts.student_taps],
+        "default_pairs": [p.name for p in auto],
+        "pairs": [p.name for p in parts.pairs],
+        "cross_modal": {
+            "student": [t.name for t in parts.student_embeds.values()],
+            "teacher": [t.name for t in parts.teacher_embeds.values()],
+        },
+    }
+
+
+def describe_taps(parts: Any, auto: list[Any], configured: bool) -> str:
+    """``autogram layers``: the same as :func:`taps_document`, for a reader."""
+    data = parts.data
+    lines = [f"data: {data.source}  modalities: {', '.join(m.describe() for m in data.modalities)}"]
+    for title, taps in (("teacher taps", parts.teacher_taps), ("student taps", parts.student_taps)):
+        lines.append(f"\n{title} (name, modality, relative depth, output shape per sample, module path):")
+        lines += [f"  {tap.describe()}" for tap in taps]
+    lines.append("\ndefault pairing (same modality, nearest relative depth):")
+    lines += [f"  {pair.student.name:<16} -> {pair.teacher.name}" for pair in auto]
+    if configured:
+        lines.append("\nconfigured pairs (distill.pairs):")
+        lines += [f"  {pair.student.name:<16} -> {pair.teacher.name}" for pair in parts.pairs]
+    lines.append(
+        "\ncross-modal term taps (embeddings entering fusion): "
+        f"student {', '.join(t.name for t in parts.student_embeds.values())}; "
+        f"teacher {', '.join(t.name for t in parts.teacher_embeds.values())}"
+    )
+    return "\n".join(lines)

@@ -72,7 +72,8 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
         if not (path / "front.json").is_file() or not (path / "search.json").is_file():
             raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
         return read_json(path / "front.json", "front"), read_json(path / "search.json", "search spec"), ""
-    from autogram.report.tracking import client_for, read_front
+    from autogram.report.readback import read_front
+    from autogram.report.tracking import client_for
     from autogram.report.tracking import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
@@ -114,7 +115,7 @@ def export(
 ) -> dict[str, Any]:
     """Write the chosen trial's training config to ``out``; returns the raw config. An existing
     ``out`` is refused unless ``force`` (another run's config, and its checkpoints, may go with it)."""
-    from autogram.distiller import recipe_path
+    from autogram.distiller import recipe_document, recipe_path
 
     if not force and out.exists():
         raise ConfigError(f"-o {out}: the file exists (another export?); pass --force to overwrite it, or another -o")
@@ -128,7 +129,30 @@ def export(
     trial_epochs = raw["train"]["epochs"]
     if epochs is not None:
         raw["train"]["epochs"] = epochs  # the cosine schedule stretches over the new budget
-    raw["provenance"] = {
+    raw["provenance"] = _provenance(document, spec, chosen, parent_id, trial_epochs, pick, weights, where)
+    validate(raw, str(out))  # refuse to write a config that would not load
+    recipe = recipe_document(raw, spec.get("taps"))  # built before anything is written
+    recipe_file = _write_export(
+        out, raw, recipe, f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
+    )
+    if parent_id or spec.get("tracking_uri"):
+        _log_export(out, spec, parent_id, tracking_uri)
+        _log_export(recipe_file, spec, parent_id, tracking_uri)
+    return raw
+
+
+def _provenance(
+    document: dict[str, Any],
+    spec: dict[str, Any],
+    chosen: dict[str, Any],
+    parent_id: str,
+    trial_epochs: int,
+    pick: str,
+    weights: list[float] | None,
+    where: list[str] | None,
+) -> dict[str, Any]:
+    """Where an exported config came from: the search, its trial, MLflow runs and scores."""
+    return {
         "search": document["name"],
         "trial": chosen["number"],
         "mlflow_run_id": chosen.get("run_id", ""),
@@ -143,38 +167,34 @@ def export(
         "teacher_source": spec.get("teacher_source", {"source": "builtin"}),
         "where": list(where or []),
     }
-    validate(raw, str(out))  # refuse to write a config that would not load
+
+
+def _write_export(out: Path, raw: dict[str, Any], recipe: dict[str, Any], header: str) -> Path:
+    """The YAML at ``out`` and the recipe beside it; returns the recipe's path. A failed write
+    (a full disk) leaves no half-written file and is one line."""
     import yaml
 
-    from autogram.distiller import recipe_document, write_recipe
-
-    recipe = recipe_document(raw, spec.get("taps"))  # built before anything is written
-
     from autogram.config.base import check_writable
+    from autogram.distiller import write_recipe
 
     check_writable(out.parent, "-o")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(
-            f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
-            + yaml.safe_dump(raw, sort_keys=False)
-        )
+        tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False))
         # Plain data beside the YAML: what was found, readable from any framework.
         recipe_file = write_recipe(out, recipe)
         os.replace(tmp, out)
     except OSError as exc:  # a full disk mid-write: no half-written file is left behind
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"-o {out}: cannot write ({exc.strerror or type(exc).__name__})") from None
-    if parent_id or spec.get("tracking_uri"):
-        _log_export(out, spec, parent_id, tracking_uri)
-        _log_export(recipe_file, spec, parent_id, tracking_uri)
-    return raw
+    return recipe_file
 
 
 def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
     """(parent run id, the trial's child run id) of a search folder's MLflow record, or ("", "")."""
-    from autogram.report.tracking import PARENT, client_for, find_parent
+    from autogram.report.readback import find_parent
+    from autogram.report.tracking import PARENT, client_for
 
     try:
         parent = find_parent(uri, name)
@@ -190,7 +210,8 @@ def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
 def _log_export(out: Path, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
     import logging
 
-    from autogram.report.tracking import client_for, find_parent
+    from autogram.report.readback import find_parent
+    from autogram.report.tracking import client_for
 
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:

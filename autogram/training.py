@@ -133,57 +133,34 @@ def train(
     Files go beside ``config_path``: ``<stem>.student.safetensors`` and ``<stem>.checkpoints/``.
     Teacher, student and data are rebuilt from the config's sources (the same factories).
     """
-    from autogram.config.credentials import check_tracking
-    from autogram.report.tracking import client_for, log_metrics
-    from autogram.report.tracking import tracking_uri as resolve_uri
+    from autogram.report.tracking import log_metrics
     from autogram.tensors.runtime import pick_device
-    from autogram.trial import mean_robustness, prepare, teacher_signals
+    from autogram.trial import prepare, teacher_signals
 
     config_path = Path(config_path)
     ckpt_dir = config_path.with_name(f"{config_path.stem}.checkpoints")
     _check_start(config, ckpt_dir, resume)
     device = pick_device(config.device)
     parts = prepare(config, device, data)
-    data, student = parts.data, parts.student
     objective = parts.objective(config.distill).to(device)
     # The same teacher signals as the trial this config came from (its cache, sketched as the
     # search's was), so a trial's budget reproduces the trial's scores.
     signals, _ = teacher_signals(config, parts, objective, device)
-    uri = resolve_uri(tracking_uri)
-    check_tracking(uri)  # an unreachable server: one line in seconds, not a traceback after minutes
-    experiment = experiment or (config.provenance or {}).get("experiment") or config.name
-    checkpointer = Checkpointer(ckpt_dir, {"student": student, "objective": objective}, resume, "", config.train.epochs)
-    run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
-    checkpointer.run_id = run_id
-    checkpointer.fingerprint, checkpointer.origin = config_fingerprint(config), _origin(config, config_path)
-    client = client_for(uri)
+    checkpointer = Checkpointer(
+        ckpt_dir, {"student": parts.student, "objective": objective}, resume, "", config.train.epochs
+    )
+    uri, client, run_id = _open_run(config, config_path, checkpointer, resume, tracking_uri, experiment)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         log_metrics(client, run_id, {f"curve/{k}": v for k, v in metrics.items()}, epoch)
 
-    outcome, (val_acc, val_corr, val_balanced), (test_acc, test_corr, test_balanced) = _train_and_score(
+    outcome, val, test = _train_and_score(
         config, parts, objective, signals, device, report, checkpointer, client, run_id
     )
     student_path = config_path.with_name(f"{config_path.stem}.student.safetensors")
-    _save_student(student, student_path, config)
-    result = TrainResult(
-        accuracy=val_acc,
-        robustness=mean_robustness(val_corr),
-        test_accuracy=test_acc,
-        test_robustness=mean_robustness(test_corr),
-        status=outcome.status,
-        epochs=outcome.epochs,
-        corruptions=val_corr,
-        test_corruptions=test_corr,
-        student_path=str(student_path),
-        mlflow_run_id=run_id,
-        resumed_from_epoch=checkpointer.resumed_from,
-        history=outcome.history,
-        first_losses=outcome.first_losses,
-        balanced_accuracy=val_balanced,
-        test_balanced_accuracy=test_balanced,
-    )
-    result.model_uri = _close_run(client, uri, result, student, data, config)
+    _save_student(parts.student, student_path, config)
+    result = _result(outcome, val, test, str(student_path), run_id, checkpointer.resumed_from)
+    result.model_uri = _close_run(client, uri, result, parts.student, parts.data, config)
     log.info(
         "test accuracy %.4f, test robustness %.4f; student -> %s; MLflow run %s",
         result.test_accuracy,
@@ -192,6 +169,61 @@ def train(
         run_id,
     )
     return result
+
+
+def _result(
+    outcome: Any,
+    val: tuple[float, dict[str, float], float],
+    test: tuple[float, dict[str, float], float],
+    student_path: str,
+    run_id: str,
+    resumed_from: int,
+) -> TrainResult:
+    """A full run's result from its training outcome and its (accuracy, corruptions, balanced
+    accuracy) on validation and test."""
+    from autogram.trial import mean_robustness
+
+    (val_acc, val_corr, val_balanced), (test_acc, test_corr, test_balanced) = val, test
+    return TrainResult(
+        accuracy=val_acc,
+        robustness=mean_robustness(val_corr),
+        test_accuracy=test_acc,
+        test_robustness=mean_robustness(test_corr),
+        status=outcome.status,
+        epochs=outcome.epochs,
+        corruptions=val_corr,
+        test_corruptions=test_corr,
+        student_path=student_path,
+        mlflow_run_id=run_id,
+        resumed_from_epoch=resumed_from,
+        history=outcome.history,
+        first_losses=outcome.first_losses,
+        balanced_accuracy=val_balanced,
+        test_balanced_accuracy=test_balanced,
+    )
+
+
+def _open_run(
+    config: TrialConfig,
+    config_path: Path,
+    checkpointer: Checkpointer,
+    resume: bool,
+    tracking_uri: str | None,
+    experiment: str | None,
+) -> tuple[str, Any, str]:
+    """The run's MLflow run (a resume continues the checkpoint's); returns (uri, client, run id).
+    The checkpointer learns the run, the config's fingerprint and where it came from."""
+    from autogram.config.credentials import check_tracking
+    from autogram.report.tracking import client_for
+    from autogram.report.tracking import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_tracking(uri)  # an unreachable server: one line in seconds, not a traceback after minutes
+    experiment = experiment or (config.provenance or {}).get("experiment") or config.name
+    run_id = _mlflow_run(config, uri, experiment, checkpointer.saved_run_id() if resume else "", config_path)
+    checkpointer.run_id = run_id
+    checkpointer.fingerprint, checkpointer.origin = config_fingerprint(config), _origin(config, config_path)
+    return uri, client_for(uri), run_id
 
 
 def _train_and_score(

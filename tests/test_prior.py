@@ -182,7 +182,7 @@ def test_search_of_all_pairs_finds_the_planted_layer(tmp_path: Path) -> None:
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if "prior_seconds" in r.data.params)
     assert float(parent.data.params["prior_seconds"]) > 0
     assert "ranking.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
-    from autogram.report.tracking import read_front
+    from autogram.report.readback import read_front
 
     recorded = read_front(f"sqlite:///{tmp_path / 'mlflow.db'}", "planted")
     assert [t["number"] for t in recorded["trials"] if t["tag"] == "prior"] == [0]

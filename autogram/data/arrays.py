@@ -135,21 +135,7 @@ def _moments(train: np.ndarray, kind: str) -> tuple[float | np.ndarray, float | 
 def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> MultiModalData:
     """Validate, split and standardise raw arrays into :class:`MultiModalData`."""
     arrays = dict(arrays)
-    found = _detect_modalities(arrays, source)
-    names = cfg.modalities if cfg.modalities is not None else found
-    _refuse_non_numeric(arrays, names if cfg.modalities is not None else None, source)
-    for name in names:
-        if name not in found:
-            raise ConfigError(f"{source}: data.modalities: no array train_{name} (found: {', '.join(found)})")
-        if not _NAME_OK(name):
-            raise ConfigError(f"{source}: modality name {name!r} must be a Python identifier")
-    for name in cfg.modality_kinds:
-        if name not in names:
-            raise ConfigError(f"{source}: data.modality_kinds.{name}: unknown modality (have: {', '.join(names)})")
-    for name in names:  # before any split is carved, so a sample number is the file's row
-        for split in SPLITS:
-            if f"{split}_{name}" in arrays:
-                check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
+    names = _checked_modalities(arrays, cfg, source)
     keys = [*names, "label"]
     # The file's own splits first, so a message counts the file's rows, not what carving left.
     check_split_sizes({s: len(arrays[f"{s}_label"]) for s in SPLITS if f"{s}_label" in arrays}, source)
@@ -196,6 +182,27 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
                 splits[split].inputs[name] = values.reshape(len(values), *shape)
             modalities.append(Modality(name, kind, shape))
     return MultiModalData(modalities=modalities, num_classes=num_classes, splits=splits, source=source)
+
+
+def _checked_modalities(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> list[str]:
+    """The modalities to load (``data.modalities``, else every one found), each checked:
+    present, a Python identifier, numeric, finite; ``data.modality_kinds`` names only them."""
+    found = _detect_modalities(arrays, source)
+    names = cfg.modalities if cfg.modalities is not None else found
+    _refuse_non_numeric(arrays, names if cfg.modalities is not None else None, source)
+    for name in names:
+        if name not in found:
+            raise ConfigError(f"{source}: data.modalities: no array train_{name} (found: {', '.join(found)})")
+        if not _NAME_OK(name):
+            raise ConfigError(f"{source}: modality name {name!r} must be a Python identifier")
+    for name in cfg.modality_kinds:
+        if name not in names:
+            raise ConfigError(f"{source}: data.modality_kinds.{name}: unknown modality (have: {', '.join(names)})")
+    for name in names:  # before any split is carved, so a sample number is the file's row
+        for split in SPLITS:
+            if f"{split}_{name}" in arrays:
+                check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
+    return list(names)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

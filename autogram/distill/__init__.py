@@ -334,14 +334,9 @@ def train_student(
     # Kept on the device for the next trial of this process (a search worker runs many).
     train = device_split(data, "train", device)
     val = device_split(data, "val", device)
-    params = list(student.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows = len(train.labels)
     labels, pool = _labels_and_pool(cfg, objective, train.labels, rows)
-    total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
+    optimizer, schedule = _optimiser(student, objective, cfg, rows)
     outcome = TrainOutcome()
     state = LoopState(optimizer, schedule, torch.Generator().manual_seed(seed), outcome)
     first_epoch = hooks.restore(state) + 1 if hooks is not None else 1
@@ -360,13 +355,7 @@ def train_student(
             log.warning("trial diverged: %s", outcome.reason)
             break
         metrics = {k: v / max(batches, 1) for k, v in sums.items()}
-        metrics["accuracy"] = split_accuracy(student, val, 500, device)
-        metrics["epoch_seconds"] = time.perf_counter() - start
-        # The cost so far, as the trial's result will count it (a cached teacher's forward
-        # included): early stopping by Pareto rank compares it at each rung.
-        replaced = float(getattr(teacher, "flops_per_sample", 0.0))
-        metrics["train_gflops"] = (outcome.flops_per_sample + replaced) * outcome.samples / 1e9
-        metrics["train_seconds"] = outcome.seconds
+        metrics.update(_epoch_metrics(student, val, device, teacher, outcome, start))
         outcome.epochs = epoch
         outcome.history.append({"epoch": epoch, **metrics})
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -376,3 +365,28 @@ def train_student(
             hooks.epoch_end(epoch, state)
     student.eval()
     return outcome
+
+
+def _optimiser(student: nn.Module, objective: Objective, cfg: TrainConfig, rows: int) -> tuple[Any, Any]:
+    """AdamW over the student and the objective's projections, with a cosine schedule over
+    every step of ``cfg.epochs`` (a resume restores both states)."""
+    params = list(student.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * math.ceil(rows / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    return optimizer, schedule
+
+
+def _epoch_metrics(
+    student: nn.Module, val: Any, device: torch.device, teacher: Any, outcome: TrainOutcome, start: float
+) -> dict[str, float]:
+    """Validation accuracy, the epoch's seconds and the cost so far, after an epoch."""
+    metrics = {"accuracy": split_accuracy(student, val, 500, device), "epoch_seconds": time.perf_counter() - start}
+    # The cost so far, as the trial's result will count it (a cached teacher's forward
+    # included): early stopping by Pareto rank compares it at each rung.
+    replaced = float(getattr(teacher, "flops_per_sample", 0.0))
+    metrics["train_gflops"] = (outcome.flops_per_sample + replaced) * outcome.samples / 1e9
+    metrics["train_seconds"] = outcome.seconds
+    return metrics

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError
-from autogram.study.plan import FRONT_FILE, SPEC_FILE, STUDY_FILE, SearchPlan, candidate_taps, plan_search
+from autogram.study.plan import (
+    FRONT_FILE,
+    SPEC_FILE,
+    STUDY_FILE,
+    SearchPlan,
+    candidate_taps,
+    plan_search,
+    space_summary,
+)
 from autogram.study.resume import TUNE_DIR, TUNE_NOISE, SearchInterrupted, interrupted, requeue_lost_trials
 
 __all__ = ["FRONT_FILE", "SPEC_FILE", "STUDY_FILE", "SearchPlan", "plan_search", "run_search"]
@@ -115,38 +123,6 @@ def _tuner(plan: SearchPlan, trainable: Any, tracker: Any) -> Any:
             verbose=0,
         ),
     )
-
-
-def _space_summary(plan: SearchPlan) -> dict[str, Any]:
-    search = plan.config.search
-    params: dict[str, Any] = {f"space.{k}": json.dumps(v) for k, v in search.space.model_dump(mode="json").items()}
-    params.update(
-        {
-            "sampler": search.sampler,
-            "seed": search.seed,
-            "trials": search.trials,
-            "concurrency": search.concurrency,
-            "objectives": json.dumps(plan.objectives),
-            "constraints": json.dumps(search.constraints),
-            "early_stopping": json.dumps(search.early_stopping.model_dump() if search.early_stopping else None),
-            "candidate_pairs": json.dumps(plan.candidates),
-            **(_prior_summary(plan) if plan.ranking is not None else {}),
-            "trial_epochs": plan.config.train.epochs,
-        }
-    )
-    return params
-
-
-def _prior_summary(plan: SearchPlan) -> dict[str, Any]:
-    """The layer-mapping prior on the parent run: its best mapping and what it cost."""
-    from autogram.config.pairs import mapping_text
-
-    return {
-        "prior_best": mapping_text(plan.prior or {}) or "none",
-        "prior_seconds": round(plan.ranking.seconds, 3),
-        "prior_steps": plan.ranking.steps,
-        "prior_samples": plan.ranking.samples,
-    }
 
 
 def pin_teacher(raw: dict[str, Any], path: str, key: str) -> None:
@@ -293,7 +269,7 @@ def _start_tracker(plan: SearchPlan, handle: Any, resume: bool) -> Any:
 
     tracker = SearchTracker(plan.tracking_uri, plan.experiment, plan.name, plan.directory)
     tracker.start_parent(
-        _space_summary(plan),
+        space_summary(plan),
         {
             "optuna_storage": plan.storage_url,
             "host": host(),

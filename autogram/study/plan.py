@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,20 +86,13 @@ def plan_search(
     ``warm_start`` an earlier search under ``out`` whose finished trials seed the new study.
     """
     from autogram.models import default_pairs
-    from autogram.study.cluster import check_execution
     from autogram.tensors.runtime import pick_device
     from autogram.trial import prepare
 
     if resume:
         cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
     warm = _warm_source(out, warm_start, resume)
-    # Tracking, devices, storage and cluster first: a bad one fails in seconds, before models are built.
-    from autogram.config.credentials import check_tracking, tracking_url
-    from autogram.report.tracking import tracking_uri as resolve_uri
-
-    tracking = tracking_url(resolve_uri(tracking_uri))
-    check_tracking(tracking)
-    cfg = check_execution(cfg, out, address)
+    cfg, tracking = _check_services(cfg, out, tracking_uri, address)
     space = cfg.search.space
     parts = prepare(cfg, pick_device(cfg.device), data)
     pairs = _candidate_pairs(space, parts)
@@ -107,14 +101,7 @@ def plan_search(
     mapping = space.pairs == "all"
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
-    if cfg.search.storage and not resume:  # the default sqlite study lives in the new, empty folder
-        from autogram.study.optuna_search import check_new_study
-
-        check_new_study(cfg.search.storage, name)
-    # A cache too big for the disk is refused now, before anything is built (with pairs "all"
-    # when the prior has chosen the candidates: every compatible pair would overstate it).
-    if cfg.teacher.cache and not mapping:
-        _check_cache_size(cfg, setup, parts)
+    _check_room(cfg, name, resume, setup, parts, mapping)
     base = cfg.model_dump(mode="json", exclude={"search"})
     from autogram.study.baselines import plan_baselines
 
@@ -137,6 +124,31 @@ def plan_search(
         defaults=defaults if mapping else None,
         warm=warm,
     )
+
+
+def _check_services(cfg: TrialConfig, out: Path, tracking_uri: str | None, address: str | None) -> tuple[Any, str]:
+    """Tracking, devices, storage and cluster, before models are built: a bad one fails in
+    seconds. Returns the config as the cluster will run it and the tracking URL."""
+    from autogram.config.credentials import check_tracking, tracking_url
+    from autogram.report.tracking import tracking_uri as resolve_uri
+    from autogram.study.cluster import check_execution
+
+    tracking = tracking_url(resolve_uri(tracking_uri))
+    check_tracking(tracking)
+    return check_execution(cfg, out, address), tracking
+
+
+def _check_room(cfg: TrialConfig, name: str, resume: bool, setup: Any, parts: Any, mapping: bool) -> None:
+    """A new search's shared study storage holds no study of its name, and its teacher cache
+    fits the disk; both refused now, before anything is built."""
+    if cfg.search.storage and not resume:  # the default sqlite study lives in the new, empty folder
+        from autogram.study.optuna_search import check_new_study
+
+        check_new_study(cfg.search.storage, name)
+    # With pairs "all" the prior chooses the candidates later (every compatible pair would
+    # overstate the cache): the cache build checks its size then.
+    if cfg.teacher.cache and not mapping:
+        _check_cache_size(cfg, setup, parts)
 
 
 def _warm_source(out: Path, warm_start: str | None, resume: bool) -> Any:
@@ -269,3 +281,36 @@ def candidate_taps(setup: Any) -> dict[str, dict[str, Any]]:
         for tap in embeds.values():
             out[role][tap.name] = tap.to_dict()
     return out
+
+
+def space_summary(plan: SearchPlan) -> dict[str, Any]:
+    """The search's space, sampler, budget and objectives as its parent run's params."""
+    search = plan.config.search
+    params: dict[str, Any] = {f"space.{k}": json.dumps(v) for k, v in search.space.model_dump(mode="json").items()}
+    params.update(
+        {
+            "sampler": search.sampler,
+            "seed": search.seed,
+            "trials": search.trials,
+            "concurrency": search.concurrency,
+            "objectives": json.dumps(plan.objectives),
+            "constraints": json.dumps(search.constraints),
+            "early_stopping": json.dumps(search.early_stopping.model_dump() if search.early_stopping else None),
+            "candidate_pairs": json.dumps(plan.candidates),
+            **(_prior_summary(plan) if plan.ranking is not None else {}),
+            "trial_epochs": plan.config.train.epochs,
+        }
+    )
+    return params
+
+
+def _prior_summary(plan: SearchPlan) -> dict[str, Any]:
+    """The layer-mapping prior on the parent run: its best mapping and what it cost."""
+    from autogram.config.pairs import mapping_text
+
+    return {
+        "prior_best": mapping_text(plan.prior or {}) or "none",
+        "prior_seconds": round(plan.ranking.seconds, 3),
+        "prior_steps": plan.ranking.steps,
+        "prior_samples": plan.ranking.samples,
+    }

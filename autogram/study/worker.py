@@ -95,18 +95,11 @@ def trainable(
     # Ray sets OMP_NUM_THREADS to the trial's CPUs; size torch's pool to match on purpose.
     torch.set_num_threads(max(1, int(cpus)))
 
-    violation = pair_violation(config, space, candidates)
-    if violation:
-        tune.report(_infeasible(violation))
+    built = _build_trial(config, base, space, candidates, gpus)
+    if isinstance(built, str):
+        tune.report(_infeasible(built))
         return
-    try:
-        trial_cfg = validate(trial_config(base, config, space, candidates), "search trial")
-        device = _trial_device(trial_cfg.device, gpus)
-    except ConfigError as exc:
-        tune.report(_infeasible(str(exc)))
-        return
-
-    trial_cfg = trial_cfg.model_copy(update={"device": device.type})
+    trial_cfg, device = built
     limit_gpu_memory(device, gpus)
     teacher = _teacher(teacher_meta, teacher_blob, cache_dir, data, device)
 
@@ -124,6 +117,21 @@ def trainable(
     final["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     final.update(worker_pid=os.getpid(), warm_start=warm, node_id=ray.get_runtime_context().get_node_id())
     tune.report(final)
+
+
+def _build_trial(
+    config: dict[str, Any], base: dict[str, Any], space: SpaceConfig, candidates: list[str], gpus: float
+) -> tuple[Any, Any] | str:
+    """The trial's config and device from the sampled ``config``, or why it is infeasible."""
+    violation = pair_violation(config, space, candidates)
+    if violation:
+        return violation
+    try:
+        trial_cfg = validate(trial_config(base, config, space, candidates), "search trial")
+        device = _trial_device(trial_cfg.device, gpus)
+    except ConfigError as exc:
+        return str(exc)
+    return trial_cfg.model_copy(update={"device": device.type}), device
 
 
 def _teacher(meta: Any, blob: bytes | None, cache_dir: str | None, data: Any, device: Any) -> Any:

@@ -254,7 +254,7 @@ def _write_arrays(
     """Write the arrays of samples ``rows`` (start, stop; default: the whole split) and their
     manifest into ``tmp``; batches start at multiples of ``batch_size`` from ``rows[0]``.
     ``bases``: the sketches' exact bases, fixed by the split's first batch (see
-    :func:`sketch_bases`); by default this range's own first batch fixes them."""
+    :func:`~autogram.teacher.shards.sketch_bases`); by default this range's own first batch fixes them."""
     from autogram.models.features import capture
     from autogram.teacher.sketch import Sketcher
     from autogram.tensors.runtime import autocast
@@ -300,33 +300,6 @@ def _write_arrays(
             last_report = time.perf_counter()
             log.info("teacher cache: %d/%d samples (%.0fs)", start + len(logits), n, last_report - started)
     return write_manifest(outputs, dtypes, tmp, key, layout, flops_per_sample, started)
-
-
-def sketch_bases(
-    model: torch.nn.Module, split: Any, layout: CacheLayout, device: torch.device, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Each sketched tap's exact basis, from the split's first batch: a build over shards must
-    give every shard the one basis a single build would use (a sketch's inner products between
-    samples are only right when both were projected on the same basis)."""
-    from autogram.models.features import capture
-    from autogram.teacher.sketch import Sketcher
-    from autogram.tensors.runtime import autocast
-
-    sketched = [(tap, tap_dims(tap)) for _, tap, form in layout.arrays() if form == SKETCH]
-    if not sketched:
-        return {}
-    chunk = split.rows(np.arange(0, min(batch_size, len(split))))
-    batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in chunk.items()}
-    model.eval()
-    with torch.no_grad(), autocast(device), capture(model, list(layout.taps)) as feats:
-        model(batch)
-        bases = {}
-        for tap, (channels, positions) in sketched:
-            sketcher = Sketcher(tap.name, channels * positions, layout.sketch, layout.seed, device, EXACT_DIMS)
-            sketcher(feats[tap.name].float())
-            if sketcher.basis is not None:
-                bases[tap.name] = sketcher.basis.cpu()
-    return bases
 
 
 def write_manifest(

@@ -9,7 +9,7 @@ like ``--out``. The driver then assembles the shards into the same files, manife
 
 Shard boundaries are multiples of the batch size, so every batch the teacher sees is the batch
 the single-process build sees, and every shard sketches on the exact basis the split's first
-batch fixes (:func:`~autogram.teacher.cache.sketch_bases`, run here before the tasks): with the
+batch fixes (:func:`sketch_bases`, run here before the tasks): with the
 same torch thread count the two caches are equal byte for byte. A build cut
 by a crash or a kill keeps its finished shards (a shard counts once its manifest is written and
 its files match it), and the next build of the same key runs only the missing ones.
@@ -145,8 +145,6 @@ def build_sharded(
 ) -> None:
     """:func:`~autogram.teacher.cache.build_cache`, with the teacher's forward spread over
     ``shards`` Ray tasks (Ray must be running); finished shards of a cut build are kept."""
-    import ray
-
     bounds = shard_bounds(len(split), batch_size, shards)
     staging = staging_folder(directory)
     _prepare_staging(staging, key, bounds)
@@ -161,41 +159,85 @@ def build_sharded(
         f"; {len(bounds) - len(todo)} finished by an earlier build are kept" if len(todo) < len(bounds) else "",
     )
     if todo:
-        from autogram.teacher.cache import sketch_bases
-
-        # One basis per sketched tap for every shard, fixed by the split's first batch as in
-        # a single build; the tasks' own first batches would each fix another.
-        bases = sketch_bases(model, split, layout, device, batch_size)
-        home = next(model.parameters()).device if any(True for _ in model.parameters()) else None
-        model_ref = ray.put(model.cpu())  # workers move it to their own device
-        if home is not None:
-            model.to(home)
-        split_ref = ray.put(split)
-        threads = max(1, int(resources.get("cpu", 1)))
-        task = ray.remote(_build_shard).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
-        pending = {
-            task.remote(
-                model_ref, split_ref, layout, device.type, bounds[i], str(folders[i]), key, batch_size, threads, bases
-            ): i
-            for i in todo
-        }
-        finished = len(bounds) - len(todo)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(done[0])
-            report = _result(done[0])  # a task's error surfaces here, its finished siblings kept
-            finished += 1
-            log.info(
-                "teacher cache: shard %d/%d done (rows %d-%d, %.1fs on %s, node %s)",
-                finished,
-                len(bounds),
-                *report["rows"],
-                report["seconds"],
-                report["host"],
-                report["node"][:12],
-            )
+        _run_shards(model, split, layout, device, (bounds, folders, todo), key, resources, batch_size)
     _assemble(folders, directory, key, layout, started)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run_shards(
+    model: Any,
+    split: Any,
+    layout: Any,
+    device: Any,
+    plan: tuple[list[tuple[int, int]], list[Path], list[int]],
+    key: str,
+    resources: dict[str, float],
+    batch_size: int,
+) -> None:
+    """The teacher's forward over the shards still to do (``plan``: every shard's rows and
+    folder, and which are left) as Ray tasks, logging each one as it finishes."""
+    import ray
+
+    bounds, folders, todo = plan
+    # One basis per sketched tap for every shard, fixed by the split's first batch as in
+    # a single build; the tasks' own first batches would each fix another.
+    bases = sketch_bases(model, split, layout, device, batch_size)
+    home = next(model.parameters()).device if any(True for _ in model.parameters()) else None
+    model_ref = ray.put(model.cpu())  # workers move it to their own device
+    if home is not None:
+        model.to(home)
+    split_ref = ray.put(split)
+    threads = max(1, int(resources.get("cpu", 1)))
+    task = ray.remote(_build_shard).options(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))
+    pending = {
+        task.remote(
+            model_ref, split_ref, layout, device.type, bounds[i], str(folders[i]), key, batch_size, threads, bases
+        ): i
+        for i in todo
+    }
+    finished = len(bounds) - len(todo)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        pending.pop(done[0])
+        report = _result(done[0])  # a task's error surfaces here, its finished siblings kept
+        finished += 1
+        log.info(
+            "teacher cache: shard %d/%d done (rows %d-%d, %.1fs on %s, node %s)",
+            finished,
+            len(bounds),
+            *report["rows"],
+            report["seconds"],
+            report["host"],
+            report["node"][:12],
+        )
+
+
+def sketch_bases(model: Any, split: Any, layout: Any, device: Any, batch_size: int) -> dict[str, Any]:
+    """Each sketched tap's exact basis, from the split's first batch: a build over shards must
+    give every shard the one basis a single build would use (a sketch's inner products between
+    samples are only right when both were projected on the same basis)."""
+    import torch
+
+    from autogram.models.features import capture
+    from autogram.teacher.cache import SKETCH, tap_dims
+    from autogram.teacher.sketch import EXACT_DIMS, Sketcher
+    from autogram.tensors.runtime import autocast
+
+    sketched = [(tap, tap_dims(tap)) for _, tap, form in layout.arrays() if form == SKETCH]
+    if not sketched:
+        return {}
+    chunk = split.rows(np.arange(0, min(batch_size, len(split))))
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in chunk.items()}
+    model.eval()
+    with torch.no_grad(), autocast(device), capture(model, list(layout.taps)) as feats:
+        model(batch)
+        bases = {}
+        for tap, (channels, positions) in sketched:
+            sketcher = Sketcher(tap.name, channels * positions, layout.sketch, layout.seed, device, EXACT_DIMS)
+            sketcher(feats[tap.name].float())
+            if sketcher.basis is not None:
+                bases[tap.name] = sketcher.basis.cpu()
+    return bases
 
 
 def _result(ref: Any) -> dict[str, Any]:
