@@ -48,6 +48,40 @@ def test_student_pool_keeps_a_grid_of_cells(data) -> None:  # noqa: ANN001
     assert pooled(example_inputs(data, 3)).shape == (3, 10)
 
 
+def test_grid_blocks_are_torchvisions_conv_norm_activation_without_importing_it(data) -> None:  # noqa: ANN001
+    """The student's grid blocks are built by hand, not by torchvision (whose import costs each
+    fresh Ray worker about 2 s), yet equal its ``Conv2dNormActivation`` layer for layer."""
+    import subprocess
+    import sys
+
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    from autogram.models.student import _block2d
+
+    for stride in (1, 2):
+        torch.manual_seed(0)
+        ours = _block2d(3, 8, stride)
+        torch.manual_seed(0)
+        theirs = Conv2dNormActivation(3, 8, kernel_size=3, stride=stride)
+        assert [type(m) for m in ours] == [type(m) for m in theirs]
+        assert ours[0].stride == theirs[0].stride and ours[0].padding == theirs[0].padding
+        mine, reference = ours.state_dict(), theirs.state_dict()
+        assert list(mine) == list(reference) and all(torch.equal(mine[k], reference[k]) for k in mine)
+        x = torch.randn(2, 3, 9, 9)
+        assert torch.equal(ours(x), theirs(x))
+    code = (
+        "import sys\n"
+        "from autogram.config import BuiltinDataConfig, DataConfig, StudentConfig\n"
+        "from autogram.data import load_data\n"
+        "from autogram.models import build_student\n"
+        "data = load_data(DataConfig(builtin=BuiltinDataConfig(n_train=100, n_val=50, n_test=50)))\n"
+        "build_student(data, StudentConfig())\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
 def test_taps_have_modality_depth_path_and_shape(data) -> None:  # noqa: ANN001
     teacher = build_teacher(data, TeacherConfig().architecture())
     student = build_student(data, StudentConfig())

@@ -18,18 +18,26 @@ def _block1d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
+def _block2d(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    # torchvision's Conv2dNormActivation, layer for layer (same module paths, same initial
+    # weights): importing torchvision costs every fresh worker about 2 s (it loads torch._dynamo).
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
 class GridEncoder(nn.Module):
     """Conv-BN-ReLU blocks over a 1-channel image or spectrogram, widths doubling, stride 2 after
     the first, then the last map average-pooled to ``pool`` x ``pool`` cells (1: global)."""
 
     def __init__(self, cfg: StudentConfig, in_channels: int = 1) -> None:
-        from torchvision.ops.misc import Conv2dNormActivation
-
         super().__init__()
         widths = [cfg.width * 2**i for i in range(cfg.num_blocks)]
         self.blocks = nn.Sequential(
             *[
-                Conv2dNormActivation(c_in, c_out, kernel_size=3, stride=1 if i == 0 else 2)
+                _block2d(c_in, c_out, 1 if i == 0 else 2)
                 for i, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True))
             ]
         )
