@@ -148,7 +148,7 @@ def test_a_new_search_refuses_a_study_of_its_name_and_drops_one_it_never_started
     postgres: Postgres, tmp_path: Path, teacher_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import autogram.study.stopping
-    from autogram.config import validate
+    from autogram.config import ConfigError, validate
     from autogram.study import plan_search, run_search
 
     database = "study_names"
@@ -186,3 +186,13 @@ def test_a_new_search_refuses_a_study_of_its_name_and_drops_one_it_never_started
     monkeypatch.setenv("PGPASSWORD", postgres.password)
     again = plan_search(cfg, "fresh", tmp_path / "runs", resume=False, tracking_uri=uri)
     assert again.name == "fresh"
+
+    # Two drivers planning the same name at once both pass the plan's check; the one that
+    # creates the study second refuses at creation, and leaves the other's study alone.
+    other = optuna.create_study(study_name="fresh", storage=bare, directions=["maximize", "maximize", "minimize"])
+    other.set_user_attr("owner", "the other driver")
+    with pytest.raises(ConfigError, match="already holds a study named 'fresh'"):
+        run_search(again, track=False)
+    kept = optuna.load_study(study_name="fresh", storage=bare)
+    assert kept.user_attrs == {"owner": "the other driver"} and kept.trials == []
+    assert not any((tmp_path / "runs" / "fresh").iterdir())

@@ -78,10 +78,13 @@ def _tuner(plan: SearchPlan, trainable: Any, tracker: Any) -> Any:
     from ray.tune.logger import JsonLoggerCallback
 
     from autogram.study.callbacks import DriverCallback
-    from autogram.study.optuna_search import AutogramOptunaSearch, make_sampler, open_storage
+    from autogram.study.optuna_search import AutogramOptunaSearch, claim_study, make_sampler, open_storage
     from autogram.study.space import SpaceSampler
 
     search = plan.config.search
+    if search.storage:  # shared: another driver may have planned the same name meanwhile
+        claim_study(plan.storage_url, plan.name, [o.direction for o in search.objectives])
+        plan.created_study = True
     sampler = SpaceSampler(search.space, plan.candidates)
     searcher = AutogramOptunaSearch(
         space=sampler,
@@ -164,7 +167,7 @@ def run_search(
         except BaseException:
             # Failed before any trial (a full disk, Ctrl-C in the teacher): no debris, and a
             # study it created on a shared storage goes too (the name stays usable).
-            if not resume and discard_unstarted(plan.directory, TUNE_DIR) and plan.config.search.storage:
+            if not resume and discard_unstarted(plan.directory, TUNE_DIR) and plan.created_study:
                 from autogram.study.optuna_search import drop_study
 
                 drop_study(plan.storage_url, plan.name)

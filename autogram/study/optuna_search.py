@@ -227,15 +227,29 @@ def close_stale_trials(storage_url: str, name: str) -> int:
 def check_new_study(url: str, name: str) -> None:
     """Refuse a new search whose shared storage already holds a study of its name: Optuna would
     load it, and the earlier trials would join this search's front unannounced."""
+    if name in optuna.get_all_study_names(storage=open_storage(url)):
+        raise _taken(url, name)
+
+
+def claim_study(url: str, name: str, directions: list[str]) -> None:
+    """Create a new search's study on the shared storage, refusing one of its name that appeared
+    since the plan was checked (another driver planning the same name at the same time): the
+    check and the creation are then one step of the database."""
+    try:
+        optuna.create_study(study_name=name, storage=open_storage(url), directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise _taken(url, name) from None
+
+
+def _taken(url: str, name: str) -> Exception:
     from autogram.config import ConfigError
     from autogram.config.credentials import masked
 
-    if name in optuna.get_all_study_names(storage=open_storage(url)):
-        raise ConfigError(
-            f"search.storage {masked(url)} already holds a study named {name!r} (an earlier search of that "
-            f"name): resume it with --resume from its folder, pick another --name, or delete it with "
-            f"`optuna delete-study --study-name {name} --storage URL`"
-        )
+    return ConfigError(
+        f"search.storage {masked(url)} already holds a study named {name!r} (an earlier search of that "
+        f"name): resume it with --resume from its folder, pick another --name, or delete it with "
+        f"`optuna delete-study --study-name {name} --storage URL`"
+    )
 
 
 def drop_study(url: str, name: str) -> None:

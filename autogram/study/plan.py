@@ -51,6 +51,9 @@ class SearchPlan:
     ranking: Any = None
     prior: dict[str, Any] | None = None  # the prior's best mapping, as Optuna parameters
     warm: Any = None  # --warm-start: the earlier search (a WarmSource) whose trials seed the study
+    # Whether this run created its study on the shared ``search.storage`` (only then may a
+    # failure before the first trial delete it).
+    created_study: bool = False
 
     @property
     def mapping(self) -> bool:
