@@ -7,6 +7,39 @@ from typing import Any
 
 def format_bench(result: dict[str, Any]) -> str:
     """The CPU figures of ``autogram bench`` as text."""
+    lines = _cache_lines(result)
+    steps = result["step_ratio"]
+    lines.append(f"step time / CE+KD step ({steps['ce_kd_step_ms']:.1f} ms, teacher cached):")
+    for name, spread in steps["spread"].items():
+        lines.append(f"  {name:<34} {_ranged(steps[name], spread, steps['repeats'])}")
+    lines.append(
+        f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s "
+        f"({_ranged(result['gram_vs_matmul'], result['gram_vs_matmul_spread'], 3)})"
+    )
+    low, high = result["orchestration_overhead_spread"]
+    lines.append(
+        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% (median of "
+        f"{result['orchestration_repeats']} searches, {100 * low:.1f}-{100 * high:.1f}%; trials of "
+        f"{result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
+    )
+    if "confirm_speedup_concurrency_2" in result:
+        low, high = result["confirm_speedup_spread"]
+        seconds = result["confirm_seconds"]
+        lines.append(
+            f"confirm of the front: {seconds['1']:.1f}s in one process vs {seconds['2']:.1f}s as 2 Ray tasks at a time "
+            f"-> speed-up {result['confirm_speedup_concurrency_2']:.2f}x (median of {result['confirm_repeats']} "
+            f"alternating repeats, {low:.2f}-{high:.2f})"
+        )
+    lines.append(
+        f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
+        f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
+    )
+    lines += _stopping_lines(result.get("early_stopping"))
+    return "\n".join(lines)
+
+
+def _cache_lines(result: dict[str, Any]) -> list[str]:
+    """The teacher cache's figures: sizes, sketch error, trial speed-ups, the sharded build."""
     lines: list[str] = []
     sizes, builds = result["cache_bytes_per_sample"], result["cache_build_seconds"]
     lines.append(
@@ -39,52 +72,32 @@ def format_bench(result: dict[str, Any]) -> str:
         f"  cache build: {built['one_process']:.1f}s in one process vs {built['sharded']:.1f}s as shards on 2 "
         f"one-CPU Ray workers -> {sharded}"
     )
-    steps = result["step_ratio"]
-    lines.append(f"step time / CE+KD step ({steps['ce_kd_step_ms']:.1f} ms, teacher cached):")
-    for name, spread in steps["spread"].items():
-        lines.append(f"  {name:<34} {_ranged(steps[name], spread, steps['repeats'])}")
+    return lines
+
+
+def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
+    """The early-stopping table: none, asha and pareto on the same random trials."""
+    if not stopping:
+        return []
+    lines: list[str] = []
+    same = "the same trials in each" if stopping.get("same_trials") else "NOT the same trials in each"
     lines.append(
-        f"Gram loss {result['gram_gflops']:.1f} GFLOP/s vs matmul {result['matmul_gflops']:.1f} GFLOP/s "
-        f"({_ranged(result['gram_vs_matmul'], result['gram_vs_matmul_spread'], 3)})"
+        f"early stopping, {stopping['trials']} random trials of {stopping['epochs']} epochs ({same}; "
+        f"median of {stopping['seeds']} seed(s)):  hypervolume  CPU-seconds  pruned"
     )
-    low, high = result["orchestration_overhead_spread"]
-    lines.append(
-        f"search orchestration overhead {100 * result['orchestration_overhead']:.1f}% (median of "
-        f"{result['orchestration_repeats']} searches, {100 * low:.1f}-{100 * high:.1f}%; trials of "
-        f"{result['mean_trial_seconds']:.1f}s, wall {result['search_wall_seconds']:.1f}s)"
-    )
-    if "confirm_speedup_concurrency_2" in result:
-        low, high = result["confirm_speedup_spread"]
-        seconds = result["confirm_seconds"]
-        lines.append(
-            f"confirm of the front: {seconds['1']:.1f}s in one process vs {seconds['2']:.1f}s as 2 Ray tasks at a time "
-            f"-> speed-up {result['confirm_speedup_concurrency_2']:.2f}x (median of {result['confirm_repeats']} "
-            f"alternating repeats, {low:.2f}-{high:.2f})"
-        )
-    lines.append(
-        f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
-        f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"
-    )
-    stopping = result.get("early_stopping")
-    if stopping:
-        same = "the same trials in each" if stopping.get("same_trials") else "NOT the same trials in each"
-        lines.append(
-            f"early stopping, {stopping['trials']} random trials of {stopping['epochs']} epochs ({same}; "
-            f"median of {stopping['seeds']} seed(s)):  hypervolume  CPU-seconds  pruned"
-        )
-        for kind in ("none", "asha", "pareto"):
-            row = stopping[kind]
-            versus = ""
-            if kind != "none":
-                low, high = stopping[f"{kind}_hypervolume_vs_none_spread"]
-                versus = (
-                    f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} ({low:.0%}-{high:.0%}) of none's hypervolume "
-                    f"on {stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds, paired by seed)"
-                )
-            lines.append(
-                f"  {kind:<8} {row['hypervolume']:>11.4g}  {row['cpu_seconds']:>11.1f}  {row['pruned']:>6g}{versus}"
+    for kind in ("none", "asha", "pareto"):
+        row = stopping[kind]
+        versus = ""
+        if kind != "none":
+            low, high = stopping[f"{kind}_hypervolume_vs_none_spread"]
+            versus = (
+                f"  ({stopping[f'{kind}_hypervolume_vs_none']:.0%} ({low:.0%}-{high:.0%}) of none's hypervolume "
+                f"on {stopping[f'{kind}_cpu_seconds_vs_none']:.0%} of its CPU-seconds, paired by seed)"
             )
-    return "\n".join(lines)
+        lines.append(
+            f"  {kind:<8} {row['hypervolume']:>11.4g}  {row['cpu_seconds']:>11.1f}  {row['pruned']:>6g}{versus}"
+        )
+    return lines
 
 
 def _ranged(value: float, spread: list[float], repeats: int) -> str:
