@@ -18,8 +18,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +82,22 @@ def trial_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(current)
 
 
-def score(raw: dict[str, Any], seed: int, data: Any, threads: int | None = None) -> dict[str, float]:
+def score(
+    raw: dict[str, Any],
+    seed: int,
+    data: Any,
+    threads: int | None = None,
+    teacher: Any = None,
+    cache_dir: Path | None = None,
+) -> dict[str, float]:
     """One retraining of ``raw`` with ``seed`` (``threads``: the trials' CPU threads), scored on
-    the test split."""
+    the test split; ``teacher`` and ``cache_dir`` as :func:`shared_teacher` resolved them (None:
+    the retraining resolves its teacher itself)."""
     from autogram.trial import run_trial
 
     with trial_threads(threads):
-        result = run_trial(validate({**raw, "seed": seed}), data=data, eval_split="test")
+        config = validate({**raw, "seed": seed})
+        result = run_trial(config, data=data, teacher=teacher, cache_dir=cache_dir, eval_split="test")
     scores = {
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,
@@ -146,9 +156,72 @@ class Ledger:
             self.path.unlink(missing_ok=True)
 
 
-def _remote_score(raw: dict[str, Any], seed: int, threads: int | None) -> dict[str, float]:
-    """A Ray task: load the data on the worker, retrain, score (the data is not shipped)."""
-    return score(raw, seed, load_for(validate({**raw, "seed": seed})), threads)
+@dataclass
+class SharedTeacher:
+    """The search's teacher, resolved once for all of a confirm's retrainings, and per row
+    (trial number) whether it reads the teacher and which teacher-cache folder serves it."""
+
+    handle: Any = None
+    reads: dict[int, bool] = field(default_factory=dict)
+    caches: dict[int, Path] = field(default_factory=dict)
+
+    def serial(self, job: Job) -> tuple[Any, Path | None]:
+        """What a retraining in this process gets: the teacher with its model, its cache folder."""
+        return (self.handle, self.caches.get(job.trial)) if job.trial in self.reads else (None, None)
+
+    def remote(self, job: Job) -> tuple[Any, str | None]:
+        """What a Ray task gets: the teacher's description without its model, which a retraining
+        that reads the cache (or no teacher) needs no more of; None where it runs the teacher
+        live (it loads it itself, as without sharing)."""
+        if job.trial not in self.reads or (self.reads[job.trial] and job.trial not in self.caches):
+            return None, None
+        cache = self.caches.get(job.trial)
+        return replace(self.handle, model=None), str(cache.resolve()) if cache else None
+
+
+def shared_teacher(todo: list[Job], data: Any) -> SharedTeacher:
+    """Resolve the teacher once for every retraining (the checkpoint read and verified, or a
+    user's teacher built by its factory and scored, once instead of once per retraining) and,
+    with ``teacher.cache`` on, find (or build, once) each row's cache folder, as a search's
+    driver does for its trials. Rows whose teacher differs from the first's resolve their own."""
+    from autogram.teacher import ensure_teacher
+    from autogram.tensors.runtime import pick_device
+    from autogram.trial import prepare, trial_cache
+
+    shared = SharedTeacher()
+    rows = {job.trial: validate({**job.raw, "seed": job.seed}) for job in todo}
+    first = next(iter(rows.values()))
+    try:
+        device = pick_device(first.device)
+    except ConfigError:  # e.g. 'cuda' on a driver without a GPU: each retraining resolves it on its worker
+        return shared
+    shared.handle = ensure_teacher(first.teacher, data, device)
+    for trial, config in rows.items():
+        if config.teacher != first.teacher or config.device != first.device:
+            continue
+        parts = prepare(config, device, data, shared.handle)
+        shared.reads[trial] = parts.objective(config.distill).needs_teacher
+        if shared.reads[trial] and config.teacher.cache:
+            shared.caches[trial] = trial_cache(config, parts, shared.handle, device)
+    return shared
+
+
+def _remote_score(
+    raw: dict[str, Any], seed: int, threads: int | None, teacher: Any = None, cache_dir: str | None = None
+) -> dict[str, float]:
+    """A Ray task: load the data on the worker, retrain, score (the data is not shipped). A
+    teacher cache the driver found but this node cannot read (no shared storage) is resolved
+    here instead, as without sharing."""
+    from autogram.teacher.cache import CacheInvalid, open_cache
+
+    cache = Path(cache_dir) if cache_dir else None
+    if cache is not None:
+        try:
+            open_cache(cache, verify=False)
+        except CacheInvalid as exc:
+            log.warning("confirm: %s; this retraining resolves its teacher itself", exc)
+            teacher, cache = None, None
+    return score(raw, seed, load_for(validate({**raw, "seed": seed})), threads, teacher, cache)
 
 
 def run_jobs(
@@ -168,9 +241,10 @@ def run_jobs(
         return results
     if parallel is None:
         data = load_for(validate(todo[0].raw))
+        shared = shared_teacher(todo, data)
         for job in todo:
             log.info("confirm: %s, seed %d (%d of %d)", job.label, job.seed, len(results) + 1, len(jobs))
-            results[job.key] = score(job.raw, job.seed, data, threads)
+            results[job.key] = score(job.raw, job.seed, data, threads, *shared.serial(job))
             ledger.add(job, results[job.key])
         return results
     return _on_ray(todo, jobs, ledger, results, threads, parallel)
@@ -189,8 +263,31 @@ def _on_ray(
     from autogram.study.ray_setup import init_ray
 
     started = not ray.is_initialized()
-    if started:
-        init_ray(parallel.get("address"), parallel.get("runtime_env"))
+    try:
+        # The teacher is resolved while Ray starts: both take seconds, and neither needs the other.
+        resolved = _in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))))
+        if started:
+            init_ray(parallel.get("address"), parallel.get("runtime_env"))
+        shared = resolved()
+        _submit_all(todo, jobs, ledger, results, threads, parallel, shared)
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    return results
+
+
+def _submit_all(
+    todo: list[Job],
+    jobs: list[Job],
+    ledger: Ledger,
+    results: dict[str, dict[str, float]],
+    threads: int | None,
+    parallel: dict[str, Any],
+    shared: SharedTeacher,
+) -> None:
+    """Every job as a Ray task, ``concurrency`` at a time, each result in the ledger as it lands."""
+    import ray
+
     resources = parallel.get("resources") or {}
     task = ray.remote(_remote_score).options(
         num_cpus=float(resources.get("cpu", 1.0)), num_gpus=float(resources.get("gpu", 0.0)), max_retries=1
@@ -203,7 +300,7 @@ def _on_ray(
         while queue or pending:
             while queue and len(pending) < limit:
                 job = queue.pop(0)
-                pending[task.remote(job.raw, job.seed, threads)] = job
+                pending[task.remote(job.raw, job.seed, threads, *shared.remote(job))] = job
             ready, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready[0])
             results[job.key] = ray.get(ready[0])
@@ -213,7 +310,26 @@ def _on_ray(
         for ref in pending:  # nothing keeps running for a confirm that stopped
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()
-    return results
+
+
+def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``work`` in a daemon thread (a Ctrl-C meanwhile does not wait for it); the returned
+    function waits for its value, or raises what it raised."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="confirm-teacher", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return wait

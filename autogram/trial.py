@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from autogram.config import TrialConfig
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
     from autogram.config import DistillConfig
@@ -211,14 +213,8 @@ def teacher_signals(
     if not objective.needs_teacher:
         return None, {}
     data, teacher = parts.data, parts.teacher
-    layout = None
     if config.teacher.cache and cache_dir is None:
-        from autogram.distill.cache_plan import layout_for, trial_uses
-        from autogram.teacher.cache import check_cache_size
-
-        layout = layout_for(config, parts.teacher_taps, trial_uses(config, parts))
-        if all(t.shape for t in layout.taps):
-            check_cache_size(layout, len(data.splits["train"]), data.num_classes, config.teacher.cache_max_gb)
+        _check_cache_size(config, parts)
     handle = teacher if teacher is not None else ensure_teacher(config.teacher, data, device)
     info = {**handle.info(), "params": handle.params, "model": handle.source, "source": "live"}
     if not config.teacher.cache:
@@ -226,14 +222,34 @@ def teacher_signals(
             raise RuntimeError("a live teacher was asked for, but only the teacher's cache metadata was given")
         handle.model.to(device)
         return LiveTeacher(handle.model, objective.teacher_taps, device), info
-    from autogram.teacher.cache import ensure_cache
     from autogram.teacher.reader import CachedTeacher
 
     if cache_dir is None:
-        root = config.teacher.cache_dir / "signals"
-        cache_dir = ensure_cache(handle.model, handle.identity, data, layout, device, root, config.teacher.cache_max_gb)
+        cache_dir = trial_cache(config, parts, handle, device)
     signals = CachedTeacher(cache_dir, objective.teacher_taps, device, uses=objective.teacher_uses)
     return signals, {**info, "source": "cache", "cache": str(cache_dir)}
+
+
+def _check_cache_size(config: TrialConfig, parts: TrialSetup) -> None:
+    """Refuse a cache over ``teacher.cache_max_gb`` before the teacher is trained or loaded."""
+    from autogram.distill.cache_plan import layout_for, trial_uses
+    from autogram.teacher.cache import check_cache_size
+
+    layout = layout_for(config, parts.teacher_taps, trial_uses(config, parts))
+    if all(t.shape for t in layout.taps):
+        data = parts.data
+        check_cache_size(layout, len(data.splits["train"]), data.num_classes, config.teacher.cache_max_gb)
+
+
+def trial_cache(config: TrialConfig, parts: TrialSetup, handle: TeacherHandle, device: Any) -> Path:
+    """The folder of the teacher cache this trial reads (the taps and forms its terms use),
+    found, or built with ``handle``'s model."""
+    from autogram.distill.cache_plan import layout_for, trial_uses
+    from autogram.teacher.cache import ensure_cache
+
+    layout = layout_for(config, parts.teacher_taps, trial_uses(config, parts))
+    root = config.teacher.cache_dir / "signals"
+    return ensure_cache(handle.model, handle.identity, parts.data, layout, device, root, config.teacher.cache_max_gb)
 
 
 def run_trial(

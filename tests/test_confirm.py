@@ -39,6 +39,8 @@ def test_confirm_writes_the_table_with_n_seeds_on_the_test_split_and_logs_it(sea
     proc = run_cli("confirm", "runs/c", "--seeds", "2", "--points", points, cwd=searched)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Confirmed on the test split, 2 seeds" in proc.stdout and "| ce (trial 0) |" in proc.stdout
+    # The search's teacher is read and verified once for the whole confirm, not per retraining.
+    assert proc.stderr.count("teacher: reusing") == 1, proc.stderr[-3000:]
     result = json.loads((searched / "runs" / "c" / "confirm" / "confirm.json").read_text())
     assert result["split"] == "test" and result["seeds"] == 2
     labels = [r["label"] for r in result["rows"]]

@@ -1,0 +1,64 @@
+"""`autogram confirm` resolves the search's teacher once, not once per retraining: its
+retrainings read the teacher's cache through that one handle (on Ray, through its description
+alone), with the same scores as a retraining that resolves its own teacher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from autogram.config import validate
+from autogram.confirm_runs import Job, _remote_score, load_for, score, shared_teacher
+from tests.conftest import tiny_raw
+
+
+def _jobs(teacher_cache: Path, cache: bool = True) -> list[Job]:
+    base = tiny_raw(teacher_cache)
+    base["teacher"]["cache"] = cache
+    kd = {**base, "distill": {"w_kd": 1.0, "w_gram": 0.5, "w_xmodal": 0.0}}
+    ce = {**base, "distill": {"w_kd": 0.0, "w_gram": 0.0, "w_xmodal": 0.0}}
+    return [Job(1, 0, kd, "kd"), Job(1, 1, kd, "kd"), Job(0, 0, ce, "ce")]
+
+
+def test_the_teacher_is_resolved_once_and_each_reading_row_gets_its_cache(teacher_cache: Path) -> None:
+    jobs = _jobs(teacher_cache)
+    shared = shared_teacher(jobs, load_for(validate(jobs[0].raw)))
+    assert shared.handle.model is not None and shared.reads == {1: True, 0: False}
+    assert set(shared.caches) == {1} and (shared.caches[1] / "manifest.json").is_file()
+
+    handle, cache = shared.serial(jobs[0])
+    assert handle is shared.handle and cache == shared.caches[1]
+    # A Ray task gets the teacher's description, not its weights: the cache is all it reads.
+    meta, where = shared.remote(jobs[1])
+    assert meta.model is None and meta.identity == shared.handle.identity and meta.taps == shared.handle.taps
+    assert where == str(shared.caches[1].resolve())
+    meta, where = shared.remote(jobs[2])  # CE only: the teacher's taps, no cache
+    assert meta.model is None and where is None
+
+
+def test_a_live_teacher_is_not_shipped_to_a_ray_task(teacher_cache: Path) -> None:
+    jobs = _jobs(teacher_cache, cache=False)
+    shared = shared_teacher(jobs, load_for(validate(jobs[0].raw)))
+    assert shared.caches == {}
+    assert shared.serial(jobs[0]) == (shared.handle, None)
+    assert shared.remote(jobs[0]) == (None, None)  # the task loads the teacher itself
+
+
+def test_shared_teacher_scores_equal_a_retraining_that_resolves_its_own(
+    teacher_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = _jobs(teacher_cache)
+    data = load_for(validate(jobs[0].raw))
+    shared = shared_teacher(jobs, data)
+    own = score(jobs[0].raw, jobs[0].seed, data, 1)
+    assert score(jobs[0].raw, jobs[0].seed, data, 1, *shared.serial(jobs[0])) == own
+    meta, where = shared.remote(jobs[0])
+    assert _remote_score(jobs[0].raw, jobs[0].seed, 1, meta, where) == own
+    # A cache folder this node cannot read (a cluster without shared storage): the task
+    # resolves the teacher itself, with a warning, and scores the same.
+    with caplog.at_level(logging.WARNING, logger="autogram"):
+        again = _remote_score(jobs[0].raw, jobs[0].seed, 1, meta, str(teacher_cache / "elsewhere"))
+    assert again == own
+    assert "resolves its teacher itself" in caplog.text
