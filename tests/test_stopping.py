@@ -41,6 +41,17 @@ def test_a_rung_keeps_its_front_and_fills_up_to_one_in_reduction_factor() -> Non
     assert promoted(rung, "E", DIRECTIONS, 4.0) and not promoted(rung, "C", DIRECTIONS, 4.0)
 
 
+def test_a_tie_in_crowding_distance_goes_to_the_better_trial_not_the_earlier_one() -> None:
+    # A rung seen in a bench search (epoch 2 of 8): a cheap CE-only trial on the front, then
+    # two KD trials behind it only, 9 reaching the rung before 11. Both have infinite crowding
+    # distance (a rank of two); keep ceil(4 / 2) = 2: trial 11, far ahead on accuracy (it
+    # finished on the search's front), continues and 9 stops, whichever arrived first.
+    for order in (["1", "7", "9", "11"], ["1", "7", "11", "9"]):
+        seen = {"1": [0.24, 8.6], "7": [0.098, 74.4], "9": [0.147, 74.4], "11": [0.225, 75.3]}
+        rung = {t: seen[t] for t in order}
+        assert promoted(rung, "11", DIRECTIONS, 2.0) and not promoted(rung, "9", DIRECTIONS, 2.0)
+
+
 def test_a_trial_on_the_rungs_front_is_never_stopped() -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -15,7 +15,9 @@ and 54% / 49% with it. Robustness so far tracks accuracy so far on both.
 
 At each rung (epochs ``grace_period * reduction_factor^k``) a trial continues when it is on
 the front of the trials recorded there so far, or within the best ``1/reduction_factor`` of
-them by (Pareto rank, then crowding distance: the extremes of a front first). Like ASHA it
+them by (Pareto rank, then crowding distance: the extremes of a front first; then, where
+crowding distance ties, as it does in a front of one or two, the larger sum of the
+objectives scaled to the rung's range, not the order of arrival). Like ASHA it
 never waits: the first trials at a rung always continue. A stopped trial is told to Optuna as
 PRUNED, as with ASHA, and is never on the final front.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from autogram.report.pareto import crowding_distance, pareto_ranks
@@ -59,7 +62,8 @@ def rung_columns(objectives: list[dict[str, str]], cost_key: str) -> list[tuple[
 def promoted(rung: dict[str, list[float]], trial: str, directions: list[str], reduction_factor: float) -> bool:
     """Whether ``trial`` continues past a rung holding ``rung`` (trial id -> partial objectives,
     itself included): on the rung's front, or within the best ``ceil(n / reduction_factor)``
-    by (Pareto rank, larger crowding distance first)."""
+    by (Pareto rank, larger crowding distance first, then the larger sum of its objectives
+    scaled to the rung's range)."""
     ids = list(rung)
     values = [rung[i] for i in ids]
     ranks = pareto_ranks(values, directions)
@@ -67,14 +71,29 @@ def promoted(rung: dict[str, list[float]], trial: str, directions: list[str], re
     if ranks[me] == 0:
         return True
     keep = max(1, math.ceil(len(ids) / reduction_factor))
+    merit = _scaled_sum(values, directions)
     order: list[int] = []
     for rank in range(max(ranks) + 1):
         members = [i for i, r in enumerate(ranks) if r == rank]
         # Crowding distance sums normalised gaps, which negating a column does not change:
         # the raw values serve whatever the directions.
         crowding = crowding_distance(values, members)
-        order += sorted(members, key=lambda i: -crowding[i])
+        # A front of one or two, and the ends of any, all have infinite crowding distance: the
+        # scaled sum breaks that tie, not the order in which the trials reached the rung.
+        order += sorted(members, key=lambda i: (-crowding[i], -merit[i]))
     return me in order[:keep]
+
+
+def _scaled_sum(values: list[list[float]], directions: list[str]) -> list[float]:
+    """Per row, the sum over columns of its value scaled to the rung's range, 1 the best."""
+    points = np.asarray(values, dtype=float)
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    scaled = (points - low) / span
+    for column, direction in enumerate(directions):
+        if direction == "minimize":
+            scaled[:, column] = 1.0 - scaled[:, column]
+    return [float(v) for v in scaled.sum(axis=1)]
 
 
 class ParetoSuccessiveHalving(FIFOScheduler):
