@@ -92,6 +92,7 @@ def format_ablation(document: dict[str, Any]) -> str:
 def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the ablation of trial ``point`` (a number, or ``knee``) of search ``source``."""
     from autogram.confirm import choose_points, load_for, publish, score, search_threads, summary
+    from autogram.confirm_runs import Job, shared_teacher
     from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
@@ -104,12 +105,19 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     data = load_for(validate(raw))
     threads = search_threads(spec)  # as the trial (and confirm) trained: the same scores
     rows = []
-    for label, config in variants(raw):
+    # One job per variant and seed (a variant's index stands for the trial number), so the
+    # teacher is resolved and each variant's cache found once, as confirm does.
+    jobs = [
+        [Job(index, int(config.get("seed", 0)) + i, config, label) for i in range(seeds)]
+        for index, (label, config) in enumerate(variants(raw))
+    ]
+    shared = shared_teacher([job for row in jobs for job in row], data)
+    for row in jobs:
         runs = []
-        for i in range(seeds):
-            log.info("ablation of trial %d: %s, seed %d of %d", trial["number"], label, i + 1, seeds)
-            runs.append(score(config, int(config.get("seed", 0)) + i, data, threads))
-        rows.append({"label": label, "runs": runs, "summary": summary(runs)})
+        for i, job in enumerate(row):
+            log.info("ablation of trial %d: %s, seed %d of %d", trial["number"], job.label, i + 1, seeds)
+            runs.append(score(job.raw, job.seed, data, threads, *shared.serial(job)))
+        rows.append({"label": row[0].label, "runs": runs, "summary": summary(runs)})
     result = {"search": document["name"], "point": trial["number"], "seeds": seeds, "split": "test", "rows": rows}
     result["carriers"] = carriers(rows)
     stem = f"ablation_{trial['number']}"

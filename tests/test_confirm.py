@@ -180,6 +180,7 @@ def test_ablation_switches_each_active_part_off_in_turn(searched: Path) -> None:
     result = json.loads(proc.stdout)
     labels = [row["label"] for row in result["rows"]]
     assert labels == ["full", "without kd", "without xmodal", "without modality_dropout"]
+    assert proc.stderr.count("teacher: reusing") == 1  # resolved once for the four variants
     assert {"accuracy", "robustness", "missing:image", "missing:tokens"} <= set(result["carriers"])
     for metric, carrier in result["carriers"].items():  # the part named is the largest drop, if any
         drops = {
