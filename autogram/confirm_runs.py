@@ -9,6 +9,10 @@ is removed once the confirm has written its table (which holds every run).
 Both paths train with the thread count the search's trials used (``search.resources.cpu``):
 a retraining's sums, hence its scores, depend on it, so the table is the same whichever path
 ran it, and a confirm reproduces its trials.
+
+The teacher is resolved once per confirm (:func:`shared_teacher`), as a search's driver does:
+one process reuses it for every retraining; a Ray task gets its description and the cache
+folder, so no worker builds the teacher (nor imports ``transformers`` for it).
 """
 
 from __future__ import annotations
