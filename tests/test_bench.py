@@ -19,6 +19,19 @@ def test_sides_take_turns_and_a_ratio_keeps_its_range() -> None:
     assert spread_text(stats) == "3.00x (median of 3, 2.00-9.00)"
 
 
+def test_confirm_figure_runs_the_command_a_user_runs_and_says_why_it_failed(tmp_path: Path) -> None:
+    from autogram.bench import confirm_speedup
+
+    # No search there: the command the bench builds is accepted (no unknown option) and
+    # fails on the folder, and the bench says which side failed and why, in one line.
+    with pytest.raises(RuntimeError) as failure:
+        confirm_speedup(tmp_path / "no-such-search", seeds=1, repeats=1)
+    message = str(failure.value)
+    assert message.startswith("bench: autogram confirm --concurrency 1 failed: autogram: error: ")
+    assert "no-such-search" in message or "MLflow" in message
+    assert "No such option" not in message and "\n" not in message
+
+
 @pytest.mark.slow
 def test_cache_build_and_early_stopping_figures_are_measured(teacher_cache: Path, tmp_path: Path) -> None:
     from autogram.bench import _search

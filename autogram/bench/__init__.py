@@ -1,6 +1,6 @@
 """``autogram bench``: where the time goes, measured side by side in one run.
 
-Every figure is a ratio of two measurements taken in the same process on the same
+Every figure is a ratio of two measurements taken side by side in one run on the same
 machine, on the built-in data at the quickstart config's default sizes (unless noted);
 every timing ratio is the median of >= 3 rounds with the sides in turn, with its range
 (:mod:`autogram.bench.repeats`):
@@ -17,8 +17,8 @@ every timing ratio is the median of >= 3 rounds with the sides in turn, with its
 - ``orchestration_overhead``: a small search's wall time / (sum of its trial times /
   concurrency) - 1;
 - ``confirm_speedup_concurrency_2``: ``autogram confirm`` of that search's front in one
-  process / as Ray tasks 2 at a time (Ray's start included), the median of alternating
-  repeats with their min-max spread;
+  process / as Ray tasks 2 at a time, each a fresh ``autogram confirm`` process as a user
+  runs it (Ray's start included), the median of alternating repeats with their min-max spread;
 - ``hv_sampler`` vs ``hv_random``: median hypervolume after N trials over several seeds, for
   the configured sampler and for random search, with one shared reference point;
 - ``cache_build_speedup_2_workers`` and ``early_stopping`` (:mod:`autogram.bench.scaling`);
@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -184,23 +186,26 @@ def orchestration(
 
 
 def confirm_speedup(directory: Path, seeds: int, repeats: int = 3) -> dict[str, Any]:
-    """``confirm --points front`` of the search in ``directory``, in one process / 2 Ray tasks at
-    a time: the median ratio of alternating repeats (so drift hits both alike), and its spread."""
-    from autogram.confirm import confirm
+    """``autogram confirm --points front`` of the search in ``directory``, run as a user runs
+    it (a fresh process each time) in one process / as Ray tasks 2 at a time: the median ratio
+    of alternating repeats (so drift hits both alike), and its spread.
 
-    ratios, walls = [], {1: [], 2: []}
+    A fresh process, not a call in this one: here torch and its optimiser's first-use imports
+    are already loaded, which a user's ``autogram confirm`` pays for (and the serial side alone
+    would be spared), while each Ray worker pays for them anyway."""
     uri = f"sqlite:///{directory.parent / 'mlflow.db'}"
-    level = log.level
-    log.setLevel(logging.ERROR)  # six confirms' progress lines (and "not logged to MLflow": the
-    try:  # bench's searches are not tracked) would drown the bench's own
-        for _ in range(repeats):
-            for concurrency in (1, 2):
-                started = time.perf_counter()
-                confirm(str(directory), seeds, "front", uri, concurrency=concurrency)
-                walls[concurrency].append(time.perf_counter() - started)
-            ratios.append(walls[1][-1] / walls[2][-1])
-    finally:
-        log.setLevel(level)
+    ratios, walls = [], {1: [], 2: []}
+    for _ in range(repeats):
+        for concurrency in (1, 2):
+            command = [sys.executable, "-m", "autogram", "confirm", str(directory), "--seeds", str(seeds)]
+            command += ["--points", "front", "--tracking-uri", uri, "--concurrency", str(concurrency), "--quiet"]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            walls[concurrency].append(time.perf_counter() - started)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"bench: autogram confirm --concurrency {concurrency} failed: {last}")
+        ratios.append(walls[1][-1] / walls[2][-1])
     return {
         "confirm_speedup_concurrency_2": statistics.median(ratios),
         "confirm_speedup_spread": [min(ratios), max(ratios)],
