@@ -54,6 +54,13 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("teachers")
 
 
+@pytest.fixture(scope="session")
+def quickstart_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the quickstart's default teacher is kept for the whole session: it trains once
+    (about a minute on 2 cores) for every test that uses the quickstart config as it ships."""
+    return tmp_path_factory.mktemp("quickstart-teachers")
+
+
 @pytest.fixture()
 def tiny_config(teacher_cache: Path) -> TrialConfig:
     """A validated tiny trial config."""

@@ -55,6 +55,15 @@ def byo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+@pytest.fixture(scope="module")
+def byo_search(byo: Path) -> Path:
+    """The how-to's search (``autogram search config.yaml``, default ``--out``) run once in the
+    user's folder; the module's tests read, export and train from it. Returns its folder."""
+    proc = _cli("search", "config.yaml", cwd=byo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return byo / "autogram-runs" / "byo"
+
+
 def test_layers_lists_the_user_models_taps_and_pairing(byo: Path) -> None:
     proc = _cli("layers", "config.yaml", "--json", cwd=byo)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,10 +79,8 @@ def test_layers_lists_the_user_models_taps_and_pairing(byo: Path) -> None:
     assert all(p.split(":")[0].split(".")[1] == p.split(":")[1].split(".")[0] for p in layers["default_pairs"])
 
 
-def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> None:
-    proc = _cli("search", "config.yaml", "--out", "runs", cwd=byo)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = byo / "runs" / "byo"
+def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path, byo_search: Path) -> None:
+    folder = byo_search
     front = json.loads((folder / "front.json").read_text())
     spec = json.loads((folder / "search.json").read_text())
     assert len(front["trials"]) == 3 and {t["status"] for t in front["trials"]} == {"ok"}
@@ -147,11 +154,14 @@ def test_search_export_train_on_user_models_and_hugging_face_data(byo: Path) -> 
         assert run.returncode == 0 and expect in run.stdout, run.stderr[-3000:]
     assert json.loads((byo / "best.recipe.json").read_text())["teacher"]["key"] == spec["teacher_key"]
 
-    # New teacher weights: a new key, so the exported config refuses the changed teacher.
+    # New teacher weights: a new key, so the exported config refuses the changed teacher. They
+    # go to a folder of their own: the module's other tests still train from the first teacher.
     from avmnist_byo.training import train_teacher
 
-    train_teacher(byo / "hf", byo / "teacher", epochs=1, arch=TINY_ARCH, seed=1)
-    (byo / "other.yaml").write_text((byo / "best.yaml").read_text())
+    train_teacher(byo / "hf", byo / "teacher2", epochs=1, arch=TINY_ARCH, seed=1)
+    other = yaml.safe_load((byo / "best.yaml").read_text())
+    other["teacher"]["kwargs"] = {"folder": "teacher2"}
+    (byo / "other.yaml").write_text(yaml.safe_dump(other))
     changed = _cli("train", "other.yaml", cwd=byo)
     assert changed.returncode == 2 and "teacher.checkpoint_key" in changed.stderr and "changed" in changed.stderr
 
@@ -226,9 +236,12 @@ def _doc_commands(path: Path, prefix: str) -> list[list[str]]:
     return commands
 
 
-def test_the_readme_sequence_quick_start_then_byo_runs_without_a_collision(byo: Path, teacher_cache: Path) -> None:
-    """The README's quick start (export, train) then the byo how-to's, in one working folder,
-    with the docs' own file names: neither overwrites or refuses the other's files."""
+def test_the_readme_sequence_quick_start_then_byo_runs_without_a_collision(
+    byo: Path, byo_search: Path, teacher_cache: Path
+) -> None:
+    """The README's quick start (search, export, train) then the byo how-to's export and train,
+    in one working folder, with the docs' own file names: neither overwrites or refuses the
+    other's files. The how-to's search is the module's (``byo_search``), run in this folder too."""
     from tests.conftest import run_cli, tiny_raw
 
     quick_export, quick_train = (
@@ -249,7 +262,7 @@ def test_the_readme_sequence_quick_start_then_byo_runs_without_a_collision(byo: 
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
     quick_checkpoints = sorted(p.name for p in (byo / f"{Path(quick_train[-1]).stem}.checkpoints").iterdir())
 
-    for command in (["search", "config.yaml"], byo_export, byo_train):
+    for command in (byo_export, byo_train):
         proc = _cli(*command, cwd=byo)
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
     exported = {name: yaml.safe_load((byo / name).read_text()) for name in (quick_export[-1], byo_export[-1])}

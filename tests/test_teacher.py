@@ -108,20 +108,14 @@ def test_each_modality_alone_is_informative_but_insufficient(builtin: MultiModal
     assert student >= 0.90
 
 
-@pytest.fixture(scope="module")
-def default_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where this module's default teacher is kept (it trains once, about a minute)."""
-    return tmp_path_factory.mktemp("default-teacher")
-
-
 @pytest.mark.slow
 def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(
-    builtin: MultiModalData, default_teachers: Path
+    builtin: MultiModalData, quickstart_teachers: Path
 ) -> None:
     from autogram.tensors.runtime import accuracy, to_tensors
     from autogram.trial import evaluate_robustness
 
-    cfg = load_config(QUICKSTART, [f"teacher.cache_dir={default_teachers}", "device=cpu"])
+    cfg = load_config(QUICKSTART, [f"teacher.cache_dir={quickstart_teachers}", "device=cpu"])
     handle = ensure_teacher(cfg.teacher, builtin, CPU)
     test = builtin.splits["test"]
     test_acc = accuracy(handle.model, to_tensors(test.inputs, CPU), torch.from_numpy(test.labels), 500, CPU)
@@ -135,7 +129,7 @@ def test_default_teacher_reaches_90_percent_and_is_hurt_by_corruptions(
 
 @pytest.mark.slow
 def test_with_300_labels_a_student_alone_falls_short_and_the_teacher_closes_the_gap(
-    builtin: MultiModalData, default_teachers: Path
+    builtin: MultiModalData, quickstart_teachers: Path
 ) -> None:
     """The built-in set's second property: 300 labels are too few to learn the keywords, even
     trained twice as long as the quickstart's trials, while the teacher (trained on every
@@ -143,7 +137,7 @@ def test_with_300_labels_a_student_alone_falls_short_and_the_teacher_closes_the_
     from autogram.trial import run_trial
 
     def test_accuracy(w_kd: float, epochs: int) -> float:
-        overrides = [f"teacher.cache_dir={default_teachers}", "device=cpu", "distill.w_gram=0", "distill.w_xmodal=0"]
+        overrides = [f"teacher.cache_dir={quickstart_teachers}", "device=cpu", "distill.w_gram=0", "distill.w_xmodal=0"]
         overrides += [f"distill.w_kd={w_kd}", f"train.epochs={epochs}"]
         cfg = load_config(QUICKSTART, overrides)  # lr 0.01, 300 labelled rows
         assert cfg.train.labelled_samples == 300 and cfg.data.builtin.keywords == 24

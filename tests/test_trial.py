@@ -205,12 +205,6 @@ def test_trial_command_prints_one_json_object(tmp_path: Path, teacher_cache: Pat
     assert "[autogram] epoch 1/1" in proc.stderr  # progress goes to stderr, JSON alone to stdout
 
 
-@pytest.fixture(scope="module")
-def quickstart_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quickstart's teacher folder, shared by this module's tests (it trains once)."""
-    return tmp_path_factory.mktemp("quickstart-teachers")
-
-
 @pytest.mark.slow
 def test_quickstart_trial_json(tmp_path: Path, quickstart_teachers: Path) -> None:
     proc = run_cli(
