@@ -211,9 +211,10 @@ def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_pat
 
 
 def _kill_mid_trial(tmp_path: Path, teacher_cache: Path) -> tuple[Path, Path, list[dict], str]:
-    """A 4-trial search (one at a time, trials of several seconds) SIGKILLed while its second
-    trial trains; returns (config, search folder, events so far, the cut trial's Ray id)."""
-    config = _config(tmp_path, teacher_cache, trials=4, concurrency=1)
+    """A 3-trial search (one at a time, trials of several seconds) SIGKILLed while its second
+    trial trains; returns (config, search folder, events so far, the cut trial's Ray id). Three
+    trials are enough: one finished before the kill, one cut by it, one never started."""
+    config = _config(tmp_path, teacher_cache, trials=3, concurrency=1)
     raw = yaml.safe_load(config.read_text())
     raw["train"]["epochs"] = 40
     config.write_text(yaml.safe_dump(raw))
@@ -262,7 +263,7 @@ def test_a_trial_told_before_the_kill_but_not_saved_by_ray_is_not_trained_or_tol
     assert ray_id not in {e["trial"] for e in after}, "the told trial was started (or reported) again"
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 4
+    assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     assert study.trials[told.number].values == [0.123, 0.0456, 7.89]  # the told result stands
     front = json.loads((directory / "front.json").read_text())
     entry = next(t for t in front["trials"] if t["number"] == told.number)
@@ -314,7 +315,7 @@ def test_a_trial_started_but_never_saved_by_ray_is_run_again_as_the_same_point(
     _resume(config, tmp_path)
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 4
+    assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     (rerun,) = [t for t in complete if t.user_attrs.get("replaces") == lost.number]
     assert rerun.params == lost.params and rerun.user_attrs.get("baseline") == lost.user_attrs.get("baseline")
     front = json.loads((directory / "front.json").read_text())
@@ -347,12 +348,12 @@ def test_a_kill_that_cuts_rays_saved_state_mid_write_resumes_from_the_save_befor
     assert "resuming from the save before it" in proc.stderr
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 4
+    assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     front = json.loads((directory / "front.json").read_text())
     assert sorted(t["number"] for t in front["trials"] if t["status"] in ("ok", "infeasible")) == sorted(
         t.number for t in complete
     )
-    assert [t["baseline"] for t in front["trials"] if t.get("baseline")] == ["ce", "kd", "kd_gram_all", "kd_xmodal"]
+    assert [t["baseline"] for t in front["trials"] if t.get("baseline")] == ["ce", "kd", "kd_gram_all"]
 
 
 @pytest.mark.parametrize("target", ["driver", "group"])
