@@ -186,6 +186,10 @@ def test_ray_processes_a_sigkilled_driver_leaves_are_stopped_by_the_next_driver(
     driver = start_cli("search", "long.yaml", "--out", "runs", "--name", "long", cwd=tmp_path)
     lock = tmp_path / "runs" / "long" / LOCK_FILE
     recorded: list[list[int]] = []
+
+    def alive() -> list[int]:  # the recorded processes still running (a reused PID starts later)
+        return [pid for pid, started in recorded if _start_time(pid) == started]
+
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len(recorded) < 4:  # driver's Ray: GCS, raylet, agents, a worker
@@ -198,18 +202,16 @@ def test_ray_processes_a_sigkilled_driver_leaves_are_stopped_by_the_next_driver(
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: nothing of it can clean up
         driver.wait()
         time.sleep(10)
-        survivors = [pid for pid, started in recorded if _start_time(pid) == started]
-        assert survivors, "Ray's agents outlive a SIGKILLed driver (the case this guards against)"
+        assert alive(), "Ray's agents outlive a SIGKILLed driver (the case this guards against)"
         with search_lock(tmp_path / "runs" / "long"):  # what a --resume does first
             pass
         # SIGKILLed: gone once the kernel has torn them down (a moment; longer on a loaded machine).
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_start_time(pid) == started for pid, started in recorded):
+        while time.monotonic() < deadline and alive():
             time.sleep(0.2)
-        assert [pid for pid, started in recorded if _start_time(pid) == started] == []
+        assert alive() == []
     finally:
-        for pid, started in recorded:  # only what this test started, by PID
-            if _start_time(pid) == started:
-                os.kill(pid, signal.SIGKILL)
+        for pid in alive():  # only what this test started, by PID
+            os.kill(pid, signal.SIGKILL)
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
