@@ -64,22 +64,10 @@ def carriers(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def format_ablation(document: dict[str, Any]) -> str:
     """The ablation table (mean +- std, test split) and which part carries each gain, as Markdown."""
-    rows = document["rows"]
-    from autogram.confirm import METRICS
+    from autogram.confirm import summary_table
 
-    extra = sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})
-    head = ["row", *METRICS, *extra]
-    lines = [
-        f"Ablation of trial {document['point']} on the test split, {document['seeds']} seeds (mean +- std):",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for row in rows:
-        cells = [row["label"]]
-        for metric in head[1:]:
-            s = row["summary"].get(metric)
-            cells.append("-" if s is None else f"{s['mean']:.4g} +- {s['std']:.2g}")
-        lines.append("| " + " | ".join(cells) + " |")
+    title = f"Ablation of trial {document['point']} on the test split, {document['seeds']} seeds (mean +- std):"
+    lines = summary_table(title, document["rows"])
     for metric, carrier in document["carriers"].items():
         if carrier["part"] is None:
             lines.append(f"- {metric}: no part's removal lowers it")

@@ -151,22 +151,24 @@ def teacher_adds(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
-def format_table(document: dict[str, Any]) -> str:
-    """The confirm table (mean +- std over seeds, test split) and the verdicts, as Markdown."""
-    rows = document["rows"]
+def summary_table(title: str, rows: list[dict[str, Any]]) -> list[str]:
+    """A Markdown table of each row's metrics (mean +- std over seeds), missing-modality
+    columns after the judged ones; shared by the confirm table and the ablation."""
     extra = sorted({k for r in rows for k in r["summary"] if k.startswith("missing:")})
     head = ["row", *METRICS, *extra]
-    lines = [
-        f"Confirmed on the test split, {document['seeds']} seeds (mean +- std):",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = [title, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"]]
-        for metric in (*METRICS, *extra):
+        for metric in head[1:]:
             s = row["summary"].get(metric)
             cells.append("-" if s is None else f"{s['mean']:.4g} +- {s['std']:.2g}")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """The confirm table (mean +- std over seeds, test split) and the verdicts, as Markdown."""
+    lines = summary_table(f"Confirmed on the test split, {document['seeds']} seeds (mean +- std):", document["rows"])
     if document["verdict"]:
         lines.append("Verdicts (differences of the means; * = beyond the seed spread, |delta| > std + std):")
     for item in document["verdict"]:

@@ -192,7 +192,10 @@ def test_ablation_switches_each_active_part_off_in_turn(searched: Path) -> None:
             assert max(drops.values()) <= 0
         else:
             assert drops[carrier["part"]] == pytest.approx(max(drops.values())) == pytest.approx(carrier["drop"])
-    assert (searched / "runs" / "c" / "confirm" / "ablation_3.md").read_text().startswith("Ablation of trial 3")
+    table = (searched / "runs" / "c" / "confirm" / "ablation_3.md").read_text()
+    assert table.startswith("Ablation of trial 3")
+    assert "| row | accuracy | balanced_accuracy | robustness | cost | missing:image | missing:tokens |" in table
+    assert all(f"| {label} | " in table for label in labels)
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{searched / 'mlflow.db'}")
     parent = next(
         r
