@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from autogram.config import validate
+from autogram.config import TrialConfig, validate
 from autogram.models import build_teacher, resolved_taps
 from autogram.teacher import ensure_teacher
 from autogram.teacher.cache import MANIFEST, CacheLayout, build_cache, cache_key, open_cache
@@ -43,6 +43,25 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 # Builds one cache of the tiny config (exact features, float32) in a fresh process: "single" in
+def test_a_search_shards_its_cache_where_there_is_more_than_one_device_to_spread_over() -> None:
+    """A local Ray on the CPU builds in the driver unless ``cache_shards`` asks for shards; a
+    cluster (an address) shards by default, 4 per concurrent trial; ``cache_shards: 1`` never does."""
+    from autogram.teacher.shards import search_builder
+
+    def cfg(**teacher: object) -> TrialConfig:
+        raw = tiny_raw(Path("teachers"))
+        raw["teacher"].update(teacher)
+        raw["search"] = {**raw.get("search", {}), "concurrency": 2}
+        return validate(raw)
+
+    assert search_builder(cfg(), CPU) is None
+    on_cluster = search_builder(cfg(), CPU, "10.0.0.1:6379")
+    assert on_cluster is not None and on_cluster.keywords["shards"] == 8
+    assert on_cluster.keywords["resources"] == {"cpu": 1, "gpu": 0}
+    assert search_builder(cfg(cache_shards=3), CPU).keywords["shards"] == 3
+    assert search_builder(cfg(cache_shards=1), CPU, "10.0.0.1:6379") is None
+
+
 # the driver, "sharded" as 3 Ray tasks on a 1-CPU local Ray; SLOW_FROM makes the rows from that
 # index on take a minute per batch, so the test can kill the build mid-way.
 _SCRIPT = textwrap.dedent(
@@ -52,7 +71,7 @@ _SCRIPT = textwrap.dedent(
 
     import ray, torch
 
-    from autogram.config import validate
+    from autogram.config import TrialConfig, validate
     from autogram.models import build_teacher, resolved_taps
     from autogram.teacher import ensure_teacher
     from autogram.teacher.cache import CacheLayout, build_cache, cache_key

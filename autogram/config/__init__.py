@@ -89,7 +89,8 @@ class TeacherConfig(ModelSource):
     # A cache estimated larger than this is refused before anything is built.
     cache_max_gb: float = Field(20.0, gt=0)
     # A search builds its cache as Ray tasks over this many shards of the train split, each
-    # with the search's per-trial resources (null: 4 per concurrent trial; 1: in the driver).
+    # with the search's per-trial resources (null: 4 per concurrent trial on a cluster or a
+    # machine with several GPUs, else in the driver; 1: in the driver).
     cache_shards: int | None = Field(None, ge=1)
     # Built-in teacher: width of each modality's transformer encoder.
     hidden_size: int = Field(128, ge=8)

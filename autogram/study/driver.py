@@ -194,7 +194,7 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
         )
     # Ray from the start: a search's teacher cache is built by Ray tasks (teacher/shards.py).
     with ray_session(plan, address):
-        handle, cache_dir = _teacher_and_cache(plan, data, device, resume)
+        handle, cache_dir = _teacher_and_cache(plan, data, device, resume, address)
         _write_spec(plan, handle)
         if resume:
             try:  # before anything reads Ray's state: a file cut by the kill goes back one save
@@ -212,7 +212,9 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
     return _finish(plan, handle, tracker, started)
 
 
-def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any, resume: bool) -> tuple[Any, Path | None]:
+def _teacher_and_cache(
+    plan: SearchPlan, data: Any, device: Any, resume: bool, address: str | None
+) -> tuple[Any, Path | None]:
     """The teacher, trained or found once for every trial, the layer-mapping prior (with
     ``pairs: all``), and the teacher's signals cached when ``teacher.cache`` is on (trials
     then run no teacher forward at all)."""
@@ -240,7 +242,7 @@ def _teacher_and_cache(plan: SearchPlan, data: Any, device: Any, resume: bool) -
         device,
         root,
         max_gb=cfg.teacher.cache_max_gb,
-        builder=search_builder(cfg, device),
+        builder=search_builder(cfg, device, address),
     )
 
 
