@@ -9,18 +9,22 @@ model must pass its inputs on the model's own device to get through these tests.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from autogram.config import TrialConfig, load_config
+from autogram.config import TrialConfig, load_config, validate
+from autogram.distill import _step
 from autogram.models import build_student, build_teacher, example_inputs, model_taps, parameter_count, resolved_taps
 from autogram.teacher import ensure_teacher, teacher_from_bytes
+from autogram.teacher.cache import ensure_cache
+from autogram.teacher.reader import CachedTeacher
 from autogram.teacher.signals import LiveTeacher
-from autogram.tensors.runtime import batch_indices, correct_count
-from autogram.trial import prepare
-from tests.conftest import ROOT
+from autogram.tensors.runtime import batch_indices, correct_count, device_split, drop_modalities
+from autogram.trial import prepare, run_trial, trial_cache
+from tests.conftest import ROOT, tiny_raw
 
 META = torch.device("meta")
 CPU = torch.device("cpu")
@@ -117,6 +121,31 @@ def test_trial_overhead_counts_only_trials_after_the_first_wave() -> None:
     assert trial_overheads(events, first_wave=0)[0] == pytest.approx(0.4)
 
 
+def test_packed_run_refuses_a_throughput_of_crashed_trials(tmp_path: Path) -> None:
+    """A packed search whose trials crashed is an error, not 0 trials/h (the GPU check of
+    2026-12-04 printed 0.0 for packing 4 and 8 when every packed trial had failed)."""
+    from autogram.bench.gpu import packed_run
+
+    def search(statuses: list[str]) -> Callable[[dict, Path, str], dict]:
+        def run(raw: dict, root: Path, name: str) -> dict:
+            events = [{"event": "start", "trial": str(i), "time": 0.1 * i} for i in range(len(statuses))]
+            events += [
+                {"event": "complete", "trial": str(i), "time": 2.0 + i, "status": status, "train_seconds": 1.0}
+                for i, status in enumerate(statuses)
+            ]
+            return {"events": events, "wall_seconds": 3600.0}
+
+        return run
+
+    base = {"search": {"resources": {"cpu": 1}}}
+    with pytest.raises(RuntimeError, match="1 of 3 trials at concurrency 2 failed"):
+        packed_run(base, tmp_path, trials=3, concurrency=2, search=search(["ok", "failed", "infeasible"]), device="cpu")
+    # Trials the space refused untrained are no crash: the rate counts the trained ones.
+    refused = search(["ok", "ok", "infeasible"])
+    figures = packed_run(base, tmp_path, trials=3, concurrency=2, search=refused, device="cpu")
+    assert figures["gpu_trials_per_hour"] == pytest.approx(2.0)
+
+
 @pytest.mark.slow
 def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path: Path, teacher_cache: Path) -> None:
     """The GPU bench's measurement, run on the CPU (a real local Ray search; no NVML there)."""
@@ -157,56 +186,62 @@ def _gpu_raw(teacher_cache: Path) -> dict:
     return raw
 
 
-@pytest.mark.cuda
-def test_cuda_trial_and_teacher_cache_on_the_gpu(teacher_cache: Path, tmp_path: Path) -> None:
-    from autogram.config import validate
-    from autogram.teacher.cache import CachedTeacher, ensure_cache
-    from autogram.trial import run_trial
+# The CPU runs the same calls as the GPU, so a renamed import or argument fails on every
+# machine rather than first on a GPU (two did: the GPU check of 2026-12-04 found them).
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 
-    cfg = validate(_gpu_raw(teacher_cache))
+
+@pytest.mark.parametrize("name", DEVICES)
+def test_trial_and_teacher_cache_on_the_device(name: str, teacher_cache: Path, tmp_path: Path) -> None:
+    """A trial and the teacher cache on the device; on CUDA the cache's arrays stay on the GPU
+    (a batch is an index there)."""
+    cfg = validate({**tiny_raw(teacher_cache), "device": name})
     result = run_trial(cfg)
-    assert result.status == "ok" and result.device.startswith("cuda") and result.teacher["source"] == "cache"
-    cuda = torch.device("cuda")
-    data = prepare(cfg, cuda).data
-    handle = ensure_teacher(cfg.teacher, data, cuda)
-    assert next(handle.model.parameters()).is_cuda
-    directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, tmp_path / "signals")
-    cached = CachedTeacher(directory, handle.taps, cuda)
-    assert cached.on_device is not None  # resident on the GPU: a batch is an index there
+    assert result.status == "ok" and result.device.startswith(name) and result.teacher["source"] == "cache"
+    device = torch.device(name)
+    data = prepare(cfg, device).data
+    handle = ensure_teacher(cfg.teacher, data, device)
+    assert next(handle.model.parameters()).device.type == name
+    directory = ensure_cache(handle.model, handle.key, data, handle.taps, device, tmp_path / "signals")
+    cached = CachedTeacher(directory, handle.taps, device)
+    assert {t.device.type for t in cached.store.values()} == {name}
     out = cached(torch.tensor([0, 5, 9]), {})
-    assert out.logits.is_cuda and out.logits.shape[0] == 3
+    assert out.logits.device.type == name and out.logits.shape[0] == 3
 
 
-@pytest.mark.cuda
-def test_cuda_training_steps_never_wait_for_the_gpu(teacher_cache: Path) -> None:
-    from autogram.config import validate
-    from autogram.distill import _step
-    from autogram.teacher.cache import CachedTeacher, ensure_cache
-    from autogram.tensors.runtime import device_split, drop_modalities
-
-    cfg = validate(_gpu_raw(teacher_cache))
-    cuda = torch.device("cuda")
-    parts = prepare(cfg, cuda)
+@pytest.mark.parametrize("name", DEVICES)
+def test_training_steps_never_wait_for_the_device(name: str, teacher_cache: Path) -> None:
+    """Training steps read nothing back to the host: on CUDA, torch's sync debug mode raises
+    at any host-device sync; on the CPU the same steps run and train."""
+    cfg = validate({**tiny_raw(teacher_cache), "device": name})
+    device = torch.device(name)
+    parts = prepare(cfg, device)
     data = parts.data
-    handle = ensure_teacher(cfg.teacher, data, cuda)
-    directory = ensure_cache(handle.model, handle.key, data, handle.taps, cuda, cfg.teacher.cache_dir / "signals")
-    objective = parts.objective(cfg.distill).to(cuda)
-    signals = CachedTeacher(directory, objective.teacher_taps, cuda)
-    student = parts.student.train()
+    objective = parts.objective(cfg.distill).to(device)
+    handle = ensure_teacher(cfg.teacher, data, device)
+    directory = trial_cache(cfg, parts, handle, device)
+    signals = CachedTeacher(directory, objective.teacher_taps, device, uses=objective.teacher_uses)
+    student = parts.student.to(device).train()
     optimizer = torch.optim.AdamW(list(student.parameters()) + list(objective.parameters()), lr=1e-3)
-    train = device_split(data, "train", cuda)
+    train = device_split(data, "train", device)
     generator = torch.Generator().manual_seed(0)
-    batches = list(batch_indices(len(train), 50, generator, cuda))[:4]
-    _step(student, objective, signals, optimizer, cuda, batches[0][0], {}, train.batch(batches[0][1]), train.labels[:1])
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # any host-device sync below raises
+    batches = list(batch_indices(len(train), 50, generator, device))[:4]
+    cuda = device.type == "cuda"
+    steps = []
     try:
-        for host_idx, idx in batches[1:]:
+        for host_idx, idx in batches:
             clean = train.batch(idx, host_idx)
             inputs = drop_modalities(clean, data.modalities, 0.2, generator)
-            _step(student, objective, signals, optimizer, cuda, host_idx, clean, inputs, train.labels[idx])
+            labels = train.labels[idx]
+            steps.append(_step(student, objective, signals, optimizer, device, host_idx, clean, inputs, labels))
+            if cuda and len(steps) == 1:  # the first step may sync (lazy CUDA set-up); no later one
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
     finally:
-        torch.cuda.set_sync_debug_mode("default")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    assert {terms["loss"].device.type for terms in steps} == {name} and len(steps) == 4
+    assert all(torch.isfinite(terms["loss"]) for terms in steps) and objective.teacher_taps
 
 
 @pytest.mark.cuda

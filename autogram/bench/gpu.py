@@ -121,7 +121,16 @@ def packed_run(
     with UtilisationSampler(visible_gpu_index()) as sampler:
         document = search(raw, root, f"bench-packed-{device}-{concurrency}")
     events = document["events"]
-    done = [e for e in events if e["event"] == "complete" and e.get("status") == "ok"]
+    ended = [e for e in events if e["event"] == "complete"]
+    done = [e for e in ended if e.get("status") == "ok"]
+    crashed = [e for e in ended if e.get("status") == "failed"]
+    if crashed:
+        # A throughput of trials that crashed is not a figure: say so rather than print 0/h.
+        # (An `infeasible` trial is the space's own: its sampled pairs were refused untrained.)
+        raise RuntimeError(
+            f"bench gpu: {len(crashed)} of {len(ended)} trials at concurrency {concurrency} failed "
+            "(their errors are above on stderr)"
+        )
     peaks = [e["gpu_peak_mb"] for e in done if e.get("gpu_peak_mb") is not None]
     shares = trial_overheads(events, first_wave=concurrency)
     return {

@@ -36,7 +36,10 @@ def limit_gpu_memory(device: torch.device, fraction: float) -> None:
     this trial alone."""
     global _GPU_FRACTION
     if device.type == "cuda" and 0 < fraction < 1:
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        # torch takes no index-less "cuda" here (unlike its other memory calls): name the device
+        # this process uses, the first one Ray left visible to it.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
         _GPU_FRACTION = fraction
 
 
