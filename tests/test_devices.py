@@ -128,6 +128,7 @@ def test_packed_run_refuses_a_throughput_of_crashed_trials(tmp_path: Path) -> No
 
     def search(statuses: list[str]) -> Callable[[dict, Path, str], dict]:
         def run(raw: dict, root: Path, name: str) -> dict:
+            assert raw["search"]["space"]["max_pairs"] is None  # every sampled trial may train
             events = [{"event": "start", "trial": str(i), "time": 0.1 * i} for i in range(len(statuses))]
             events += [
                 {"event": "complete", "trial": str(i), "time": 2.0 + i, "status": status, "train_seconds": 1.0}
@@ -137,7 +138,7 @@ def test_packed_run_refuses_a_throughput_of_crashed_trials(tmp_path: Path) -> No
 
         return run
 
-    base = {"search": {"resources": {"cpu": 1}}}
+    base = {"search": {"resources": {"cpu": 1}, "space": {"max_pairs": 3}}}
     with pytest.raises(RuntimeError, match="1 of 3 trials at concurrency 2 failed"):
         packed_run(base, tmp_path, trials=3, concurrency=2, search=search(["ok", "failed", "infeasible"]), device="cpu")
     # Trials the space refused untrained are no crash: the rate counts the trained ones.
