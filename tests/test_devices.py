@@ -152,8 +152,6 @@ def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path
     """The GPU bench's measurement, run on the CPU (a real local Ray search; no NVML there)."""
     from autogram.bench import _search
     from autogram.bench.gpu import GPU_KEYS, packed_run
-    from autogram.config import validate
-    from tests.conftest import tiny_raw
 
     raw = tiny_raw(teacher_cache)
     raw["train"]["epochs"] = 1
@@ -179,12 +177,9 @@ def test_packed_run_measures_throughput_and_overhead_from_a_real_search(tmp_path
 # --- on a GPU (skipped elsewhere) -------------------------------------------------------
 
 
-def _gpu_raw(teacher_cache: Path) -> dict:
-    from tests.conftest import tiny_raw
-
-    raw = tiny_raw(teacher_cache)
-    raw["device"] = "cuda"
-    return raw
+def _device_raw(teacher_cache: Path, name: str) -> dict:
+    """The tiny test config on device ``name``."""
+    return {**tiny_raw(teacher_cache), "device": name}
 
 
 # The CPU runs the same calls as the GPU, so a renamed import or argument fails on every
@@ -196,7 +191,7 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 def test_trial_and_teacher_cache_on_the_device(name: str, teacher_cache: Path, tmp_path: Path) -> None:
     """A trial and the teacher cache on the device; on CUDA the cache's arrays stay on the GPU
     (a batch is an index there)."""
-    cfg = validate({**tiny_raw(teacher_cache), "device": name})
+    cfg = validate(_device_raw(teacher_cache, name))
     result = run_trial(cfg)
     assert result.status == "ok" and result.device.startswith(name) and result.teacher["source"] == "cache"
     device = torch.device(name)
@@ -214,7 +209,7 @@ def test_trial_and_teacher_cache_on_the_device(name: str, teacher_cache: Path, t
 def test_training_steps_never_wait_for_the_device(name: str, teacher_cache: Path) -> None:
     """Training steps read nothing back to the host: on CUDA, torch's sync debug mode raises
     at any host-device sync; on the CPU the same steps run and train."""
-    cfg = validate({**tiny_raw(teacher_cache), "device": name})
+    cfg = validate(_device_raw(teacher_cache, name))
     device = torch.device(name)
     parts = prepare(cfg, device)
     data = parts.data
@@ -252,7 +247,7 @@ def test_cuda_search_packs_four_trials_on_one_gpu_then_export_and_train(teacher_
 
     from tests.conftest import run_cli
 
-    raw = _gpu_raw(teacher_cache)
+    raw = _device_raw(teacher_cache, "cuda")
     raw["search"] = {"trials": 4, "concurrency": 4, "resources": {"cpu": 1, "gpu": 0.25}}
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(raw))
     proc = run_cli("search", "gpu.yaml", "--name", "g", cwd=tmp_path)
