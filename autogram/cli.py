@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from autogram.config import ConfigError, TrialConfig, load_config
-from autogram.console import describe_taps, setup_logging, taps_document, user_errors
+from autogram.console import describe_taps, freeze_at_exit, setup_logging, taps_document, user_errors
 from autogram.version import __version__
 
 log = logging.getLogger("autogram")
@@ -58,6 +58,7 @@ def _load(config: str, overrides: tuple[str, ...], quiet: bool) -> TrialConfig:
 @click.version_option(__version__, prog_name="autogram")
 def main() -> None:
     """Search how to distill a multi-modal teacher into a small, robust student."""
+    freeze_at_exit()
 
 
 @main.command()

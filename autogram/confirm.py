@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, validate
-from autogram.confirm_runs import LEDGER, Job, Ledger, load_for, run_jobs, score, search_threads
+from autogram.confirm_runs import (
+    LEDGER,
+    Job,
+    Ledger,
+    in_background,
+    load_for,
+    ray_started,
+    run_jobs,
+    score,
+    search_threads,
+)
 
 __all__ = ["confirm", "format_table", "judge", "load_for", "score", "search_threads", "summary", "teacher_adds"]
 
@@ -232,24 +242,16 @@ def confirm(
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
-    rows, jobs = _rows_and_jobs(document, spec, chosen, seeds)
-    folder = Path(source).parent if Path(source).is_file() else Path(source)
-    ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
-    done = ledger.kept(jobs, resume)
-    search = spec["config"].get("search", {})
-    threads = search_threads(spec)
-    parallel = None
-    if concurrency > 1 or address is not None:
-        from autogram.study.ray_setup import ray_runtime_env
-
-        runtime_env = ray_runtime_env(validate(spec["config"]), address)
-        parallel = {
-            "concurrency": concurrency,
-            "address": address,
-            "resources": search.get("resources"),
-            "runtime_env": runtime_env,
-        }
-    results = run_jobs(jobs, ledger, done, threads, parallel)
+    parallel = _parallel(spec, concurrency, address)
+    # Ray starts (and warms its workers) while the rows are built: both take seconds. A resume
+    # may find every retraining done, so it starts Ray only if one is left.
+    prepared = in_background(lambda: _rows_and_jobs(document, spec, chosen, seeds), "confirm-rows")
+    with ray_started(parallel if not resume else None):
+        rows, jobs = prepared()
+        folder = Path(source).parent if Path(source).is_file() else Path(source)
+        ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
+        done = ledger.kept(jobs, resume)
+        results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
     for row in rows:
         row["runs"] = [results[job.key] for job in row.pop("jobs")]
         row["summary"] = summary(row["runs"])
@@ -259,6 +261,20 @@ def confirm(
     _write(result, source, spec, parent_id, tracking_uri)
     ledger.close()
     return result
+
+
+def _parallel(spec: dict[str, Any], concurrency: int, address: str | None) -> dict[str, Any] | None:
+    """How :func:`run_jobs` fans out on Ray (None: in this process)."""
+    if concurrency <= 1 and address is None:
+        return None
+    from autogram.study.ray_setup import ray_runtime_env
+
+    return {
+        "concurrency": concurrency,
+        "address": address,
+        "resources": spec["config"].get("search", {}).get("resources"),
+        "runtime_env": ray_runtime_env(validate(spec["config"]), address),
+    }
 
 
 def _rows_and_jobs(

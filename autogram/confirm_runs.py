@@ -12,7 +12,8 @@ ran it, and a confirm reproduces its trials.
 
 The teacher is resolved once per confirm (:func:`shared_teacher`), as a search's driver does:
 one process reuses it for every retraining; a Ray task gets its description and the cache
-folder, so no worker builds the teacher (nor imports ``transformers`` for it).
+folder, so no worker builds the teacher (nor imports ``transformers`` for it). On Ray
+(:func:`ray_started`) each slot's worker is warmed while the driver prepares.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def _on_ray(
     started = not ray.is_initialized()
     try:
         # The teacher is resolved while Ray starts: both take seconds, and neither needs the other.
-        resolved = _in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))))
+        resolved = in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))), "confirm-teacher")
         if started:
             init_ray(parallel.get("address"), parallel.get("runtime_env"))
         shared = resolved()
@@ -316,7 +317,55 @@ def _submit_all(
         raise
 
 
-def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
+@contextlib.contextmanager
+def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
+    """Ray for a confirm on Ray (``parallel``; nothing for one in this process), started (or
+    joined, with an ``address``) on entering, so that the caller prepares its retrainings
+    while it starts, and shut down on leaving if started here. Each of the ``concurrency``
+    slots first gets a warm-up task: a worker's first imports and first optimiser step (about
+    3 s on a CPU) then overlap this process's own start instead of delaying the first results."""
+    if parallel is None:
+        yield
+        return
+    import ray
+
+    from autogram.study.ray_setup import init_ray
+
+    started = not ray.is_initialized()
+    if started:
+        init_ray(parallel.get("address"), parallel.get("runtime_env"))
+    try:
+        resources = parallel.get("resources") or {}
+        warm = ray.remote(_warm_worker).options(num_cpus=float(resources.get("cpu", 1.0)), max_retries=0)
+        # Not waited on: the retrainings queue behind them, and one that fails costs nothing
+        # (the retraining on that worker reports the fault itself).
+        for _ in range(max(1, int(parallel.get("concurrency", 1)))):
+            warm.remote()
+        yield
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def _warm_worker() -> None:
+    """A Ray task: what a retraining first pays on a new worker, paid early: its modules, and
+    the ``torch._dynamo`` import of an optimiser's first step."""
+    import numpy.ma  # noqa: F401  (np.unique, in the data's checks, imports it)
+    import torch
+    import torch.utils.flop_counter  # noqa: F401  (each retraining counts its FLOPs)
+
+    import autogram.data
+    import autogram.distill
+    import autogram.teacher.reader
+    import autogram.trial  # noqa: F401
+
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    layer(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+
+
+def in_background(work: Callable[[], Any], name: str) -> Callable[[], Any]:
     """Start ``work`` in a daemon thread (a Ctrl-C meanwhile does not wait for it); the returned
     function waits for its value, or raises what it raised."""
     box: dict[str, Any] = {}
@@ -327,7 +376,7 @@ def _in_background(work: Callable[[], Any]) -> Callable[[], Any]:
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
 
-    thread = threading.Thread(target=run, name="confirm-teacher", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
 
     def wait() -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli, tiny_raw
+from tests.conftest import ROOT, cli_env, run_cli, tiny_raw
 
 # Every command, with arguments that make it stop at its first check (exit 2).
 COMMANDS = {
@@ -47,6 +50,29 @@ def test_quiet_trial_prints_no_progress(tmp_path: Path, teacher_cache: Path) -> 
     assert "[autogram] epoch 1/1" in loud.stderr
     assert "[autogram]" not in quiet.stderr
     assert quiet.stdout.splitlines()[:3] == loud.stdout.splitlines()[:3]  # status, accuracy, robustness
+
+
+FROZEN_AT_EXIT = """
+import atexit, gc, sys
+# Registered before the command's own exit step, so it runs after it (atexit: last in, first out).
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count(), file=sys.stderr))
+from autogram.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_command_freezes_what_it_loaded_before_the_interpreter_exits(tmp_path: Path, teacher_cache: Path) -> None:
+    # The interpreter's last collections would walk everything torch and mlflow loaded (1-2 s
+    # per command, nothing to free); a command freezes it all instead, and its output is whole.
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
+    args = ["trial", "tiny.yaml", "--set", "train.epochs=1", "--json", "-q"]
+    proc = subprocess.run(
+        [sys.executable, "-c", FROZEN_AT_EXIT, *args], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["status"] == "ok"
+    frozen = int(proc.stderr.split("frozen at exit:")[1].split()[0])
+    assert frozen > 100_000  # torch's modules alone hold more objects than this
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,11 @@ alone), with the same scores as a retraining that resolves its own teacher."""
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +66,29 @@ def test_shared_teacher_scores_equal_a_retraining_that_resolves_its_own(
         again = _remote_score(jobs[0].raw, jobs[0].seed, 1, meta, str(teacher_cache / "elsewhere"))
     assert again == own
     assert "resolves its teacher itself" in caplog.text
+
+
+WARMED = """
+import json, pickle, sys
+from autogram.confirm_runs import _remote_score, _warm_worker
+_warm_worker()
+before = set(sys.modules)
+raw, seed, meta, where = pickle.loads(open(sys.argv[1], "rb").read())
+_remote_score(raw, seed, 1, meta, where)
+print(json.dumps(sorted(m for m in set(sys.modules) - before if not m.startswith("autogram"))))
+"""
+
+
+def test_after_a_workers_warm_up_its_first_retraining_imports_nothing_heavy(
+    teacher_cache: Path, tmp_path: Path
+) -> None:
+    # On Ray each confirm slot's worker first runs _warm_worker while the driver prepares: it
+    # must leave the retraining nothing of torch or numpy to import (about 3 s on a CPU), or the
+    # first results wait for it again. A fresh process, as a new worker is.
+    jobs = _jobs(teacher_cache)
+    shared = shared_teacher(jobs, load_for(validate(jobs[0].raw)))
+    job = tmp_path / "job.pkl"
+    job.write_bytes(pickle.dumps((jobs[0].raw, jobs[0].seed, *shared.remote(jobs[0]))))
+    proc = subprocess.run([sys.executable, "-c", WARMED, str(job)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
