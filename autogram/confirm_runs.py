@@ -265,14 +265,12 @@ def _on_ray(
 ) -> dict[str, dict[str, float]]:
     import ray
 
-    from autogram.study.ray_setup import init_ray
-
     started = not ray.is_initialized()
     try:
         # The teacher is resolved while Ray starts: both take seconds, and neither needs the other.
         resolved = in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))), "confirm-teacher")
         if started:
-            init_ray(parallel.get("address"), parallel.get("runtime_env"))
+            _start_ray(parallel)
         shared = resolved()
         _submit_all(todo, jobs, ledger, results, threads, parallel, shared)
     finally:
@@ -329,11 +327,9 @@ def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
         return
     import ray
 
-    from autogram.study.ray_setup import init_ray
-
     started = not ray.is_initialized()
     if started:
-        init_ray(parallel.get("address"), parallel.get("runtime_env"))
+        _start_ray(parallel)
     try:
         resources = parallel.get("resources") or {}
         warm = ray.remote(_warm_worker).options(num_cpus=float(resources.get("cpu", 1.0)), max_retries=0)
@@ -345,6 +341,18 @@ def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
+
+
+def _start_ray(parallel: dict[str, Any]) -> None:
+    """A local Ray, or the cluster at ``parallel["address"]`` joined as a search joins it: one
+    that does not answer is a one-line error in seconds, not Ray's endless retries."""
+    from autogram.study.cluster import join
+    from autogram.study.ray_setup import init_ray
+
+    if parallel.get("address") is None:
+        init_ray(None, parallel.get("runtime_env"))
+    else:
+        join(parallel["address"], parallel.get("runtime_env"))
 
 
 def _warm_worker() -> None:

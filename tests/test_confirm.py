@@ -225,6 +225,18 @@ def test_confirm_on_ray_gives_the_same_table_as_in_one_process(searched: Path) -
     assert not (searched / "runs" / "c" / "confirm-runs.jsonl").exists()  # folded into confirm.json
 
 
+def test_a_cluster_that_does_not_answer_is_one_line_in_seconds_and_writes_nothing(searched: Path) -> None:
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens there: Ray itself would retry for minutes
+    before = sorted(searched.rglob("*"))
+    proc = run_cli("confirm", "runs/c", "--seeds", "1", "--address", f"127.0.0.1:{port}", cwd=searched, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--address 127.0.0.1:{port}: no Ray cluster answers there" in lines[0], proc.stderr
+    assert sorted(searched.rglob("*")) == before
+
+
 def _started(stderr: str) -> set[tuple[str, int]]:
     """(row, seed) of every retraining a confirm's log says it started in this process."""
     return {(m[0], int(m[1])) for m in re.findall(r"confirm: (.+?), seed (\d+) \(", stderr)}
