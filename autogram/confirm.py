@@ -243,13 +243,14 @@ def confirm(
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
     parallel = _parallel(spec, concurrency, address)
-    # Ray starts (and warms its workers) while the rows are built: both take seconds. A resume
-    # may find every retraining done, so it starts Ray only if one is left.
+    folder = Path(source).parent if Path(source).is_file() else Path(source)
+    ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
+    # Ray starts (and warms its workers) while the rows are built: both take seconds. Runs kept
+    # from an interrupted confirm may be all there is to it: then Ray starts only if one is left.
+    early = parallel if not ledger.check(resume) else None
     prepared = in_background(lambda: _rows_and_jobs(document, spec, chosen, seeds), "confirm-rows")
-    with ray_started(parallel if not resume else None):
+    with ray_started(early):
         rows, jobs = prepared()
-        folder = Path(source).parent if Path(source).is_file() else Path(source)
-        ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
         done = ledger.kept(jobs, resume)
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
     for row in rows:

@@ -120,8 +120,8 @@ class Ledger:
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def kept(self, jobs: list[Job], resume: bool) -> dict[str, dict[str, float]]:
-        """The scores of ``jobs`` already finished; refuses to start over them without ``resume``."""
+    def check(self, resume: bool) -> int:
+        """How many finished retrainings it holds; refuses to start over them without ``resume``."""
         lines = self._lines()
         if lines and not resume:
             raise ConfigError(
@@ -130,8 +130,13 @@ class Ledger:
             )
         if resume and self.path is None:
             raise ConfigError("--resume: a confirm keeps its finished runs in the search folder; name the folder")
+        return len(lines)
+
+    def kept(self, jobs: list[Job], resume: bool) -> dict[str, dict[str, float]]:
+        """The scores of ``jobs`` already finished; refuses to start over them without ``resume``."""
+        self.check(resume)
         wanted = {job.key: job.fingerprint for job in jobs}
-        return {line["key"]: line["scores"] for line in lines if wanted.get(line["key"]) == line["fingerprint"]}
+        return {line["key"]: line["scores"] for line in self._lines() if wanted.get(line["key"]) == line["fingerprint"]}
 
     def _lines(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.is_file():

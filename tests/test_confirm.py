@@ -256,9 +256,11 @@ def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(se
     kept = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert len(kept) >= 2
 
-    again = run_cli(*args, cwd=searched)  # without --resume: refused, nothing lost
-    assert again.returncode == 2 and "pass --resume" in again.stderr
-    assert [json.loads(line) for line in ledger.read_text().splitlines()] == kept
+    for more in ([], ["--concurrency", "2"]):  # without --resume: refused, nothing lost, in one line
+        again = run_cli(*args, *more, cwd=searched)
+        assert again.returncode == 2 and "pass --resume" in again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+        assert [json.loads(line) for line in ledger.read_text().splitlines()] == kept
 
     proc = run_cli(*args, "--resume", cwd=searched)
     assert proc.returncode == 0, proc.stderr[-3000:]
