@@ -122,6 +122,9 @@ class Ledger:
 
     def check(self, resume: bool) -> int:
         """How many finished retrainings it holds; refuses to start over them without ``resume``."""
+        return len(self._refused_unless(resume))
+
+    def _refused_unless(self, resume: bool) -> list[dict[str, Any]]:
         lines = self._lines()
         if lines and not resume:
             raise ConfigError(
@@ -130,13 +133,13 @@ class Ledger:
             )
         if resume and self.path is None:
             raise ConfigError("--resume: a confirm keeps its finished runs in the search folder; name the folder")
-        return len(lines)
+        return lines
 
     def kept(self, jobs: list[Job], resume: bool) -> dict[str, dict[str, float]]:
         """The scores of ``jobs`` already finished; refuses to start over them without ``resume``."""
-        self.check(resume)
         wanted = {job.key: job.fingerprint for job in jobs}
-        return {line["key"]: line["scores"] for line in self._lines() if wanted.get(line["key"]) == line["fingerprint"]}
+        lines = self._refused_unless(resume)
+        return {line["key"]: line["scores"] for line in lines if wanted.get(line["key"]) == line["fingerprint"]}
 
     def _lines(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.is_file():
@@ -270,17 +273,11 @@ def _on_ray(
 ) -> dict[str, dict[str, float]]:
     import ray
 
-    started = not ray.is_initialized()
-    try:
-        # The teacher is resolved while Ray starts: both take seconds, and neither needs the other.
-        resolved = in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))), "confirm-teacher")
-        if started:
-            _start_ray(parallel)
-        shared = resolved()
-        _submit_all(todo, jobs, ledger, results, threads, parallel, shared)
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
+    # The teacher is resolved while Ray starts (unless the caller started it): both take
+    # seconds, and neither needs the other.
+    resolved = in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))), "confirm-teacher")
+    with ray_started(None if ray.is_initialized() else parallel):
+        _submit_all(todo, jobs, ledger, results, threads, parallel, resolved())
     return results
 
 
