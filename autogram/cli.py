@@ -16,7 +16,14 @@ from typing import Any
 import click
 
 from autogram.config import ConfigError, TrialConfig, load_config
-from autogram.console import describe_taps, freeze_at_exit, setup_logging, taps_document, user_errors
+from autogram.console import (
+    describe_taps,
+    freeze_at_exit,
+    setup_logging,
+    stdout_for_json,
+    taps_document,
+    user_errors,
+)
 from autogram.version import __version__
 
 log = logging.getLogger("autogram")
@@ -357,7 +364,8 @@ def confirm(
         click.echo(json.dumps(ablation) if as_json else format_ablation(ablation))
         return
     try:
-        result = run_confirm(source, int(seeds), points, tracking_uri, concurrency, address, resume)
+        with stdout_for_json(as_json):
+            result = run_confirm(source, int(seeds), points, tracking_uri, concurrency, address, resume)
     except KeyboardInterrupt:
         click.echo(
             "autogram: confirm interrupted; every finished retraining is kept: rerun the same command with --resume",
@@ -382,7 +390,8 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, g
     cfg = _load(config, overrides, quiet)
     from autogram.bench import run_bench
 
-    result = run_bench(cfg, quick=quick, gpu_only=gpu_only)
+    with stdout_for_json(as_json):
+        result = run_bench(cfg, quick=quick, gpu_only=gpu_only)
     if as_json:
         click.echo(json.dumps(result))
         return

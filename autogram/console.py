@@ -5,13 +5,14 @@ and what ``autogram layers`` prints."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import functools
 import gc
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -32,6 +33,18 @@ def freeze_at_exit() -> None:
     closes its files itself; Python never promised finalizers at exit for objects in cycles)."""
     # atexit runs last what it got first: register before torch, Ray or mlflow add theirs.
     atexit.register(gc.freeze)
+
+
+@contextlib.contextmanager
+def stdout_for_json(as_json: bool) -> Iterator[None]:
+    """While a ``--json`` command works, whatever else writes to stdout goes to stderr, so that
+    stdout holds the JSON alone: Ray's driver prints the cluster's error notices there (a node
+    marked dead, say) whatever ``log_to_driver`` says."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def setup_logging(quiet: bool) -> None:

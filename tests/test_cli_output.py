@@ -152,3 +152,24 @@ def test_bench_json_has_the_gpu_keys(tmp_path: Path) -> None:
         assert all(set(result[k]) == {"1", "4", "8"} for k in keys)
     else:
         assert {k: result[k] for k in keys} == dict.fromkeys(keys)
+
+
+def test_a_json_commands_stdout_holds_only_its_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from autogram.console import stdout_for_json
+
+    def notice() -> None:  # as Ray's driver prints a dead node's notice, from a thread of its own
+        print("(raylet) The node with node id ... has been marked dead")
+
+    for as_json in (True, False):
+        with stdout_for_json(as_json):
+            thread = threading.Thread(target=notice)
+            thread.start()
+            thread.join()
+        print('{"rows": []}')
+        out, err = capsys.readouterr()
+        if as_json:
+            assert json.loads(out) == {"rows": []} and "marked dead" in err
+        else:
+            assert "marked dead" in out and not err
