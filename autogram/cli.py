@@ -17,6 +17,7 @@ import click
 
 from autogram.config import ConfigError, TrialConfig, load_config
 from autogram.console import (
+    UserErrorsGroup,
     describe_taps,
     freeze_at_exit,
     setup_logging,
@@ -61,7 +62,7 @@ def _load(config: str, overrides: tuple[str, ...], quiet: bool) -> TrialConfig:
     return cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=UserErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="autogram")
 def main() -> None:
     """Search how to distill a multi-modal teacher into a small, robust student."""

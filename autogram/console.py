@@ -92,6 +92,34 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class UserErrorsGroup(click.Group):
+    """The command group: a mistake on the command line (an unknown option, a value out of
+    range, a missing argument) ends as one stderr line naming the option and exit code 2, as
+    every other user error does, instead of click's four-line usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's ``main``; in standalone mode (the command line) with one-line errors."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare `autogram`: its help, as click gives it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "autogram"
+            click.echo(f"autogram: error: {exc.format_message().rstrip('.')} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"autogram: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at a prompt, as click reports it
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # A command returns None; click's own exits (--help, --version) return their code.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def _first_line(exc: BaseException) -> str:
     from autogram.config.base import first_line
 

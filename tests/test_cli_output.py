@@ -42,6 +42,31 @@ def test_every_command_takes_quiet(command: str, tmp_path: Path) -> None:
     assert not (tmp_path / "out.yaml").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["confirm", "nosuch", "--concurrency", "0"], "'--concurrency': 0"),
+        (["search", "missing.yaml", "--trials", "abc"], "'--trials': 'abc'"),
+        (["export", "nosuch"], "'--output'"),
+        (["trial", "missing.yaml", "--bogus"], "'--bogus'"),
+        (["train"], "'CONFIG'"),
+        (["nosuch"], "'nosuch'"),
+    ],
+)
+def test_a_command_line_mistake_is_one_line_naming_the_option(args: list[str], named: str, tmp_path: Path) -> None:
+    # click's own report is four lines (usage, hint, blank, error); every other user error is one.
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("autogram: error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert named in proc.stderr and "--help')" in proc.stderr, proc.stderr
+
+
+def test_help_and_version_still_exit_0(tmp_path: Path) -> None:
+    for args in (["--help"], ["confirm", "--help"], ["--version"]):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout and not proc.stderr, (args, proc.stderr)
+
+
 def test_quiet_trial_prints_no_progress(tmp_path: Path, teacher_cache: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_raw(teacher_cache)))
     loud = run_cli("trial", "tiny.yaml", "--set", "train.epochs=1", cwd=tmp_path)
