@@ -226,13 +226,13 @@ def search(
 @_quiet_option
 @user_errors
 def front(name: str, tracking_uri: str | None, as_json: bool, quiet: bool) -> None:
-    """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read from MLflow."""
+    """Print the Pareto front of search NAME (or of the newest search in experiment NAME), read
+    from MLflow, or of the search folder NAME (its front.json)."""
     setup_logging(quiet)
+    from autogram.export import read_front_source
     from autogram.report.front import format_front
-    from autogram.report.readback import read_front
-    from autogram.report.tracking import tracking_uri as resolve_uri
 
-    document = read_front(resolve_uri(tracking_uri), name)
+    document = read_front_source(name, tracking_uri)
     click.echo(json.dumps(document, indent=2) if as_json else format_front(document))
 
 

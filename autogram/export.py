@@ -63,23 +63,47 @@ def choose(document: dict[str, Any], pick: str, weights: list[float] | None, whe
     return ok[pareto_pick(values, directions, by=by, weights=weights, names=names, mask=mask)]
 
 
-def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
+def search_folder(source: str) -> Path | None:
+    """The finished search folder ``source`` names (the folder, or its ``front.json``); None
+    where it names none here (a search or experiment name, read from MLflow)."""
     path = Path(source)
     if path.is_file() and path.name == "front.json":
         path = path.parent
-    if path.is_dir():
-        if not (path / "front.json").is_file() or not (path / "search.json").is_file():
-            raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
-        return read_json(path / "front.json", "front"), read_json(path / "search.json", "search spec"), ""
+    if not path.is_dir():
+        return None
+    if not (path / "front.json").is_file() or not (path / "search.json").is_file():
+        raise ConfigError(f"{path}: not a finished search folder (needs front.json and search.json)")
+    return path
+
+
+def read_front_source(source: str, tracking_uri: str | None) -> dict[str, Any]:
+    """The front of ``source``: a search folder's ``front.json``, or the front recorded in MLflow."""
+    folder = search_folder(source)
+    if folder is not None:
+        return read_json(folder / "front.json", "front")
     from autogram.report.readback import read_front
+    from autogram.report.tracking import tracking_uri as resolve_uri
+
+    try:
+        return read_front(resolve_uri(tracking_uri), source)
+    except ConfigError as exc:
+        # A path that is not there reads better as that than as a name MLflow lacks.
+        if "/" in source or os.sep in source or source.endswith(".json"):
+            raise ConfigError(f"{source}: no such search folder here, and {exc}") from None
+        raise
+
+
+def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
+    folder = search_folder(source)
+    if folder is not None:
+        return read_json(folder / "front.json", "front"), read_json(folder / "search.json", "search spec"), ""
     from autogram.report.tracking import client_for
     from autogram.report.tracking import tracking_uri as resolve_uri
 
-    uri = resolve_uri(tracking_uri)
-    document = read_front(uri, source)
-    with tempfile.TemporaryDirectory(prefix="autogram-download-") as folder:
-        local = client_for(uri).download_artifacts(document["run_id"], "search.json", folder)
+    document = read_front_source(source, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="autogram-download-") as folder_name:
+        local = client_for(resolve_uri(tracking_uri)).download_artifacts(document["run_id"], "search.json", folder_name)
         spec = read_json(Path(local), "search spec")
     return document, spec, document["run_id"]
 

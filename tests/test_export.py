@@ -89,6 +89,24 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
         assert not out.exists() and not list(tmp_path.glob(".best.yaml*"))
     missing = run_cli("export", "nothing-here", "-o", str(out), cwd=tmp_path)
     assert missing.returncode == 2 and "no MLflow database" in missing.stderr and not out.exists()
+    # A path that is not there is named as such, not only as a name MLflow lacks.
+    gone = tmp_path / "gone" / "search"
+    for command in (["export", str(gone), "-o", str(out)], ["confirm", str(gone)], ["front", str(gone)]):
+        proc = run_cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(f"autogram: error: {gone}: no such search folder here, and no MLflow database")
+
+
+def test_front_reads_a_search_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "front.json").write_text(json.dumps(_front()))
+    (folder / "search.json").write_text(json.dumps({"name": "hand", "config": {}, "candidates": [], "teacher": "x"}))
+    for source in (folder, folder / "front.json"):
+        table = run_cli("front", str(source), cwd=tmp_path)
+        assert table.returncode == 0 and table.stdout.startswith(f"Pareto front of {_front()['name']}:"), table.stderr
+        as_json = run_cli("front", str(source), "--json", cwd=tmp_path)
+        assert as_json.returncode == 0 and json.loads(as_json.stdout) == _front(), as_json.stderr
 
 
 @pytest.fixture(scope="module")
