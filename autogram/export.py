@@ -15,6 +15,7 @@ from typing import Any
 
 from autogram.config import ConfigError, SpaceConfig, validate
 from autogram.config.base import read_json
+from autogram.report.documents import checked_front, checked_spec
 
 _WHERE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
 
@@ -80,7 +81,7 @@ def read_front_source(source: str, tracking_uri: str | None) -> dict[str, Any]:
     """The front of ``source``: a search folder's ``front.json``, or the front recorded in MLflow."""
     folder = search_folder(source)
     if folder is not None:
-        return read_json(folder / "front.json", "front")
+        return checked_front(read_json(folder / "front.json", "front"), folder / "front.json")
     from autogram.report.readback import read_front
     from autogram.report.tracking import tracking_uri as resolve_uri
 
@@ -97,14 +98,15 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
     """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
     folder = search_folder(source)
     if folder is not None:
-        return read_json(folder / "front.json", "front"), read_json(folder / "search.json", "search spec"), ""
+        spec = checked_spec(read_json(folder / "search.json", "search spec"), folder / "search.json")
+        return read_front_source(source, tracking_uri), spec, ""
     from autogram.report.tracking import client_for
     from autogram.report.tracking import tracking_uri as resolve_uri
 
     document = read_front_source(source, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="autogram-download-") as folder_name:
         local = client_for(resolve_uri(tracking_uri)).download_artifacts(document["run_id"], "search.json", folder_name)
-        spec = read_json(Path(local), "search spec")
+        spec = checked_spec(read_json(Path(local), "search spec"), Path(local))
     return document, spec, document["run_id"]
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -22,6 +23,9 @@ OBJECTIVES = [
     {"name": "robustness", "direction": "maximize"},
     {"name": "cost", "direction": "minimize"},
 ]
+
+
+HAND_SPEC = {"name": "hand", "config": {"search": {"space": {}}}, "candidates": [], "teacher": "x"}
 
 
 def _front() -> dict:
@@ -80,7 +84,7 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "search"
     folder.mkdir()
     (folder / "front.json").write_text(json.dumps(_front()))
-    (folder / "search.json").write_text(json.dumps({"name": "hand", "config": {}, "candidates": [], "teacher": "x"}))
+    (folder / "search.json").write_text(json.dumps(HAND_SPEC))
     out = tmp_path / "best.yaml"
     for args in (["--where", "cost<=50"], ["--pick", "speed"], ["--weights", "1,x,2"], ["--where", "latency<1"]):
         proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
@@ -97,11 +101,45 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
         assert proc.stderr.startswith(f"autogram: error: {gone}: no such search folder here, and no MLflow database")
 
 
+def _bad_value(document: dict) -> dict:
+    document["trials"][2]["values"]["accuracy"] = "high"
+    return document
+
+
+@pytest.mark.parametrize(
+    ("file", "broken", "named"),
+    [
+        ("front.json", lambda d: {}, "front.json: does not read as a search's front (name: Field required)"),
+        ("front.json", lambda d: [d], "front.json: does not read as a search's front (the file: expected a JSON"),
+        ("front.json", _bad_value, "(trials.2.values.accuracy: Input should be a valid number"),
+        ("search.json", lambda d: {"name": "hand"}, "search.json: does not read as a search's spec (config: Field"),
+        ("search.json", lambda d: {**d, "candidates": [3]}, "(candidates.0: Input should be a valid string"),
+    ],
+)
+def test_a_search_folder_with_a_broken_file_is_one_line_naming_it(
+    file: str, broken: Any, named: str, tmp_path: Path
+) -> None:
+    # Cut, hand-edited or from another tool: named with the field, never a KeyError inside a command.
+    folder = tmp_path / "search"
+    folder.mkdir()
+    documents = {"front.json": _front(), "search.json": dict(HAND_SPEC)}
+    documents[file] = broken(documents[file])
+    for name, document in documents.items():
+        (folder / name).write_text(json.dumps(document))
+    out = tmp_path / "best.yaml"
+    commands = [["export", str(folder), "-o", str(out)], ["confirm", str(folder)]]
+    for command in commands + ([["front", str(folder)]] if file == "front.json" else []):
+        proc = run_cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("autogram: error: ") and named in proc.stderr, proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["front.json", "search.json"] and not out.exists()
+
+
 def test_front_reads_a_search_folder(tmp_path: Path) -> None:
     folder = tmp_path / "search"
     folder.mkdir()
     (folder / "front.json").write_text(json.dumps(_front()))
-    (folder / "search.json").write_text(json.dumps({"name": "hand", "config": {}, "candidates": [], "teacher": "x"}))
+    (folder / "search.json").write_text(json.dumps(HAND_SPEC))
     for source in (folder, folder / "front.json"):
         table = run_cli("front", str(source), cwd=tmp_path)
         assert table.returncode == 0 and table.stdout.startswith(f"Pareto front of {_front()['name']}:"), table.stderr
