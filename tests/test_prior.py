@@ -222,6 +222,22 @@ def test_a_tight_max_pairs_with_all_pairs_is_warned_about(caplog: pytest.LogCapt
     assert caplog.text == ""
 
 
+def test_a_tight_max_pairs_on_a_pair_subset_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from autogram.config import load_config
+    from autogram.study.plan import _warn_infeasible
+
+    # Each of 8 candidate pairs is a fair 0/1 draw: 1..3 of them on is 92/256 of the draws.
+    with caplog.at_level("WARNING", logger="autogram"):
+        _warn_infeasible(SpaceConfig(pairs="auto", max_pairs=3), 8)
+    assert "about 64% of randomly sampled subsets of 8 candidate pairs" in caplog.text
+    caplog.clear()
+    # The shipped GPU space (8 candidate pairs: 4 student blocks per modality) wastes no draw so.
+    space = load_config(ROOT / "search_spaces" / "gpu.yaml").search.space
+    with caplog.at_level("WARNING", logger="autogram"):
+        _warn_infeasible(space, 8)
+    assert caplog.text == ""
+
+
 def test_the_parallel_coordinates_plot_has_an_axis_per_mapped_student_tap() -> None:
     from autogram.report.plots import parallel_coordinates
 

@@ -118,7 +118,7 @@ def packed_run(
     )
     if "space" in raw["search"]:
         # No cap on the Gram pairs a trial draws: the random sampler toggles each candidate pair,
-        # so under gpu.yaml's max_pairs 3 five of its 8 trials were refused untrained, and
+        # so under a max_pairs of 3 (gpu.yaml's, until it went) five of 8 trials were refused untrained, and
         # "8 to a GPU" packed 3 trainings (seen on an H200, 2026-12-04).
         raw["search"]["space"] = {**raw["search"]["space"], "max_pairs": None}
     share = 1.0 / concurrency if device == "cuda" else 0.0

@@ -182,27 +182,30 @@ def _candidate_pairs(space: Any, parts: Any) -> list[Any]:
         raise ConfigError(f"search.space.min_pairs: {space.min_pairs} exceeds the {most} {what}")
     if space.max_pairs is not None and space.max_pairs > most:
         raise ConfigError(f"search.space.max_pairs: {space.max_pairs} exceeds the {most} {what}")
-    if mapping and gram_possible(space):
+    if gram_possible(space):
         _warn_infeasible(space, most)
     return pairs
 
 
 def _warn_infeasible(space: Any, taps: int) -> None:
-    """With ``pairs: all`` each student tap is mapped with probability top_k/(top_k+1) in a
-    random sample (Optuna's start-up trials): a tight ``max_pairs`` makes most of them
-    infeasible. Say so, with the share, before the budget is spent."""
+    """A random sample (Optuna's start-up trials) maps each student tap with probability
+    top_k/(top_k+1) with ``pairs: all``, and switches each candidate pair on with probability
+    1/2 with ``auto`` or a list: a tight ``max_pairs`` makes most samples infeasible. Say so,
+    with the share, before the budget is spent."""
     from math import comb
 
-    on = space.top_k / (space.top_k + 1)
+    mapping = space.pairs == "all"
+    on = space.top_k / (space.top_k + 1) if mapping else 0.5
     upper = taps if space.max_pairs is None else space.max_pairs
     feasible = sum(comb(taps, k) * on**k * (1 - on) ** (taps - k) for k in range(space.min_pairs, upper + 1))
     if feasible < 0.5:
         log.warning(
-            "search.space: with pairs all, about %.0f%% of randomly sampled mappings of %d student taps fall "
-            "outside min_pairs..max_pairs = %d..%d and are infeasible (not trained); a wider max_pairs "
-            "(or none) wastes fewer trials",
+            "search.space: about %.0f%% of randomly sampled %s of %d %s fall outside min_pairs..max_pairs = "
+            "%d..%d and are infeasible (not trained); a wider max_pairs (or none) wastes fewer trials",
             100 * (1 - feasible),
+            "mappings" if mapping else "subsets",
             taps,
+            "student taps" if mapping else "candidate pairs",
             space.min_pairs,
             upper,
         )
