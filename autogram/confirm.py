@@ -242,6 +242,7 @@ def confirm(
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
+    _teacher_there(spec)
     parallel = _parallel(spec, concurrency, address)
     folder = Path(source).parent if Path(source).is_file() else Path(source)
     ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
@@ -262,6 +263,19 @@ def confirm(
     _write(result, source, spec, parent_id, tracking_uri)
     ledger.close()
     return result
+
+
+def _teacher_there(spec: dict[str, Any]) -> None:
+    """Every retraining is pinned to the search's built-in teacher checkpoint: one that is gone
+    is one line before anything starts (on Ray, Ray's start came first)."""
+    teacher = spec.get("teacher") or ""
+    if (spec.get("teacher_source") or {}).get("source", "builtin") != "builtin" or not teacher:
+        return
+    if not Path(teacher).is_file():
+        raise ConfigError(
+            f"{teacher}: the search's teacher checkpoint (search.json's teacher) is not there: moved, deleted, "
+            "or a relative path from another working directory?"
+        )
 
 
 def _parallel(spec: dict[str, Any], concurrency: int, address: str | None) -> dict[str, Any] | None:

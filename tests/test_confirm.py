@@ -136,6 +136,25 @@ def test_bad_confirm_input_is_one_line_and_writes_nothing(searched: Path, args: 
     assert sorted(p.name for p in (searched / "runs" / "c").iterdir()) == before
 
 
+def test_a_teacher_checkpoint_that_is_gone_is_one_line_before_ray_starts(searched: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
+    spec = json.loads((folder / "search.json").read_text())
+    gone = tmp_path / "moved" / Path(spec["teacher"]).name
+    (folder / "search.json").write_text(json.dumps({**spec, "teacher": str(gone)}))
+    for concurrency in ("1", "2"):
+        proc = run_cli("confirm", str(folder), "--concurrency", concurrency, cwd=searched)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()  # on Ray, Ray's token-auth line came first
+        assert lines == [
+            f"autogram: error: {gone}: the search's teacher checkpoint (search.json's teacher) is not "
+            "there: moved, deleted, or a relative path from another working directory?"
+        ], proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (searched / "runs" / "c").iterdir() if not p.name.startswith("confirm")
+    )
+
+
 def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     def row(label: str, baseline: str | None, acc: tuple[float, float], rob: tuple[float, float]) -> dict:
         summary = {
