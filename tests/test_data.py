@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from autogram.config import BuiltinDataConfig, ConfigError, DataConfig
 from autogram.data import MASK_TOKEN, load_data
@@ -87,6 +88,29 @@ def test_npz_loader_errors_name_the_problem(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match="not an .npz archive"):
         load_data(DataConfig(path=garbage))
+
+
+def test_negative_token_ids_are_named_not_an_index_error_in_a_forward_pass(tmp_path: Path) -> None:
+    # A -1 used as padding: the embedding lookup would fail deep inside a trial (or on a GPU, worse).
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    arrays = dict(np.load(path))
+    arrays["test_words"][5, 3] = -1
+    np.savez(path, **arrays)
+    with pytest.raises(
+        ConfigError, match=r"test_words has negative token ids in 1 sample\(s\) \(first: sample 5, id -1\)"
+    ):
+        load_data(DataConfig(path=path))
+    # The same check for datasets read row by row (Hugging Face, a factory, the Python API).
+    from autogram.data.datasets import from_datasets
+
+    words = torch.randint(1, 50, (40, 12))
+    words[33, 0] = -2
+    train = [({"words": words[i]}, i % 3) for i in range(40)]
+    with pytest.raises(
+        ConfigError, match=r"modality 'words', has negative token ids in 1 sample\(s\) \(first: sample 33"
+    ):
+        from_datasets({"train": train}, DataConfig(), "python data")
 
 
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")

@@ -9,7 +9,14 @@ import numpy as np
 
 from autogram.config import ConfigError, DataConfig, GroupSplit
 from autogram.data.base import SPLITS, Modality, MultiModalData, Split
-from autogram.data.checks import check_finite, check_split_sizes, class_count, infer_kind, warn_if_constant
+from autogram.data.checks import (
+    check_finite,
+    check_split_sizes,
+    check_token_ids,
+    class_count,
+    infer_kind,
+    warn_if_constant,
+)
 
 log = logging.getLogger("autogram")
 
@@ -168,6 +175,8 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
         )
         if kind == "tokens":
             warn_if_constant(name, float(np.ptp(train_array)) if train_array.size else 0.0, source)
+            for split in SPLITS:
+                check_token_ids(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
             vocab = int(max(arrays[f"{s}_{name}"].max() for s in SPLITS)) + 1
             for split in SPLITS:
                 splits[split].inputs[name] = arrays[f"{split}_{name}"].astype(np.int64)

@@ -58,6 +58,18 @@ def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
             )
 
 
+def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
+    """Refuse a negative token id: ids index the models' embeddings, from 0 (a -1 used as
+    padding ends as an index error deep in a forward pass)."""
+    if array.size and array.min() < 0:
+        bad = (array.reshape(array.shape[0], -1) < 0).any(axis=1)
+        first = int(np.argmax(bad)) + offset
+        raise ConfigError(
+            f"{what} has negative token ids in {int(bad.sum())} sample(s) (first: sample {first}, id "
+            f"{int(array.min())}); ids index an embedding and start at 0 (pad with 0 or a new id)"
+        )
+
+
 def class_count(labels: list[np.ndarray], source: str) -> int:
     """The number of classes, K, from every split's labels, which must be the integers 0..K-1
     (K distinct values): a gap means a stray label (a 99 among 0..9 would make 100 classes)."""

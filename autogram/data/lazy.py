@@ -16,7 +16,14 @@ import numpy as np
 
 from autogram.config import ConfigError, DataConfig
 from autogram.data.base import SPLITS, LazySplit, Modality, MultiModalData
-from autogram.data.checks import check_finite, check_split_sizes, class_count, infer_kind, warn_if_constant
+from autogram.data.checks import (
+    check_finite,
+    check_split_sizes,
+    check_token_ids,
+    class_count,
+    infer_kind,
+    warn_if_constant,
+)
 
 Fetch = Callable[[np.ndarray], dict[str, np.ndarray]]
 SCAN_CHUNK = 512
@@ -130,6 +137,7 @@ def _scan(
                     )
                 check_finite(array, f"{source}: split {split_name!r}, modality {name!r},", start)
                 if name in tokens:
+                    check_token_ids(array, f"{source}: split {split_name!r}, modality {name!r},", start)
                     vocab[name] = max(vocab[name], int(array.max(initial=0)) + 1)
                 elif split_name == "train":
                     values = array.astype(np.float64)
