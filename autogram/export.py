@@ -98,8 +98,8 @@ def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], 
     """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
     folder = search_folder(source)
     if folder is not None:
-        spec = checked_spec(read_json(folder / "search.json", "search spec"), folder / "search.json")
-        return read_front_source(source, tracking_uri), spec, ""
+        document = read_front_source(source, tracking_uri)
+        return document, checked_spec(read_json(folder / "search.json", "search spec"), folder / "search.json"), ""
     from autogram.report.tracking import client_for
     from autogram.report.tracking import tracking_uri as resolve_uri
 
