@@ -92,6 +92,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# click >= 8.2 raises it for a bare group (earlier ones print the help and exit 0 themselves).
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class UserErrorsGroup(click.Group):
     """The command group: a mistake on the command line (an unknown option, a value out of
     range, a missing argument) ends as one stderr line naming the option and exit code 2, as
@@ -103,7 +107,7 @@ class UserErrorsGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:  # a bare `autogram`: its help, as click gives it
+        except _NO_ARGS_IS_HELP as exc:  # a bare `autogram`: its help, as click gives it
             exc.show()
             sys.exit(exc.exit_code)
         except click.UsageError as exc:

@@ -81,7 +81,7 @@ def read_front_source(source: str, tracking_uri: str | None) -> dict[str, Any]:
     """The front of ``source``: a search folder's ``front.json``, or the front recorded in MLflow."""
     folder = search_folder(source)
     if folder is not None:
-        return checked_front(read_json(folder / "front.json", "front"), folder / "front.json")
+        return _folder_file(folder, "front.json")
     from autogram.report.readback import read_front
     from autogram.report.tracking import tracking_uri as resolve_uri
 
@@ -94,12 +94,18 @@ def read_front_source(source: str, tracking_uri: str | None) -> dict[str, Any]:
         raise
 
 
+def _folder_file(folder: Path, name: str) -> dict[str, Any]:
+    """A search folder's ``front.json`` or ``search.json``, read and its shape checked."""
+    if name == "front.json":
+        return checked_front(read_json(folder / name, "front"), folder / name)
+    return checked_spec(read_json(folder / name, "search spec"), folder / name)
+
+
 def load_source(source: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(front document, search spec, parent MLflow run id or "") from a folder or from MLflow."""
     folder = search_folder(source)
-    if folder is not None:
-        document = read_front_source(source, tracking_uri)
-        return document, checked_spec(read_json(folder / "search.json", "search spec"), folder / "search.json"), ""
+    if folder is not None:  # front.json first: a folder with both broken names it
+        return _folder_file(folder, "front.json"), _folder_file(folder, "search.json"), ""
     from autogram.report.tracking import client_for
     from autogram.report.tracking import tracking_uri as resolve_uri
 
