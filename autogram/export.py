@@ -168,8 +168,7 @@ def export(
         out, raw, recipe, f"# Exported from search {document['name']!r}, trial {chosen['number']}\n"
     )
     if parent_id or spec.get("tracking_uri"):
-        _log_export(out, spec, parent_id, tracking_uri)
-        _log_export(recipe_file, spec, parent_id, tracking_uri)
+        _log_export([out, recipe_file], spec, parent_id, tracking_uri)
     return raw
 
 
@@ -239,7 +238,7 @@ def _mlflow_ids(uri: str, name: str, number: int) -> tuple[str, str]:
     return parent.info.run_id, runs[0].info.run_id if runs else ""
 
 
-def _log_export(out: Path, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
+def _log_export(files: list[Path], spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
     import logging
 
     from autogram.report.readback import find_parent
@@ -248,6 +247,8 @@ def _log_export(out: Path, spec: dict[str, Any], parent_id: str, tracking_uri: s
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:
         parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
-        client_for(uri).log_artifact(parent_id, str(out), "exports")
-    except Exception as exc:  # the YAML is written; MLflow being unreachable must not undo that
-        logging.getLogger("autogram").warning("export written, but not logged to MLflow (%s)", exc)
+        for path in files:
+            client_for(uri).log_artifact(parent_id, str(path), "exports")
+    except Exception as exc:  # the files are written; MLflow being unreachable must not undo that
+        written = ", ".join(str(path) for path in files)
+        logging.getLogger("autogram").warning("export: wrote %s, but did not log it to MLflow (%s)", written, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -152,6 +153,23 @@ def searched(tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> P
     tmp_path = tmp_path_factory.mktemp("export")
     tiny_search(tmp_path, teacher_cache, "exp", 4, 3)
     return tmp_path
+
+
+def test_an_export_whose_mlflow_is_gone_is_written_and_says_so_once(searched: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "exp"
+    shutil.copytree(searched / "autogram-runs" / "exp", folder)
+    spec = json.loads((folder / "search.json").read_text())
+    gone = tmp_path / "gone" / "mlflow.db"
+    (folder / "search.json").write_text(json.dumps({**spec, "tracking_uri": f"sqlite:///{gone}"}))
+    proc = run_cli("export", str(folder), "-o", "best.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_config(tmp_path / "best.yaml").provenance["search"] == "exp"
+    assert (tmp_path / "best.recipe.json").is_file()
+    warned = [line for line in proc.stderr.splitlines() if "did not log it to MLflow" in line]
+    assert warned == [
+        f"[autogram] export: wrote best.yaml, best.recipe.json, but did not log it to MLflow (no MLflow "
+        f"database at {gone} (pass --tracking-uri?))"
+    ], proc.stderr
 
 
 @pytest.mark.slow
