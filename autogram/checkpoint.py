@@ -117,10 +117,11 @@ def config_fingerprint(config: TrialConfig) -> str:
 
 
 def check_resumable(directory: Path, epochs: int) -> None:
-    """Refuse a --resume of a finished run, or of one planned for another number of epochs."""
+    """Refuse a --resume with no checkpoint to resume, of a finished run, or of one planned for
+    another number of epochs (before the teacher and the data load: seconds to minutes)."""
     path = directory / STATE
-    if not path.is_file():
-        return
+    if not path.is_file() or not (directory / CHECKPOINT).is_file():
+        raise ConfigError(f"--resume: no checkpoint in {directory}")
     meta = read_json(path, "checkpoint state")
     planned = meta.get("epochs")
     if planned is not None and int(meta["epoch"]) >= int(planned):

@@ -95,6 +95,18 @@ def test_cli_bad_input_exits_2_with_one_line(args: list[str], expected: str, tmp
     assert not any(tmp_path.iterdir()), "a failed command must not write files"
 
 
+def test_a_resume_with_nothing_to_resume_is_one_line_before_anything_loads(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.conftest import tiny_raw
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path / "teachers")))
+    proc = run_cli("train", "run.yaml", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["autogram: error: --resume: no checkpoint in run.checkpoints"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]  # no teacher trained first
+
+
 def _cut_files(tmp_path: Path) -> None:
     """Files a user or a crash leaves behind: a config in another encoding, an empty one, a
     search folder whose front.json was cut, a training checkpoint whose state was cut."""
