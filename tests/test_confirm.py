@@ -289,7 +289,10 @@ def _started(stderr: str) -> set[tuple[str, int]]:
 
 def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(searched: Path) -> None:
     ledger = searched / "runs" / "c" / "confirm-runs.jsonl"
-    args = ["confirm", "runs/c", "--seeds", "2", "--points", "knee"]
+    # 4 seeds: 20 retrainings of about 0.3 s, so 18 are left when the interrupt is sent. With 2
+    # seeds (8 left, about 3 s) it landed once, on a busy CI machine, after the confirm had
+    # finished (exit 0 instead of 130).
+    args = ["confirm", "runs/c", "--seeds", "4", "--points", "knee"]
     driver = start_cli(*args, cwd=searched, capture=True)
     deadline = time.time() + 600
     while time.time() < deadline and (not ledger.exists() or len(ledger.read_text().splitlines()) < 2):
