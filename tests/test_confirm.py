@@ -155,32 +155,6 @@ def test_a_teacher_checkpoint_that_is_gone_is_one_line_before_ray_starts(searche
     )
 
 
-def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tmp_path: Path) -> None:
-    # The early check of the teacher's checkpoint must not refuse a resume that has nothing to run.
-    from autogram.confirm import _rows_and_jobs, choose_points
-
-    folder = tmp_path / "c"
-    shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
-    spec = json.loads((folder / "search.json").read_text())
-    teacher = tmp_path / Path(spec["teacher"]).name
-    shutil.copy(spec["teacher"], teacher)
-    spec = {**spec, "teacher": str(teacher)}
-    (folder / "search.json").write_text(json.dumps(spec))
-    args = ["confirm", str(folder), "--seeds", "1", "--points", "knee", "--json"]
-    first = run_cli(*args, cwd=searched)
-    assert first.returncode == 0, first.stderr[-3000:]
-    result = json.loads(first.stdout)
-    document = json.loads((folder / "front.json").read_text())
-    _, jobs = _rows_and_jobs(document, spec, choose_points(document, "knee"), 1)
-    scores = {row["trial"]: row["runs"][0] for row in result["rows"]}
-    lines = [{"key": job.key, "fingerprint": job.fingerprint, "scores": scores[job.trial]} for job in jobs]
-    (folder / "confirm-runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    teacher.unlink()
-    again = run_cli(*args, "--resume", cwd=searched)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(again.stdout)["rows"] == result["rows"]
-
-
 def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     def row(label: str, baseline: str | None, acc: tuple[float, float], rob: tuple[float, float]) -> dict:
         summary = {
@@ -289,10 +263,7 @@ def _started(stderr: str) -> set[tuple[str, int]]:
 
 def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(searched: Path) -> None:
     ledger = searched / "runs" / "c" / "confirm-runs.jsonl"
-    # 4 seeds: 20 retrainings of about 0.3 s, so 18 are left when the interrupt is sent. With 2
-    # seeds (8 left, about 3 s) it landed once, on a busy CI machine, after the confirm had
-    # finished (exit 0 instead of 130).
-    args = ["confirm", "runs/c", "--seeds", "4", "--points", "knee"]
+    args = ["confirm", "runs/c", "--seeds", "2", "--points", "knee"]
     driver = start_cli(*args, cwd=searched, capture=True)
     deadline = time.time() + 600
     while time.time() < deadline and (not ledger.exists() or len(ledger.read_text().splitlines()) < 2):
