@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,12 +109,30 @@ def start_cli(*args: str, cwd: Path, capture: bool = False, env: dict[str, str] 
     """Start ``python -m autogram ARGS`` in its own session, so a test can SIGKILL it whole;
     ``capture`` keeps its output (text) for ``communicate()``; ``env`` adds variables."""
     stream = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.Popen(
-        [sys.executable, "-m", "autogram", *args],
-        cwd=cwd,
-        env=cli_env(env),
-        stdout=stream,
-        stderr=stream,
-        text=True,
-        start_new_session=True,
-    )
+    with _ctrl_c_at_its_default():
+        return subprocess.Popen(
+            [sys.executable, "-m", "autogram", *args],
+            cwd=cwd,
+            env=cli_env(env),
+            stdout=stream,
+            stderr=stream,
+            text=True,
+            start_new_session=True,
+        )
+
+
+@contextlib.contextmanager
+def _ctrl_c_at_its_default() -> Iterator[None]:
+    """A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler:
+    a test run started in the background (``cmd &`` in a script, as a CI runner may) made every
+    CLI it started deaf to the Ctrl-C its test sends, and the interrupt tests failed or passed by
+    what ran before them in that worker. A CLI stands for a user at a terminal: while it is
+    started, this process catches SIGINT (a handler, which the child's exec resets to default)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
