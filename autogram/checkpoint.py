@@ -51,9 +51,7 @@ class Checkpointer:
 
         if not self.resume:
             return 0
-        meta_path, weights_path = self.directory / STATE, self.directory / CHECKPOINT
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise ConfigError(f"--resume: no checkpoint in {self.directory}")
+        meta_path, weights_path = checkpoint_files(self.directory)
         meta = read_json(meta_path, "checkpoint state")
         tensors = load_file(str(weights_path))
         for name, module in self.modules.items():
@@ -116,12 +114,19 @@ def config_fingerprint(config: TrialConfig) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def checkpoint_files(directory: Path) -> tuple[Path, Path]:
+    """The last checkpoint's state and weights files in ``directory``, both there, else a
+    one-line ConfigError for the ``--resume`` that wants them."""
+    state, weights = directory / STATE, directory / CHECKPOINT
+    if not state.is_file() or not weights.is_file():
+        raise ConfigError(f"--resume: no checkpoint in {directory}")
+    return state, weights
+
+
 def check_resumable(directory: Path, epochs: int) -> None:
     """Refuse a --resume with no checkpoint to resume, of a finished run, or of one planned for
     another number of epochs (before the teacher and the data load: seconds to minutes)."""
-    path = directory / STATE
-    if not path.is_file() or not (directory / CHECKPOINT).is_file():
-        raise ConfigError(f"--resume: no checkpoint in {directory}")
+    path, _ = checkpoint_files(directory)
     meta = read_json(path, "checkpoint state")
     planned = meta.get("epochs")
     if planned is not None and int(meta["epoch"]) >= int(planned):
