@@ -242,13 +242,15 @@ def confirm(
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
     chosen = choose_points(document, points)
-    _teacher_there(spec)
     parallel = _parallel(spec, concurrency, address)
     folder = Path(source).parent if Path(source).is_file() else Path(source)
     ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
+    kept = ledger.check(resume)
+    if not kept:  # every retraining runs, and each needs the teacher (runs kept may be all there is)
+        _teacher_there(spec)
     # Ray starts (and warms its workers) while the rows are built: both take seconds. Runs kept
     # from an interrupted confirm may be all there is to it: then Ray starts only if one is left.
-    early = parallel if not ledger.check(resume) else None
+    early = parallel if not kept else None
     prepared = in_background(lambda: _rows_and_jobs(document, spec, chosen, seeds), "confirm-rows")
     with ray_started(early):
         rows, jobs = prepared()

@@ -155,6 +155,32 @@ def test_a_teacher_checkpoint_that_is_gone_is_one_line_before_ray_starts(searche
     )
 
 
+def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tmp_path: Path) -> None:
+    # The early check of the teacher's checkpoint must not refuse a resume that has nothing to run.
+    from autogram.confirm import _rows_and_jobs, choose_points
+
+    folder = tmp_path / "c"
+    shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
+    spec = json.loads((folder / "search.json").read_text())
+    teacher = tmp_path / Path(spec["teacher"]).name
+    shutil.copy(spec["teacher"], teacher)
+    spec = {**spec, "teacher": str(teacher)}
+    (folder / "search.json").write_text(json.dumps(spec))
+    args = ["confirm", str(folder), "--seeds", "1", "--points", "knee", "--json"]
+    first = run_cli(*args, cwd=searched)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    document = json.loads((folder / "front.json").read_text())
+    _, jobs = _rows_and_jobs(document, spec, choose_points(document, "knee"), 1)
+    scores = {row["trial"]: row["runs"][0] for row in result["rows"]}
+    lines = [{"key": job.key, "fingerprint": job.fingerprint, "scores": scores[job.trial]} for job in jobs]
+    (folder / "confirm-runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    teacher.unlink()
+    again = run_cli(*args, "--resume", cwd=searched)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["rows"] == result["rows"]
+
+
 def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     def row(label: str, baseline: str | None, acc: tuple[float, float], rob: tuple[float, float]) -> dict:
         summary = {
