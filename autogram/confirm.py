@@ -246,7 +246,7 @@ def confirm(
     folder = Path(source).parent if Path(source).is_file() else Path(source)
     ledger = Ledger(folder / LEDGER if folder.is_dir() else None)
     kept = ledger.check(resume)
-    if not kept:  # every retraining runs, and each needs the teacher (runs kept may be all there is)
+    if not kept:  # every retraining runs, and each needs the teacher: say so before Ray starts
         _teacher_there(spec)
     # Ray starts (and warms its workers) while the rows are built: both take seconds. Runs kept
     # from an interrupted confirm may be all there is to it: then Ray starts only if one is left.
@@ -255,6 +255,8 @@ def confirm(
     with ray_started(early):
         rows, jobs = prepared()
         done = ledger.kept(jobs, resume)
+        if len(done) < len(jobs):  # runs kept may be all there is: then no teacher is needed
+            _teacher_there(spec)
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
     for row in rows:
         row["runs"] = [results[job.key] for job in row.pop("jobs")]

@@ -174,8 +174,15 @@ def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tm
     _, jobs = _rows_and_jobs(document, spec, choose_points(document, "knee"), 1)
     scores = {row["trial"]: row["runs"][0] for row in result["rows"]}
     lines = [{"key": job.key, "fingerprint": job.fingerprint, "scores": scores[job.trial]} for job in jobs]
-    (folder / "confirm-runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ledger = folder / "confirm-runs.jsonl"
     teacher.unlink()
+    # One retraining left: it needs the teacher, which is one line before it starts; nothing kept is lost.
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in lines[:-1]))
+    short = run_cli(*args, "--resume", cwd=searched)
+    assert short.returncode == 2 and "teacher checkpoint" in short.stderr, short.stderr[-3000:]
+    assert len(short.stderr.strip().splitlines()) == 1, short.stderr
+    assert len(ledger.read_text().splitlines()) == len(lines) - 1
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
     again = run_cli(*args, "--resume", cwd=searched)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["rows"] == result["rows"]
