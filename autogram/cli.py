@@ -376,8 +376,11 @@ def confirm(
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 
+BENCH_CONFIG = "search_spaces/quickstart.yaml"  # a path in the checkout, which the README runs from
+
+
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False), default="search_spaces/quickstart.yaml")
+@click.argument("config", type=click.Path(dir_okay=False), default=BENCH_CONFIG)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--quick", is_flag=True, help="Smaller searches (fewer trials and epochs): a rough look in less time.")
 @click.option("--json", "as_json", is_flag=True, help="Print all figures as one JSON object.")
@@ -388,6 +391,13 @@ def bench(config: str, overrides: tuple[str, ...], quick: bool, as_json: bool, g
     """Measure, side by side: teacher cache speed-up, loss-term step costs, Gram GFLOP/s,
     search orchestration overhead, search efficiency (sampler vs random) and, on a GPU, the
     throughput of trials packed on it."""
+    from pathlib import Path
+
+    if config == BENCH_CONFIG and not Path(config).is_file():
+        raise ConfigError(
+            f"{config}: config file not found (bench's default, a path in the autogram checkout: run it from "
+            "there, or name a config)"
+        )
     cfg = _load(config, overrides, quiet)
     from autogram.bench import run_bench
 

@@ -164,6 +164,12 @@ def test_bad_cluster_input_is_one_line_exit_2_and_writes_nothing(
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_bench_run_outside_the_checkout_says_its_default_config_is_a_checkout_path(tmp_path: Path) -> None:
+    proc = run_cli("bench", "--quick", cwd=tmp_path)
+    assert proc.returncode == 2 and "bench's default" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_bench_json_has_the_gpu_keys(tmp_path: Path) -> None:
     import json
 
