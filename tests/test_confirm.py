@@ -294,17 +294,23 @@ def _started(stderr: str) -> set[tuple[str, int]]:
     return {(m[0], int(m[1])) for m in re.findall(r"confirm: (.+?), seed (\d+) \(", stderr)}
 
 
-def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(searched: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_confirm_resumes_without_redoing_a_finished_retraining(searched: Path, stop: int) -> None:
+    """Ctrl-C (exit 130 with our hint) or SIGTERM (a scheduler's preemption, or ``kill`` of a
+    confirm run in the background, which ignores Ctrl-C): no finished retraining is lost."""
     ledger = searched / "runs" / "c" / "confirm-runs.jsonl"
     args = ["confirm", "runs/c", "--seeds", "2", "--points", "knee"]
     driver = start_cli(*args, cwd=searched, capture=True)
     deadline = time.time() + 600
     while time.time() < deadline and (not ledger.exists() or len(ledger.read_text().splitlines()) < 2):
         time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGINT)
+    os.killpg(driver.pid, stop)
     _, err = driver.communicate(timeout=300)
-    assert driver.returncode == 130, err[-3000:]
-    assert "--resume" in err.strip().splitlines()[-1]
+    if stop == signal.SIGINT:
+        assert driver.returncode == 130, err[-3000:]
+        assert "--resume" in err.strip().splitlines()[-1]
+    else:
+        assert driver.returncode == -signal.SIGTERM, err[-3000:]
     kept = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert len(kept) >= 2
 
