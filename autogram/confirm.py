@@ -255,7 +255,7 @@ def confirm(
     with ray_started(early):
         rows, jobs = prepared()
         done = ledger.kept(jobs, resume)
-        if len(done) < len(jobs):  # runs kept may be all there is: then no teacher is needed
+        if kept and len(done) < len(jobs):  # kept runs may be all there is: then no teacher is needed
             _teacher_there(spec)
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
     for row in rows:

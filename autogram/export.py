@@ -247,8 +247,9 @@ def _log_export(files: list[Path], spec: dict[str, Any], parent_id: str, trackin
     uri = tracking_uri or spec.get("tracking_uri", "")
     try:
         parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
+        client = client_for(uri)
         for path in files:
-            client_for(uri).log_artifact(parent_id, str(path), "exports")
+            client.log_artifact(parent_id, str(path), "exports")
     except Exception as exc:  # the files are written; MLflow being unreachable must not undo that
         written = ", ".join(str(path) for path in files)
         logging.getLogger("autogram").warning("export: wrote %s, but did not log it to MLflow (%s)", written, exc)
