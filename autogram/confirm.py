@@ -31,6 +31,7 @@ from autogram.confirm_runs import (
     in_background,
     load_for,
     ray_started,
+    ray_stopped,
     run_jobs,
     score,
     search_threads,
@@ -264,8 +265,11 @@ def confirm(
     result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
     result["verdict"] = judge(rows)
     result["teacher_adds"] = teacher_adds(rows)
-    _write(result, source, spec, parent_id, tracking_uri)
-    ledger.close()
+    try:
+        _write(result, source, spec, parent_id, tracking_uri)
+        ledger.close()
+    finally:
+        ray_stopped()  # the Ray started here is gone when confirm returns
     return result
 
 

@@ -13,7 +13,8 @@ ran it, and a confirm reproduces its trials.
 The teacher is resolved once per confirm (:func:`shared_teacher`), as a search's driver does:
 one process reuses it for every retraining; a Ray task gets its description and the cache
 folder, so no worker builds the teacher (nor imports ``transformers`` for it). On Ray
-(:func:`ray_started`) each slot's worker is warmed while the driver prepares.
+(:func:`ray_started`) each slot's worker is warmed while the driver prepares, and Ray stops
+while the table is written (:func:`ray_stopped`).
 """
 
 from __future__ import annotations
@@ -329,6 +330,7 @@ def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
         return
     import ray
 
+    ray_stopped()  # a Ray this module started before is gone before one starts again
     started = not ray.is_initialized()
     if started:
         _start_ray(parallel)
@@ -340,9 +342,26 @@ def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
         for _ in range(max(1, int(parallel.get("concurrency", 1)))):
             warm.remote()
         yield
-    finally:
+    except BaseException:
         if started and ray.is_initialized():
             ray.shutdown()
+        raise
+    if started and ray.is_initialized():
+        # Ray's shutdown mostly waits (about 1.4 s locally) for its processes to exit after
+        # SIGTERM: the table and its upload go on meanwhile, and ray_stopped() waits for it.
+        stopping = threading.Thread(target=ray.shutdown, name="confirm-ray-shutdown")
+        stopping.start()
+        _STOPPING.append(stopping)
+
+
+_STOPPING: list[threading.Thread] = []
+
+
+def ray_stopped() -> None:
+    """Wait for the shutdown of a Ray that :func:`ray_started` left stopping in the background
+    (a process that exits first waits for it anyway: the thread is not a daemon)."""
+    while _STOPPING:
+        _STOPPING.pop().join()
 
 
 def _start_ray(parallel: dict[str, Any]) -> None:

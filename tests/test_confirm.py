@@ -277,6 +277,29 @@ def test_confirm_on_ray_gives_the_same_table_as_in_one_process(searched: Path) -
     assert not (searched / "runs" / "c" / "confirm-runs.jsonl").exists()  # folded into confirm.json
 
 
+def test_a_ray_started_for_a_confirm_stops_behind_its_table_and_is_gone_when_confirm_returns() -> None:
+    """Ray's shutdown mostly waits for its processes to exit: after the last retraining it runs
+    in the background while the table is written, and ``ray_stopped`` (the end of ``confirm``)
+    waits for it. One that ends in an error stops Ray before the error leaves."""
+    import ray
+
+    from autogram import confirm_runs
+
+    assert not ray.is_initialized()
+    with confirm_runs.ray_started({"concurrency": 1}):
+        assert ray.is_initialized()
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
+    assert [t.name for t in confirm_runs._STOPPING] == ["confirm-ray-shutdown"]
+    confirm_runs.ray_stopped()
+    assert not confirm_runs._STOPPING and not ray.is_initialized()
+    assert raylet.poll() is not None  # its processes have exited, not just been told to
+
+    with pytest.raises(KeyboardInterrupt), confirm_runs.ray_started({"concurrency": 1}):
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
+        raise KeyboardInterrupt
+    assert not confirm_runs._STOPPING and not ray.is_initialized() and raylet.poll() is not None
+
+
 def test_a_cluster_that_does_not_answer_is_one_line_in_seconds_and_writes_nothing(searched: Path) -> None:
     from tests.servers import free_port
 
