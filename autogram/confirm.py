@@ -259,17 +259,23 @@ def confirm(
         if kept and len(done) < len(jobs):  # kept runs may be all there is: then no teacher is needed
             _teacher_there(spec)
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
-    for row in rows:
-        row["runs"] = [results[job.key] for job in row.pop("jobs")]
-        row["summary"] = summary(row["runs"])
-    result = {"search": document["name"], "seeds": seeds, "split": "test", "rows": rows}
-    result["verdict"] = judge(rows)
-    result["teacher_adds"] = teacher_adds(rows)
     try:
+        result = _result(document["name"], seeds, rows, results)
         _write(result, source, spec, parent_id, tracking_uri)
         ledger.close()
     finally:
-        ray_stopped()  # the Ray started here is gone when confirm returns
+        ray_stopped()  # the Ray started here, stopping meanwhile, is gone when confirm returns
+    return result
+
+
+def _result(name: str, seeds: int, rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
+    """The confirm's document: each row's runs and their summary, the verdict, the teacher's share."""
+    for row in rows:
+        row["runs"] = [results[job.key] for job in row.pop("jobs")]
+        row["summary"] = summary(row["runs"])
+    result = {"search": name, "seeds": seeds, "split": "test", "rows": rows}
+    result["verdict"] = judge(rows)
+    result["teacher_adds"] = teacher_adds(rows)
     return result
 
 
