@@ -255,7 +255,7 @@ def confirm(
     prepared = in_background(lambda: _rows_and_jobs(document, spec, chosen, seeds), "confirm-rows")
     with ray_started(early):
         rows, jobs = prepared()
-        done = ledger.kept(jobs, resume)
+        done = ledger.kept(jobs)
         if kept and len(done) < len(jobs):  # kept runs may be all there is: then no teacher is needed
             _teacher_there(spec)
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)

@@ -120,12 +120,11 @@ class Ledger:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.finished: list[dict[str, Any]] = []  # what check() read
 
     def check(self, resume: bool) -> int:
-        """How many finished retrainings it holds; refuses to start over them without ``resume``."""
-        return len(self._refused_unless(resume))
-
-    def _refused_unless(self, resume: bool) -> list[dict[str, Any]]:
+        """Read the finished retrainings it holds and say how many; refuses to start over them
+        without ``resume``."""
         lines = self._lines()
         if lines and not resume:
             raise ConfigError(
@@ -134,13 +133,14 @@ class Ledger:
             )
         if resume and self.path is None:
             raise ConfigError("--resume: a confirm keeps its finished runs in the search folder; name the folder")
-        return lines
+        self.finished = lines
+        return len(lines)
 
-    def kept(self, jobs: list[Job], resume: bool) -> dict[str, dict[str, float]]:
-        """The scores of ``jobs`` already finished; refuses to start over them without ``resume``."""
+    def kept(self, jobs: list[Job]) -> dict[str, dict[str, float]]:
+        """The scores of ``jobs`` among the finished retrainings :meth:`check` read (the very same
+        retraining only: its config's fingerprint must match)."""
         wanted = {job.key: job.fingerprint for job in jobs}
-        lines = self._refused_unless(resume)
-        return {line["key"]: line["scores"] for line in lines if wanted.get(line["key"]) == line["fingerprint"]}
+        return {line["key"]: line["scores"] for line in self.finished if wanted.get(line["key"]) == line["fingerprint"]}
 
     def _lines(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.is_file():
