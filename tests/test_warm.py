@@ -11,9 +11,9 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autogram.config import ConfigError, Range, SpaceConfig
+from autogram.config import ConfigError, Range, SpaceConfig, validate
 from autogram.study.space import SpaceSampler
-from autogram.study.warm import WarmSource, find_source, fit, seed_study
+from autogram.study.warm import WarmSource, check_setup, check_teacher, find_source, fit, seed_study
 from tests.conftest import run_cli, tiny_raw
 
 OBJECTIVES = [
@@ -111,6 +111,80 @@ def test_an_unknown_earlier_search_is_an_error(tmp_path: Path) -> None:
         find_source(tmp_path, "nope")
 
 
+def _spec_from(folder: Path, raw: dict, teacher_key: str = "k" * 64) -> WarmSource:
+    """An earlier search's search.json written from the config ``raw``, as the driver writes it."""
+    folder.mkdir(parents=True)
+    cfg = validate(raw)
+    spec = {"name": folder.name, "storage": "sqlite:///x.db", "teacher_key": teacher_key, "candidates": []}
+    spec["config"] = cfg.model_dump(mode="json")
+    (folder / "search.json").write_text(json.dumps(spec))
+    return find_source(folder.parent, folder.name)
+
+
+def _setup(raw: dict) -> tuple[dict, SpaceConfig]:
+    cfg = validate(raw)
+    return cfg.model_dump(mode="json", exclude={"search"}), cfg.search.space
+
+
+def _searched(raw: dict, **space: object) -> dict:
+    raw = json.loads(json.dumps(raw))
+    raw["search"] = {"space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "w_gram": 0.0, **space}}
+    return raw
+
+
+def test_a_warm_start_from_trials_measured_under_another_setup_is_refused(tmp_path: Path) -> None:
+    old_raw = _searched(tiny_raw(tmp_path / "teachers"))
+    old = _spec_from(tmp_path / "runs" / "old", old_raw)
+
+    # Only what the trials' parameters set (the searched lr's base value), the search's own
+    # settings, names and storage places differ: the earlier trials describe these points.
+    same = _searched(tiny_raw(tmp_path / "elsewhere"))
+    same.update(name="other")
+    same["train"]["lr"] = 0.05
+    same["search"].update(trials=50, sampler="random")
+    same["teacher"].update(checkpoint=str(tmp_path / "teacher.safetensors"))
+    check_setup(old, *_setup(same), [])
+
+    longer = _searched(tiny_raw(tmp_path / "teachers"))
+    longer["train"]["epochs"] = 6
+    longer["data"]["builtin"]["n_train"] = 900
+    with pytest.raises(
+        ConfigError,
+        match=r"search 'old' measured its trials under another setup: data\.builtin\.n_train "
+        r"600 there, 900 here \(and 1 more: train\.epochs\); warm-start from a search of the same",
+    ):
+        check_setup(old, *_setup(longer), [])
+
+    # A weight the old space fixed at 0 and the new one fixes at 1 is no parameter of any
+    # trial (fit cannot see it), yet every copied value would mean another loss.
+    with pytest.raises(ConfigError, match=r"distill\.w_gram 0\.0 there, 1\.0 here"):
+        check_setup(old, *_setup(_searched(tiny_raw(tmp_path / "teachers"), w_gram=1.0)), [])
+
+    # The device changes no FLOP count, but it changes seconds.
+    on_gpu = _searched(tiny_raw(tmp_path / "teachers"))
+    on_gpu["device"] = "auto"
+    check_setup(old, *_setup(on_gpu), [])
+    on_gpu["cost"] = old_raw["cost"] = "train_seconds"
+    timed = _spec_from(tmp_path / "runs" / "timed", old_raw)
+    with pytest.raises(ConfigError, match=r"device 'cpu' there, 'auto' here"):
+        check_setup(timed, *_setup(on_gpu), [])
+
+    # An earlier config this version cannot read is one line, not a traceback.
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir()
+    spec = {"name": "broken", "storage": "sqlite:///x.db", "config": {**old_raw, "train": {"epochs": 0}}}
+    (broken / "search.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"^--warm-start: \S+broken/search\.json: config: train\.epochs: "):
+        check_setup(find_source(tmp_path / "runs", "broken"), *_setup(same), [])
+
+
+def test_a_warm_start_from_another_teacher_is_refused(tmp_path: Path) -> None:
+    old = _spec_from(tmp_path / "runs" / "old", tiny_raw(tmp_path), teacher_key="a" * 64)
+    check_teacher(old, "a" * 64)
+    with pytest.raises(ConfigError, match=r"search 'old' distilled another teacher \(key a{16} there, b{16} here"):
+        check_teacher(old, "b" * 64)
+
+
 @pytest.mark.slow
 def test_a_warm_search_starts_from_the_earlier_trials_and_tags_them(tmp_path: Path, teacher_cache: Path) -> None:
     raw = tiny_raw(teacher_cache)
@@ -140,6 +214,14 @@ def test_a_warm_search_starts_from_the_earlier_trials_and_tags_them(tmp_path: Pa
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`autogram.warm` LIKE 'first#%'")
     assert sorted(r.data.tags["autogram.warm"] for r in runs) == sorted(t["warm"] for t in warm)
     assert all(r.info.status == "FINISHED" and "pareto" in r.data.tags for r in runs)
+
+    # Trials of 1 epoch do not describe a search of 2: refused before anything is written.
+    proc = run_cli(
+        "search", "first.yaml", "--name", "longer", "--warm-start", "first", "--set", "train.epochs=2", cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "search 'first' measured its trials under another setup: train.epochs 1 there, 2 here" in proc.stderr
+    assert not (tmp_path / "autogram-runs" / "longer").exists()
 
     proc = run_cli("search", "first.yaml", "--name", "third", "--warm-start", "nosuch", cwd=tmp_path)
     assert proc.returncode == 2 and "--warm-start: no earlier search 'nosuch'" in proc.stderr

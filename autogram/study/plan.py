@@ -106,6 +106,10 @@ def plan_search(
     directory = _search_directory(out, name, resume)
     _check_room(cfg, name, resume, setup, parts, mapping)
     base = cfg.model_dump(mode="json", exclude={"search"})
+    if warm is not None:  # before anything is built: trials measured under another setup are refused
+        from autogram.study.warm import check_setup
+
+        check_setup(warm, base, space, candidates)
     from autogram.study.baselines import plan_baselines
 
     defaults = {p.student.name: p.teacher.name for p in default_pairs(parts.student_taps, parts.teacher_taps)}

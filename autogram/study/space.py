@@ -26,6 +26,7 @@ __all__ = [
     "pair_param",
     "pair_violation",
     "pair_weights",
+    "searched_paths",
     "selected_pairs",
     "trial_config",
 ]
@@ -53,6 +54,13 @@ def _targets(space: SpaceConfig) -> list[tuple[str, Any, tuple[str, ...]]]:
         out.append((weight_param(term), value, path))
     out += [(name, getattr(space, name), target) for name, target in _TARGETS.items()]
     return out
+
+
+def searched_paths(space: SpaceConfig) -> set[str]:
+    """The config fields (dotted paths) each trial sets from its own parameters: the searched
+    ranges and choices, and the Gram pairs."""
+    paths = {".".join(path) for _, value, path in _targets(space) if isinstance(value, Range | list)}
+    return paths | {"distill.pairs"}
 
 
 class SpaceSampler:

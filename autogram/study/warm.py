@@ -72,6 +72,76 @@ def find_source(out: Path, name: str) -> WarmSource:
     raise ConfigError(f"--warm-start: no earlier search {name!r}: {out / name / SPEC_FILE} not found")
 
 
+# Config fields that may differ from the earlier search's without changing what its trials
+# measured: names, where files live, how the cache is stored. A checkpoint's path is not its
+# teacher: the teacher's key is compared once it is resolved (check_teacher).
+_NOT_MEASURED = {"name", "python_path", "provenance", "teacher.cache_dir", "teacher.cache_max_gb"}
+_NOT_MEASURED |= {"teacher.cache_shards", "teacher.checkpoint"}
+_ABSENT = "(not set)"
+
+
+def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates: list[str]) -> None:
+    """Refuse a warm start from a search whose trials measured another setup: a field that no
+    trial's parameters set (the data, the models, the budget, a fixed weight) differs, so its
+    values do not describe the new search's points. ``base``: the new config without ``search``."""
+    from autogram.config import validate
+    from autogram.config.base import read_json
+    from autogram.study.space import searched_paths, trial_config
+
+    path = source.directory / SPEC_FILE
+    spec = read_json(path, "search spec")
+    try:  # read as this version reads it: a field added since takes its default on both sides
+        old_config = validate(spec.get("config") or {}, f"{path}: config")
+    except ConfigError as exc:
+        raise ConfigError(f"--warm-start: {exc}") from None
+    old_space = old_config.search.space
+    # Fields a trial sets from its parameters are checked trial by trial (fit); the rest is
+    # shared by every trial, so one comparison covers them all.
+    skip = _NOT_MEASURED | searched_paths(old_space) | searched_paths(space)
+    if base.get("cost") != "train_seconds":  # FLOPs do not depend on the device; seconds do
+        skip = skip | {"device"}
+    old_base = old_config.model_dump(mode="json", exclude={"search"})
+    old = trial_config(old_base, {}, old_space, spec.get("candidates") or [])
+    new = trial_config(base, {}, space, candidates)
+    found = _differences(old, new, skip)
+    if found:
+        more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
+        raise ConfigError(
+            f"--warm-start: search {source.name!r} measured its trials under another setup: {found[0]}{more}; "
+            "warm-start from a search of the same data, models and budget"
+        )
+
+
+def check_teacher(source: WarmSource, key: str) -> None:
+    """Refuse a warm start from a search whose trials learned from another teacher (or data:
+    a teacher's key covers its training data)."""
+    from autogram.config.base import read_json
+
+    old = read_json(source.directory / SPEC_FILE, "search spec").get("teacher_key")
+    if old and key and old != key:
+        raise ConfigError(
+            f"--warm-start: search {source.name!r} distilled another teacher (key {old[:16]} there, {key[:16]} here: "
+            "other weights or other training data); its trials do not describe this search's points"
+        )
+
+
+def _differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> list[str]:
+    """``"<field> <old> there, <new> here"`` for each field that differs, outside ``skip``."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [f"{prefix} {_shown(old)} there, {_shown(new)} here"]
+    out: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path not in skip:
+            out += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), skip, path)
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = value if value == _ABSENT else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class _Replay:
     """Stands in for an Optuna trial while the new space's sampler runs: answers each suggestion
     with the old trial's value and records the new distribution asked for."""
