@@ -180,9 +180,13 @@ def test_a_warm_start_from_trials_measured_under_another_setup_is_refused(tmp_pa
 
 def test_a_warm_start_from_another_teacher_is_refused(tmp_path: Path) -> None:
     old = _spec_from(tmp_path / "runs" / "old", tiny_raw(tmp_path), teacher_key="a" * 64)
-    check_teacher(old, "a" * 64)
-    with pytest.raises(ConfigError, match=r"search 'old' distilled another teacher \(key a{16} there, b{16} here"):
-        check_teacher(old, "b" * 64)
+    spec = old.directory / "search.json"
+    check_teacher(spec, "old", "a" * 64)
+    refused = r"^--warm-start: search 'old' distilled another teacher \(key a{16} there, b{16} here"
+    with pytest.raises(ConfigError, match=refused):
+        check_teacher(spec, "old", "b" * 64)
+    with pytest.raises(ConfigError, match=r"^--resume: search 'old' distilled another teacher"):
+        check_teacher(spec, "old", "b" * 64, "--resume")
 
 
 @pytest.mark.slow
@@ -214,6 +218,15 @@ def test_a_warm_search_starts_from_the_earlier_trials_and_tags_them(tmp_path: Pa
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`autogram.warm` LIKE 'first#%'")
     assert sorted(r.data.tags["autogram.warm"] for r in runs) == sorted(t["warm"] for t in warm)
     assert all(r.info.status == "FINISHED" and "pareto" in r.data.tags for r in runs)
+
+    # Its resume names no --trials (the config says 3): it runs the 1 trial it started with,
+    # where Ray's restored run of 1 trial used to count as interrupted (exit 130) forever.
+    proc = run_cli("search", "first.yaml", "--name", "second", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--resume: search second runs the 1 trial(s) it started with (search.trials 3 here" in proc.stderr
+    proc = run_cli("search", "first.yaml", "--name", "second", "--resume", "--set", "train.epochs=2", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "--resume: search 'second' was started with another config: train.epochs 1 there, 2 here" in proc.stderr
 
     # Trials of 1 epoch do not describe a search of 2: refused before anything is written.
     proc = run_cli(

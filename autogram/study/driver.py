@@ -26,7 +26,7 @@ from autogram.study.plan import (
     space_summary,
 )
 from autogram.study.resume import TUNE_DIR, TUNE_NOISE, SearchInterrupted, interrupted, requeue_lost_trials
-from autogram.study.warm import check_teacher
+from autogram.study.warm import earlier_teacher
 
 __all__ = ["FRONT_FILE", "SPEC_FILE", "STUDY_FILE", "SearchPlan", "plan_search", "run_search"]
 
@@ -196,8 +196,7 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
     # Ray from the start: a search's teacher cache is built by Ray tasks (teacher/shards.py).
     with ray_session(plan, address):
         handle, cache_dir = _teacher_and_cache(plan, data, device, resume, address)
-        if plan.warm is not None:  # the copied trials learned from this very teacher, or none is copied
-            check_teacher(plan.warm, handle.key)
+        earlier_teacher(plan, handle.key, resume)  # trials kept or copied learned from this very teacher
         _write_spec(plan, handle)
         if resume:
             try:  # before anything reads Ray's state: a file cut by the kill goes back one save

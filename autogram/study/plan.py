@@ -10,7 +10,7 @@ from typing import Any
 
 from autogram.config import ConfigError, TrialConfig
 from autogram.config.base import read_json
-from autogram.study.resume import TUNE_DIR
+from autogram.study.resume import TUNE_DIR, same_search
 
 log = logging.getLogger("autogram")
 STUDY_FILE = "optuna.db"
@@ -93,7 +93,8 @@ def plan_search(
     from autogram.trial import prepare
 
     if resume:
-        cfg = _recorded_storage(cfg, out / (name or cfg.name or "") / SPEC_FILE)
+        spec = out / (name or cfg.name or "") / SPEC_FILE
+        cfg = same_search(_recorded_storage(cfg, spec), spec.resolve(), name or cfg.name or "")
     warm = _warm_source(out, warm_start, resume)
     cfg, tracking = _check_services(cfg, out, tracking_uri, address)
     space = cfg.search.space

@@ -58,3 +58,45 @@ def requeue_lost_trials(directory: Path, storage_url: str, name: str, tracker: A
 def interrupted(results: Any, trials: int) -> bool:
     """Whether Tune's run ended on a signal: a trial still unfinished, or fewer trials than asked."""
     return len(results) < trials or results.num_terminated + results.num_errors < len(results)
+
+
+# What a resume may change: how its trials run, not what they measure (nor the search itself).
+_EXECUTION = {"search.concurrency", "search.max_failures", "search.storage", "search.runtime_env"}
+_EXECUTION |= {"search.experiment", "search.reference_point", "search.resources", "device", "search.trials"}
+
+
+def same_search(cfg: Any, spec: Path, name: str) -> Any:
+    """A resume runs the search as it started: refuse a config (``cfg``) that differs from the
+    one recorded in ``spec`` outside how trials run, and return ``cfg`` with the recorded trial
+    count (Ray's restored run has that many: another would never finish)."""
+    from autogram.config import ConfigError, validate
+    from autogram.config.base import read_json
+    from autogram.study.warm import NOT_MEASURED, config_differences
+
+    if not spec.is_file():  # killed before it was written: nothing to compare with
+        return cfg
+    try:
+        old = validate(read_json(spec, "search spec").get("config") or {}, f"{spec}: config")
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    skip = NOT_MEASURED | _EXECUTION
+    if cfg.cost == "train_seconds":  # seconds depend on the device and the CPUs a trial gets
+        skip = skip - {"device", "search.resources"}
+    found = config_differences(old.model_dump(mode="json"), cfg.model_dump(mode="json"), skip)
+    if found:
+        more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
+        raise ConfigError(
+            f"--resume: search {name!r} was started with another config: {found[0]}{more}; a resume continues "
+            f"it as it started (to change it, start a new search: --warm-start {name} copies what still fits)"
+        )
+    if old.search.trials != cfg.search.trials:
+        log.info(
+            "--resume: search %s runs the %d trial(s) it started with (search.trials %d here; for more, start a new "
+            "search with --warm-start %s)",
+            name,
+            old.search.trials,
+            cfg.search.trials,
+            name,
+        )
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": old.search.trials})})
+    return cfg

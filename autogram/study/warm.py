@@ -75,8 +75,8 @@ def find_source(out: Path, name: str) -> WarmSource:
 # Config fields that may differ from the earlier search's without changing what its trials
 # measured: names, where files live, how the cache is stored. A checkpoint's path is not its
 # teacher: the teacher's key is compared once it is resolved (check_teacher).
-_NOT_MEASURED = {"name", "python_path", "provenance", "teacher.cache_dir", "teacher.cache_max_gb"}
-_NOT_MEASURED |= {"teacher.cache_shards", "teacher.checkpoint"}
+NOT_MEASURED = {"name", "python_path", "provenance", "teacher.cache_dir", "teacher.cache_max_gb"}
+NOT_MEASURED |= {"teacher.cache_shards", "teacher.checkpoint"}
 _ABSENT = "(not set)"
 
 
@@ -97,13 +97,13 @@ def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates
     old_space = old_config.search.space
     # Fields a trial sets from its parameters are checked trial by trial (fit); the rest is
     # shared by every trial, so one comparison covers them all.
-    skip = _NOT_MEASURED | searched_paths(old_space) | searched_paths(space)
+    skip = NOT_MEASURED | searched_paths(old_space) | searched_paths(space)
     if base.get("cost") != "train_seconds":  # FLOPs do not depend on the device; seconds do
         skip = skip | {"device"}
     old_base = old_config.model_dump(mode="json", exclude={"search"})
     old = trial_config(old_base, {}, old_space, spec.get("candidates") or [])
     new = trial_config(base, {}, space, candidates)
-    found = _differences(old, new, skip)
+    found = config_differences(old, new, skip)
     if found:
         more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
         raise ConfigError(
@@ -112,20 +112,30 @@ def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates
         )
 
 
-def check_teacher(source: WarmSource, key: str) -> None:
-    """Refuse a warm start from a search whose trials learned from another teacher (or data:
-    a teacher's key covers its training data)."""
+def check_teacher(spec: Path, name: str, key: str, flag: str = "--warm-start") -> None:
+    """Refuse trials (copied by ``--warm-start``, kept by ``--resume``) of search ``name``
+    (``spec``, its search.json) that learned from another teacher than ``key``'s, or other
+    data: a teacher's key covers its training data."""
     from autogram.config.base import read_json
 
-    old = read_json(source.directory / SPEC_FILE, "search spec").get("teacher_key")
+    old = read_json(spec, "search spec").get("teacher_key") if spec.is_file() else None
     if old and key and old != key:
         raise ConfigError(
-            f"--warm-start: search {source.name!r} distilled another teacher (key {old[:16]} there, {key[:16]} here: "
+            f"{flag}: search {name!r} distilled another teacher (key {old[:16]} there, {key[:16]} here: "
             "other weights or other training data); its trials do not describe this search's points"
         )
 
 
-def _differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> list[str]:
+def earlier_teacher(plan: Any, key: str, resume: bool) -> None:
+    """The trials a resume keeps, or a warm start copies, learned from the teacher of ``key``;
+    refused otherwise."""
+    if resume:
+        check_teacher(plan.directory / SPEC_FILE, plan.name, key, "--resume")
+    elif plan.warm is not None:
+        check_teacher(plan.warm.directory / SPEC_FILE, plan.warm.name, key)
+
+
+def config_differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> list[str]:
     """``"<field> <old> there, <new> here"`` for each field that differs, outside ``skip``."""
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return [] if old == new else [f"{prefix} {_shown(old)} there, {_shown(new)} here"]
@@ -133,7 +143,7 @@ def _differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> list[s
     for key in sorted(set(old) | set(new), key=str):
         path = f"{prefix}.{key}" if prefix else str(key)
         if path not in skip:
-            out += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), skip, path)
+            out += config_differences(old.get(key, _ABSENT), new.get(key, _ABSENT), skip, path)
     return out
 
 
