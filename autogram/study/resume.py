@@ -71,7 +71,7 @@ def same_search(cfg: Any, spec: Path, name: str) -> Any:
     count (Ray's restored run has that many: another would never finish)."""
     from autogram.config import ConfigError, validate
     from autogram.config.base import read_json
-    from autogram.study.warm import NOT_MEASURED, config_differences
+    from autogram.study.warm import NOT_MEASURED, config_differences, named
 
     if not spec.is_file():  # killed before it was written: nothing to compare with
         return cfg
@@ -84,9 +84,8 @@ def same_search(cfg: Any, spec: Path, name: str) -> Any:
         skip = skip - {"device", "search.resources"}
     found = config_differences(old.model_dump(mode="json"), cfg.model_dump(mode="json"), skip)
     if found:
-        more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
         raise ConfigError(
-            f"--resume: search {name!r} was started with another config: {found[0]}{more}; a resume continues "
+            f"--resume: search {name!r} was started with another config: {named(found)}; a resume continues "
             f"it as it started (to change it, start a new search: --warm-start {name} copies what still fits)"
         )
     if old.search.trials != cfg.search.trials:

@@ -105,9 +105,8 @@ def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates
     new = trial_config(base, {}, space, candidates)
     found = config_differences(old, new, skip)
     if found:
-        more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
         raise ConfigError(
-            f"--warm-start: search {source.name!r} measured its trials under another setup: {found[0]}{more}; "
+            f"--warm-start: search {source.name!r} measured its trials under another setup: {named(found)}; "
             "warm-start from a search of the same data, models and budget"
         )
 
@@ -145,6 +144,12 @@ def config_differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> 
         if path not in skip:
             out += config_differences(old.get(key, _ABSENT), new.get(key, _ABSENT), skip, path)
     return out
+
+
+def named(found: list[str]) -> str:
+    """The first difference in full, and how many more (named, up to three)."""
+    more = f" (and {len(found) - 1} more: {', '.join(f.split(' ')[0] for f in found[1:4])})" if found[1:] else ""
+    return found[0] + more
 
 
 def _shown(value: Any) -> str:
