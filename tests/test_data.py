@@ -113,6 +113,45 @@ def test_negative_token_ids_are_named_not_an_index_error_in_a_forward_pass(tmp_p
         from_datasets({"train": train}, DataConfig(), "python data")
 
 
+def test_a_split_whose_samples_differ_from_train_is_named_not_reshaped_into_train(tmp_path: Path) -> None:
+    # Same size, other shape: a reshape would pour val's 4x16 pictures into 8x8 ones, silently.
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    arrays = dict(np.load(path))
+    arrays["val_pic"] = arrays["val_pic"].reshape(20, 4, 16)
+    np.savez(path, **arrays)
+    shape = r"val_pic has samples of shape \(4, 16\), train_pic \(8, 8\); every split's samples"
+    with pytest.raises(ConfigError, match=shape):
+        load_data(DataConfig(path=path))
+    # Before the pooling of data.split_by, which would fail in numpy's concatenate.
+    with pytest.raises(ConfigError, match=shape):
+        load_data(DataConfig(path=path, split_by={"by": "speaker", "test": [1]}))
+    # Shorter token rows in test: the models read them as another sequence length.
+    arrays = dict(np.load(path))
+    arrays["val_pic"] = arrays["val_pic"].reshape(20, 8, 8)
+    arrays["test_words"] = arrays["test_words"][:, :10]
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match=r"test_words has samples of shape \(10,\), train_words \(12,\)"):
+        load_data(DataConfig(path=path))
+
+
+def test_fractional_token_ids_are_refused_and_whole_float_ids_read_as_ids(tmp_path: Path) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    arrays = dict(np.load(path))
+    ids = arrays["val_words"].copy()
+    arrays["val_words"] = ids.astype(np.float64)  # whole numbers, as a pandas column with a gap gives
+    np.savez(path, **arrays)
+    data = load_data(DataConfig(path=path))
+    assert np.array_equal(data.splits["val"].inputs["words"], ids)
+    arrays["val_words"][7, 2] += 0.5  # would have been truncated into another token
+    np.savez(path, **arrays)
+    with pytest.raises(
+        ConfigError, match=r"val_words has fractional token ids \(float64\) in 1 sample\(s\) \(first: sample 7\)"
+    ):
+        load_data(DataConfig(path=path))
+
+
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
 def test_avmnist_file_loads_with_image_and_audio() -> None:
     data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))

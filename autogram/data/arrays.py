@@ -208,9 +208,17 @@ def _checked_modalities(arrays: dict[str, np.ndarray], cfg: DataConfig, source: 
         if name not in names:
             raise ConfigError(f"{source}: data.modality_kinds.{name}: unknown modality (have: {', '.join(names)})")
     for name in names:  # before any split is carved, so a sample number is the file's row
+        train = arrays[f"train_{name}"]
         for split in SPLITS:
             if f"{split}_{name}" in arrays:
-                check_finite(arrays[f"{split}_{name}"], f"{source}: {split}_{name}")
+                array = arrays[f"{split}_{name}"]
+                # Before a reshape that would pour a same-sized sample of another shape into train's.
+                if array.shape[1:] != train.shape[1:]:
+                    raise ConfigError(
+                        f"{source}: {split}_{name} has samples of shape {array.shape[1:]}, train_{name} "
+                        f"{train.shape[1:]}; every split's samples of a modality need one shape"
+                    )
+                check_finite(array, f"{source}: {split}_{name}")
     return list(names)
 
 

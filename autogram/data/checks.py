@@ -59,8 +59,16 @@ def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
 
 
 def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
-    """Refuse a negative token id: ids index the models' embeddings, from 0 (a -1 used as
-    padding ends as an index error deep in a forward pass)."""
+    """Refuse a negative or fractional token id: ids index the models' embeddings, from 0 (a -1
+    used as padding ends as an index error deep in a forward pass; 3.7 would become token 3)."""
+    if not np.issubdtype(array.dtype, np.integer) and array.size:
+        bad = (array.reshape(array.shape[0], -1) != np.round(array.reshape(array.shape[0], -1))).any(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad)) + offset
+            raise ConfigError(
+                f"{what} has fractional token ids ({array.dtype}) in {int(bad.sum())} sample(s) (first: sample "
+                f"{first}); store whole ids, the same kind as train's"
+            )
     if array.size and array.min() < 0:
         bad = (array.reshape(array.shape[0], -1) < 0).any(axis=1)
         first = int(np.argmax(bad)) + offset
