@@ -40,6 +40,11 @@ def test_overrides_parse_yaml_scalars_and_nest() -> None:
         ("distill.pairs=[image.block1]", "student_tap:teacher_tap"),
         ("train=3", "train"),
         ("data.builtin.vocab_size=64", "vocab_size 64 is too small for 24 keywords per group (need >= 131)"),
+        # Seeds numpy or Optuna would refuse from inside a trial, as a traceback.
+        ("seed=-1", "seed: Input should be greater than or equal to 0 (got -1)"),
+        ("search.seed=4294967296", "search.seed: Input should be less than 4294967296"),
+        ("data.split_seed=-3", "data.split_seed: Input should be greater than or equal to 0"),
+        ("teacher.seed=-1", "teacher.seed: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:

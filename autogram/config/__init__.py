@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from autogram.config.base import ConfigError
+from autogram.config.base import ConfigError, Seed
 from autogram.config.base import Strict as _Strict
 from autogram.config.data import BuiltinDataConfig, DataConfig, GroupSplit
 from autogram.config.search import (
@@ -117,7 +117,7 @@ class TeacherConfig(ModelSource):
     # Built-in teacher: probability of blanking each modality of a sample while it trains.
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
     # Built-in teacher: seed of its weights and batches (part of its key).
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TeacherConfig:
@@ -249,7 +249,7 @@ class TrialConfig(_Strict):
     # The run's name: the search's folder and MLflow experiment unless --name / search.experiment say otherwise.
     name: str = "autogram"
     # Seeds the student's initial weights, batch order, augmentations and the corruption suite.
-    seed: int = 0
+    seed: Seed = 0
     # Folders to import the factories' packages from (prepended to sys.path).
     python_path: list[Path] = []
     # Where trials train: auto (CUDA when there is one), cpu or cuda.

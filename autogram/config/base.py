@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# A seed: numpy's generators refuse a negative one, Optuna's samplers (a RandomState) one of
+# 2**32 or more; a traceback from inside a trial is not how a user should learn it.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ConfigError(ValueError):

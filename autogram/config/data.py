@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from autogram.config.base import Seed
 from autogram.config.base import Strict as _Strict
 from autogram.config.sources import ModalityKindName, import_path
 
@@ -31,7 +32,7 @@ class BuiltinDataConfig(_Strict):
     # quickstart: 24). 3, the default, keeps the data of configs written before this field.
     keywords: int = Field(3, ge=1)
     # Seed of the built-in data generator.
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _room_for_filler(self) -> BuiltinDataConfig:
@@ -92,7 +93,7 @@ class DataConfig(_Strict):
     # Share of the training samples carved out as validation when the data has no val split.
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     # Seed of the carved validation (and test) splits.
-    split_seed: int = 0
+    split_seed: Seed = 0
     # Use only the first N training samples (null: all).
     max_train: int | None = Field(None, ge=10)
     # Held-out groups (.npz data): honest numbers on unseen speakers or sites.

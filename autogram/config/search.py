@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from autogram.config.base import Seed
 from autogram.config.base import Strict as _Strict
 
 
@@ -160,7 +161,7 @@ class SearchConfig(_Strict):
     # Optuna's sampler: tpe, nsga2, gp or random.
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     # Seed of the sampler.
-    seed: int = 0
+    seed: Seed = 0
     # What the front trades off, each maximised or minimised.
     objectives: list[ObjectiveSpec] = Field(
         default_factory=lambda: [
