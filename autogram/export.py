@@ -7,6 +7,7 @@ The front comes from MLflow (a search or experiment name) or from a search folde
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -53,6 +54,13 @@ def choose(document: dict[str, Any], pick: str, weights: list[float] | None, whe
         raise ConfigError(f"--pick {pick!r}: expected one of {', '.join((*names, 'knee'))}")
     if weights is not None and len(weights) != len(names):
         raise ConfigError(f"--weights: {len(weights)} numbers for {len(names)} objectives ({', '.join(names)})")
+    # A negative weight rewards being worse, all zeros or a NaN make every point tie: each
+    # would pick a point that no preference chose.
+    if weights is not None and not (all(math.isfinite(w) and w >= 0 for w in weights) and any(weights)):
+        shown = ",".join(f"{w:g}" for w in weights)
+        raise ConfigError(
+            f"--weights {shown}: expected finite numbers >= 0, at least one above 0 (1 = how much it counts)"
+        )
     ok = [t for t in document["trials"] if t["status"] == "ok" and all(n in t["values"] for n in names)]
     if not ok:
         raise ConfigError(f"search {document['name']!r} has no finished (ok) trial to export")

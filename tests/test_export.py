@@ -87,7 +87,15 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     (folder / "front.json").write_text(json.dumps(_front()))
     (folder / "search.json").write_text(json.dumps(HAND_SPEC))
     out = tmp_path / "best.yaml"
-    for args in (["--where", "cost<=50"], ["--pick", "speed"], ["--weights", "1,x,2"], ["--where", "latency<1"]):
+    for args in (
+        ["--where", "cost<=50"],
+        ["--pick", "speed"],
+        ["--weights", "1,x,2"],
+        ["--where", "latency<1"],
+        ["--weights", "-1,0,0"],
+        ["--weights", "0,0,0"],
+        ["--weights", "nan,1,1"],
+    ):
         proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().startswith("autogram: error:") and len(proc.stderr.strip().splitlines()) == 1
