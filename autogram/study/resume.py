@@ -69,16 +69,12 @@ def same_search(cfg: Any, spec: Path, name: str) -> Any:
     """A resume runs the search as it started: refuse a config (``cfg``) that differs from the
     one recorded in ``spec`` outside how trials run, and return ``cfg`` with the recorded trial
     count (Ray's restored run has that many: another would never finish)."""
-    from autogram.config import ConfigError, validate
-    from autogram.config.base import read_json
-    from autogram.study.warm import NOT_MEASURED, config_differences, named
+    from autogram.config import ConfigError
+    from autogram.study.warm import NOT_MEASURED, config_differences, named, recorded
 
     if not spec.is_file():  # killed before it was written: nothing to compare with
         return cfg
-    try:
-        old = validate(read_json(spec, "search spec").get("config") or {}, f"{spec}: config")
-    except ConfigError as exc:
-        raise ConfigError(f"--resume: {exc}") from None
+    old = recorded(spec, "--resume")[1]
     skip = NOT_MEASURED | _EXECUTION
     if cfg.cost == "train_seconds":  # seconds depend on the device and the CPUs a trial gets
         skip = skip - {"device", "search.resources"}

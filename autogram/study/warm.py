@@ -35,6 +35,8 @@ class WarmSource:
     name: str
     storage: str
     directory: Path
+    # Its search.json as read once while planning: the setup check and the objectives use it.
+    spec: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -68,7 +70,7 @@ def find_source(out: Path, name: str) -> WarmSource:
             storage = document.get("storage")
             if not storage:
                 raise ConfigError(f"--warm-start: {spec} records no Optuna storage")
-            return WarmSource(str(document.get("name") or folder.name), str(storage), folder.resolve())
+            return WarmSource(str(document.get("name") or folder.name), str(storage), folder.resolve(), document)
     raise ConfigError(f"--warm-start: no earlier search {name!r}: {out / name / SPEC_FILE} not found")
 
 
@@ -80,20 +82,27 @@ NOT_MEASURED |= {"teacher.cache_shards", "teacher.checkpoint"}
 _ABSENT = "(not set)"
 
 
+def recorded(path: Path, flag: str, spec: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """An earlier search's ``search.json`` (``spec`` if already read) and its config, read as this
+    version reads a config (a field added since takes its default, so it compares equal on both
+    sides); a config this version cannot read is one line naming ``flag`` and the file."""
+    from autogram.config import validate
+    from autogram.config.base import read_json
+
+    spec = read_json(path, "search spec") if spec is None else spec
+    try:
+        return spec, validate(spec.get("config") or {}, f"{path}: config")
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
 def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates: list[str]) -> None:
     """Refuse a warm start from a search whose trials measured another setup: a field that no
     trial's parameters set (the data, the models, the budget, a fixed weight) differs, so its
     values do not describe the new search's points. ``base``: the new config without ``search``."""
-    from autogram.config import validate
-    from autogram.config.base import read_json
     from autogram.study.space import searched_paths, trial_config
 
-    path = source.directory / SPEC_FILE
-    spec = read_json(path, "search spec")
-    try:  # read as this version reads it: a field added since takes its default on both sides
-        old_config = validate(spec.get("config") or {}, f"{path}: config")
-    except ConfigError as exc:
-        raise ConfigError(f"--warm-start: {exc}") from None
+    spec, old_config = recorded(source.directory / SPEC_FILE, "--warm-start", source.spec or None)
     old_space = old_config.search.space
     # Fields a trial sets from its parameters are checked trial by trial (fit); the rest is
     # shared by every trial, so one comparison covers them all.
@@ -282,7 +291,7 @@ def seed_study(
 def _old_objectives(source: WarmSource) -> list[dict[str, str]]:
     from autogram.config.base import read_json
 
-    config = read_json(source.directory / SPEC_FILE, "search spec").get("config", {})
+    config = (source.spec or read_json(source.directory / SPEC_FILE, "search spec")).get("config", {})
     objectives = config.get("search", {}).get("objectives")
     if not objectives:
         raise ConfigError(f"--warm-start: {source.directory / SPEC_FILE} records no objectives")
