@@ -152,6 +152,34 @@ def test_fractional_token_ids_are_refused_and_whole_float_ids_read_as_ids(tmp_pa
         load_data(DataConfig(path=path))
 
 
+def test_a_class_no_training_sample_holds_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    with caplog.at_level("WARNING", logger="autogram"):
+        load_data(DataConfig(path=path))
+    assert "no training sample" not in caplog.text
+    arrays = dict(np.load(path))
+    arrays["train_label"] = np.where(arrays["train_label"] == 2, 1, arrays["train_label"])  # 2 only in val/test
+    np.savez(path, **arrays)
+    with caplog.at_level("WARNING", logger="autogram"):
+        data = load_data(DataConfig(path=path))
+    assert data.num_classes == 3
+    assert "1 class(es) have no training sample, only val/test ones (2)" in caplog.text
+    # The same for rows read one by one (a Hugging Face set, a factory, the Python API).
+    from autogram.data.datasets import from_datasets
+
+    caplog.clear()
+    rows = {
+        split: [({"words": torch.randint(1, 50, (12,))}, label) for label in labels]
+        for split, labels in (("train", [0, 1] * 10), ("val", [0, 1, 2, 3] * 3), ("test", [0, 1] * 5))
+    }
+    with caplog.at_level("WARNING", logger="autogram"):
+        from_datasets(rows, DataConfig(), "python data")
+    assert "python data: 2 class(es) have no training sample, only val/test ones (2, 3)" in caplog.text
+
+
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
 def test_avmnist_file_loads_with_image_and_audio() -> None:
     data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))

@@ -156,7 +156,7 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
             arrays[f"train_{key}"] = arrays[f"train_{key}"][: cfg.max_train]
 
     check_split_sizes({s: len(arrays[f"{s}_label"]) for s in SPLITS}, source)
-    num_classes = class_count([arrays[f"{s}_label"] for s in SPLITS], source)
+    num_classes = class_count({s: arrays[f"{s}_label"] for s in SPLITS}, source)
 
     modalities = []
     splits = {s: Split(inputs={}, labels=arrays[f"{s}_label"].astype(np.int64)) for s in SPLITS}

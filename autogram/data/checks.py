@@ -78,10 +78,11 @@ def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
         )
 
 
-def class_count(labels: list[np.ndarray], source: str) -> int:
-    """The number of classes, K, from every split's labels, which must be the integers 0..K-1
-    (K distinct values): a gap means a stray label (a 99 among 0..9 would make 100 classes)."""
-    values = np.concatenate([np.asarray(v).reshape(-1) for v in labels])
+def class_count(labels: dict[str, np.ndarray], source: str) -> int:
+    """The number of classes, K, from every split's labels (by split name), which must be the
+    integers 0..K-1 (K distinct values): a gap means a stray label (a 99 among 0..9 would make
+    100 classes). A class that only val or test holds is said in a warning: no trial learns it."""
+    values = np.concatenate([np.asarray(v).reshape(-1) for v in labels.values()])
     if not np.issubdtype(values.dtype, np.integer) or (values.size and values.min() < 0):
         raise ConfigError(f"{source}: labels must be non-negative integers")
     distinct = np.unique(values)
@@ -91,6 +92,17 @@ def class_count(labels: list[np.ndarray], source: str) -> int:
             f"{source}: labels must be 0..K-1 for K classes; {distinct.size} distinct labels go up to "
             f"{int(distinct[-1])} and no sample has label {missing} (a stray label?)"
         )
+    if "train" in labels and distinct.size:
+        unseen = np.setdiff1d(distinct, np.asarray(labels["train"]).reshape(-1))
+        if unseen.size:
+            shown = ", ".join(str(int(c)) for c in unseen[:5]) + (", ..." if unseen.size > 5 else "")
+            log.warning(
+                "%s: %d class(es) have no training sample, only val/test ones (%s): nothing trained here sees them, "
+                "so their samples count against every trial",
+                source,
+                unseen.size,
+                shown,
+            )
     return int(distinct.size)
 
 

@@ -90,7 +90,7 @@ def build_lazy(
         for s in SPLITS  # type: ignore[arg-type]
     }
     check_split_sizes({s: len(labels[s]) for s in SPLITS}, source)
-    num_classes = class_count(list(labels.values()), source)
+    num_classes = class_count(dict(labels), source)
     scale = {}
     for name, (count, total, squares) in moments.items():
         mean = total / max(count, 1)
