@@ -80,7 +80,7 @@ def format_ablation(document: dict[str, Any]) -> str:
 def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the ablation of trial ``point`` (a number, or ``knee``) of search ``source``."""
     from autogram.confirm import choose_points, load_for, publish, score, search_threads, summary
-    from autogram.confirm_runs import Job, shared_teacher
+    from autogram.confirm_runs import Job, same_data, shared_teacher
     from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
@@ -90,7 +90,7 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
         raise ConfigError(f"--ablate {point!r}: one point, a trial number or knee")
     (trial,) = choose_points(document, point)
     raw = trial_training_config(spec, trial)
-    data = load_for(validate(raw))
+    data = same_data(load_for(validate(raw)), spec)
     threads = search_threads(spec)  # as the trial (and confirm) trained: the same scores
     rows = []
     # One job per variant and seed (a variant's index stands for the trial number), so the

@@ -24,18 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, validate
-from autogram.confirm_runs import (
-    LEDGER,
-    Job,
-    Ledger,
-    in_background,
-    load_for,
-    ray_started,
-    ray_stopped,
-    run_jobs,
-    score,
-    search_threads,
-)
+from autogram.confirm_ray import in_background, ray_started, ray_stopped
+from autogram.confirm_runs import LEDGER, Job, Ledger, load_for, run_jobs, score, search_threads
 
 __all__ = ["confirm", "format_table", "judge", "load_for", "score", "search_threads", "summary", "teacher_adds"]
 
@@ -258,7 +248,7 @@ def confirm(
         done = ledger.kept(jobs)
         if kept and len(done) < len(jobs):  # kept runs may be all there is: then no teacher is needed
             _teacher_there(spec)
-        results = run_jobs(jobs, ledger, done, search_threads(spec), parallel)
+        results = run_jobs(jobs, ledger, done, search_threads(spec), parallel, spec)
     try:
         result = _result(document["name"], seeds, rows, results)
         _write(result, source, spec, parent_id, tracking_uri)

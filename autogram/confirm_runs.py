@@ -13,8 +13,8 @@ ran it, and a confirm reproduces its trials.
 The teacher is resolved once per confirm (:func:`shared_teacher`), as a search's driver does:
 one process reuses it for every retraining; a Ray task gets its description and the cache
 folder, so no worker builds the teacher (nor imports ``transformers`` for it). On Ray
-(:func:`ray_started`) each slot's worker is warmed while the driver prepares, and Ray stops
-while the table is written (:func:`ray_stopped`).
+(``autogram/confirm_ray.py``) each slot's worker is warmed while the driver prepares, and Ray
+stops while the table is written.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import hashlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, validate
+from autogram.confirm_ray import in_background, ray_started
 
 log = logging.getLogger("autogram")
 LEDGER = "confirm-runs.jsonl"  # beside confirm/, whose files go to MLflow
@@ -67,6 +67,20 @@ def load_for(cfg: Any) -> Any:
 
         use_python_path(cfg.python_path)
     return load_data(cfg.data)
+
+
+def same_data(data: Any, spec: dict[str, Any]) -> Any:
+    """``data``, if it is the data the search of ``spec`` ran on (its fingerprint, recorded in
+    search.json since this check exists); else a one-line ConfigError: a file rewritten since
+    would have its points retrained and scored on other data, beside kept runs of the old."""
+    expected = spec.get("data_fingerprint")
+    if expected and data.fingerprint != expected:
+        raise ConfigError(
+            f"{data.source}: the data changed since search {spec.get('name')!r} ran (fingerprint {expected[:16]} "
+            f"then, {data.fingerprint[:16]} now); a confirm retrains its points on the data it searched: restore "
+            "it, or search the new data"
+        )
+    return data
 
 
 def search_threads(spec: dict[str, Any]) -> int:
@@ -244,9 +258,11 @@ def run_jobs(
     done: dict[str, dict[str, float]],
     threads: int | None,
     parallel: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every job's scores by key: ``done`` as kept, the rest run here in order or, with
-    ``parallel`` (``concurrency``, ``address``, ``resources``, ``runtime_env``), as Ray tasks."""
+    ``parallel`` (``concurrency``, ``address``, ``resources``, ``runtime_env``), as Ray tasks;
+    the data checked against the search's (``spec``, its search.json) before any runs."""
     todo = [job for job in jobs if job.key not in done]
     if done:
         log.info("confirm --resume: %d of %d retraining(s) kept from %s", len(done), len(jobs), ledger.path)
@@ -254,14 +270,14 @@ def run_jobs(
     if not todo:
         return results
     if parallel is None:
-        data = load_for(validate(todo[0].raw))
+        data = same_data(load_for(validate(todo[0].raw)), spec or {})
         shared = shared_teacher(todo, data)
         for job in todo:
             log.info("confirm: %s, seed %d (%d of %d)", job.label, job.seed, len(results) + 1, len(jobs))
             results[job.key] = score(job.raw, job.seed, data, threads, *shared.serial(job))
             ledger.add(job, results[job.key])
         return results
-    return _on_ray(todo, jobs, ledger, results, threads, parallel)
+    return _on_ray(todo, jobs, ledger, results, threads, parallel, spec or {})
 
 
 def _on_ray(
@@ -271,12 +287,15 @@ def _on_ray(
     results: dict[str, dict[str, float]],
     threads: int | None,
     parallel: dict[str, Any],
+    spec: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
     import ray
 
     # The teacher is resolved while Ray starts (unless the caller started it): both take
     # seconds, and neither needs the other.
-    resolved = in_background(lambda: shared_teacher(todo, load_for(validate(todo[0].raw))), "confirm-teacher")
+    resolved = in_background(
+        lambda: shared_teacher(todo, same_data(load_for(validate(todo[0].raw)), spec)), "confirm-teacher"
+    )
     with ray_started(None if ray.is_initialized() else parallel):
         _submit_all(todo, jobs, ledger, results, threads, parallel, resolved())
     return results
@@ -316,102 +335,3 @@ def _submit_all(
         for ref in pending:  # nothing keeps running for a confirm that stopped
             ray.cancel(ref, force=True)
         raise
-
-
-@contextlib.contextmanager
-def ray_started(parallel: dict[str, Any] | None) -> Iterator[None]:
-    """Ray for a confirm on Ray (``parallel``; nothing for one in this process), started (or
-    joined, with an ``address``) on entering, so that the caller prepares its retrainings
-    while it starts, and shut down on leaving if started here. Each of the ``concurrency``
-    slots first gets a warm-up task: a worker's first imports and first optimiser step (about
-    3 s on a CPU) then overlap this process's own start instead of delaying the first results."""
-    if parallel is None:
-        yield
-        return
-    import ray
-
-    ray_stopped()  # a Ray this module started before is gone before one starts again
-    started = not ray.is_initialized()
-    if started:
-        _start_ray(parallel)
-    try:
-        resources = parallel.get("resources") or {}
-        warm = ray.remote(_warm_worker).options(num_cpus=float(resources.get("cpu", 1.0)), max_retries=0)
-        # Not waited on: the retrainings queue behind them, and one that fails costs nothing
-        # (the retraining on that worker reports the fault itself).
-        for _ in range(max(1, int(parallel.get("concurrency", 1)))):
-            warm.remote()
-        yield
-    except BaseException:
-        if started and ray.is_initialized():
-            ray.shutdown()
-        raise
-    if started and ray.is_initialized():
-        # Ray's shutdown mostly waits (about 1.4 s locally) for its processes to exit after
-        # SIGTERM: the table and its upload go on meanwhile, and ray_stopped() waits for it.
-        stopping = threading.Thread(target=ray.shutdown, name="confirm-ray-shutdown")
-        stopping.start()
-        _STOPPING.append(stopping)
-
-
-_STOPPING: list[threading.Thread] = []
-
-
-def ray_stopped() -> None:
-    """Wait for the shutdown of a Ray that :func:`ray_started` left stopping in the background
-    (a process that exits first waits for it anyway: the thread is not a daemon)."""
-    while _STOPPING:
-        _STOPPING.pop().join()
-
-
-def _start_ray(parallel: dict[str, Any]) -> None:
-    """A local Ray, or the cluster at ``parallel["address"]`` joined as a search joins it: one
-    that does not answer is a one-line error in seconds, not Ray's endless retries."""
-    from autogram.study.cluster import join
-    from autogram.study.ray_setup import init_ray
-
-    if parallel.get("address") is None:
-        init_ray(None, parallel.get("runtime_env"))
-    else:
-        join(parallel["address"], parallel.get("runtime_env"))
-
-
-def _warm_worker() -> None:
-    """A Ray task: what a retraining first pays on a new worker, paid early: its modules, and
-    the ``torch._dynamo`` import of an optimiser's first step."""
-    import numpy.ma  # noqa: F401  (np.unique, in the data's checks, imports it)
-    import torch
-    import torch.utils.flop_counter  # noqa: F401  (each retraining counts its FLOPs)
-
-    import autogram.data
-    import autogram.distill
-    import autogram.teacher.reader
-    import autogram.trial  # noqa: F401
-
-    layer = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(layer.parameters())
-    layer(torch.ones(1, 2)).sum().backward()
-    optimizer.step()
-
-
-def in_background(work: Callable[[], Any], name: str) -> Callable[[], Any]:
-    """Start ``work`` in a daemon thread (a Ctrl-C meanwhile does not wait for it); the returned
-    function waits for its value, or raises what it raised."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as exc:  # handed to the waiting thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-
-    def wait() -> Any:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return wait

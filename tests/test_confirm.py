@@ -155,6 +155,26 @@ def test_a_teacher_checkpoint_that_is_gone_is_one_line_before_ray_starts(searche
     )
 
 
+def test_a_confirm_on_other_data_than_the_search_ran_on_is_refused(searched: Path, tmp_path: Path) -> None:
+    """The search records its data's fingerprint; a confirm whose data differs (a file rewritten
+    since) would retrain the points on other data: one line, before any retraining or Ray task."""
+    from autogram.data import load_data
+
+    spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
+    assert spec["data_fingerprint"] == load_data(validate(spec["config"]).data).fingerprint
+    folder = tmp_path / "c"
+    shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
+    then = "0123456789abcdef" * 4  # as if the search had read other data
+    (folder / "search.json").write_text(json.dumps({**spec, "data_fingerprint": then}))
+    for concurrency in ("1", "2"):
+        proc = run_cli("confirm", str(folder), "--seeds", "1", "--concurrency", concurrency, cwd=searched)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert f"the data changed since search 'c' ran (fingerprint {then[:16]} then, " in proc.stderr
+        assert "confirm: " not in proc.stderr  # no retraining started
+        assert proc.stderr.strip().splitlines()[-1].startswith("autogram: error: builtin: the data changed")
+    assert not (folder / "confirm").exists() and not (folder / "confirm-runs.jsonl").exists()
+
+
 def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tmp_path: Path) -> None:
     # The early check of the teacher's checkpoint must not refuse a resume that has nothing to run.
     from autogram.confirm import _rows_and_jobs, choose_points
@@ -283,21 +303,21 @@ def test_a_ray_started_for_a_confirm_stops_behind_its_table_and_is_gone_when_con
     waits for it. One that ends in an error stops Ray before the error leaves."""
     import ray
 
-    from autogram import confirm_runs
+    from autogram import confirm_ray
 
     assert not ray.is_initialized()
-    with confirm_runs.ray_started({"concurrency": 1}):
+    with confirm_ray.ray_started({"concurrency": 1}):
         assert ray.is_initialized()
         raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
-    assert [t.name for t in confirm_runs._STOPPING] == ["confirm-ray-shutdown"]
-    confirm_runs.ray_stopped()
-    assert not confirm_runs._STOPPING and not ray.is_initialized()
+    assert [t.name for t in confirm_ray._STOPPING] == ["confirm-ray-shutdown"]
+    confirm_ray.ray_stopped()
+    assert not confirm_ray._STOPPING and not ray.is_initialized()
     assert raylet.poll() is not None  # its processes have exited, not just been told to
 
-    with pytest.raises(KeyboardInterrupt), confirm_runs.ray_started({"concurrency": 1}):
+    with pytest.raises(KeyboardInterrupt), confirm_ray.ray_started({"concurrency": 1}):
         raylet = ray._private.worker._global_node.all_processes["raylet"][0].process
         raise KeyboardInterrupt
-    assert not confirm_runs._STOPPING and not ray.is_initialized() and raylet.poll() is not None
+    assert not confirm_ray._STOPPING and not ray.is_initialized() and raylet.poll() is not None
 
 
 def test_a_cluster_that_does_not_answer_is_one_line_in_seconds_and_writes_nothing(searched: Path) -> None:

@@ -70,7 +70,8 @@ def test_shared_teacher_scores_equal_a_retraining_that_resolves_its_own(
 
 WARMED = """
 import json, pickle, sys
-from autogram.confirm_runs import _remote_score, _warm_worker
+from autogram.confirm_ray import _warm_worker
+from autogram.confirm_runs import _remote_score
 _warm_worker()
 before = set(sys.modules)
 raw, seed, meta, where = pickle.loads(open(sys.argv[1], "rb").read())
