@@ -187,6 +187,16 @@ def test_a_warm_start_from_another_teacher_is_refused(tmp_path: Path) -> None:
         check_teacher(spec, "old", "b" * 64)
     with pytest.raises(ConfigError, match=r"^--resume: search 'old' distilled another teacher"):
         check_teacher(spec, "old", "b" * 64, "--resume")
+    # The same teacher (a checkpoint named, whose key does not cover the data) on rewritten data.
+    document = json.loads(spec.read_text())
+    spec.write_text(json.dumps({**document, "data_fingerprint": "d" * 64}))
+    check_teacher(spec, "old", "a" * 64, "--resume", "d" * 64)
+    check_teacher(spec, "old", "a" * 64)  # a caller that does not know the data checks only the teacher
+    for flag in ("--warm-start", "--resume"):
+        with pytest.raises(
+            ConfigError, match=rf"^{flag}: search 'old' ran on other data \(fingerprint d{{16}} there, e{{16}}"
+        ):
+            check_teacher(spec, "old", "a" * 64, flag, "e" * 64)
 
 
 @pytest.mark.slow

@@ -196,7 +196,7 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
     # Ray from the start: a search's teacher cache is built by Ray tasks (teacher/shards.py).
     with ray_session(plan, address):
         handle, cache_dir = _teacher_and_cache(plan, data, device, resume, address)
-        earlier_teacher(plan, handle.key, resume)  # trials kept or copied learned from this very teacher
+        earlier_teacher(plan, handle.key, resume, data.fingerprint)  # kept or copied trials: this teacher, data
         _write_spec(plan, handle, data.fingerprint)
         if resume:
             try:  # before anything reads Ray's state: a file cut by the kill goes back one save

@@ -120,27 +120,35 @@ def check_setup(source: WarmSource, base: dict[str, Any], space: Any, candidates
         )
 
 
-def check_teacher(spec: Path, name: str, key: str, flag: str = "--warm-start") -> None:
+def check_teacher(spec: Path, name: str, key: str, flag: str = "--warm-start", data: str = "") -> None:
     """Refuse trials (copied by ``--warm-start``, kept by ``--resume``) of search ``name``
-    (``spec``, its search.json) that learned from another teacher than ``key``'s, or other
-    data: a teacher's key covers its training data."""
+    (``spec``, its search.json) that learned from another teacher than ``key``'s, or from
+    other data than that of fingerprint ``data`` (where search.json records it; a built-in teacher's key
+    covers its data too, a checkpoint named or a user's teacher's does not)."""
     from autogram.config.base import read_json
 
-    old = read_json(spec, "search spec").get("teacher_key") if spec.is_file() else None
+    document = read_json(spec, "search spec") if spec.is_file() else {}
+    old = document.get("teacher_key")
     if old and key and old != key:
         raise ConfigError(
             f"{flag}: search {name!r} distilled another teacher (key {old[:16]} there, {key[:16]} here: "
             "other weights or other training data); its trials do not describe this search's points"
         )
+    old = document.get("data_fingerprint")
+    if old and data and old != data:
+        raise ConfigError(
+            f"{flag}: search {name!r} ran on other data (fingerprint {old[:16]} there, {data[:16]} here: a data "
+            "file rewritten since?); its trials do not describe this search's points"
+        )
 
 
-def earlier_teacher(plan: Any, key: str, resume: bool) -> None:
-    """The trials a resume keeps, or a warm start copies, learned from the teacher of ``key``;
-    refused otherwise."""
+def earlier_teacher(plan: Any, key: str, resume: bool, data: str = "") -> None:
+    """The trials a resume keeps, or a warm start copies, learned from the teacher of ``key``
+    on the data of fingerprint ``data``; refused otherwise."""
     if resume:
-        check_teacher(plan.directory / SPEC_FILE, plan.name, key, "--resume")
+        check_teacher(plan.directory / SPEC_FILE, plan.name, key, "--resume", data)
     elif plan.warm is not None:
-        check_teacher(plan.warm.directory / SPEC_FILE, plan.warm.name, key)
+        check_teacher(plan.warm.directory / SPEC_FILE, plan.warm.name, key, data=data)
 
 
 def config_differences(old: Any, new: Any, skip: set[str], prefix: str = "") -> list[str]:
