@@ -209,3 +209,26 @@ def test_an_unregistered_term_in_the_search_space_is_a_one_line_error() -> None:
 
     with pytest.raises(ConfigError, match="search.space.weights: unknown loss term 'nosuch'"):
         searched_weights(SpaceConfig(weights={"nosuch": 1.0}))
+
+
+def test_a_searched_term_that_applies_to_no_trial_is_named_while_planning(
+    tiny_config: TrialConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One modality has no cross-modal structure: every trial ignores w_xmodal, so searching it
+    spends the budget on noise; the plan says so (and stays quiet where every term applies)."""
+    from autogram.study import plan_search
+
+    raw = tiny_config.model_dump(mode="json")
+    raw["search"] = {"trials": 2, "space": {"w_xmodal": {"low": 0.1, "high": 10, "log": True}}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with caplog.at_level("WARNING", logger="autogram"):
+        plan_search(validate(raw), "both", tmp_path / "runs", resume=False, tracking_uri=uri)
+    assert "applies to no trial" not in caplog.text
+    raw["data"]["modalities"] = ["image"]
+    with caplog.at_level("WARNING", logger="autogram"):
+        plan_search(validate(raw), "one", tmp_path / "runs", resume=False, tracking_uri=uri)
+    assert (
+        "search.space.w_xmodal: the xmodal term applies to no trial here (One modality has no cross-modal "
+        "structure to transfer): searching its weight spends trials on noise; set it to 0"
+    ) in caplog.text
+    assert "w_gram" not in caplog.text  # the Gram term has its pairs

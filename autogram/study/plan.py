@@ -102,6 +102,7 @@ def plan_search(
     pairs = _candidate_pairs(space, parts)
     candidates = [p.name for p in pairs]
     setup = parts.term_setup(pairs)
+    _warn_idle_terms(cfg, setup)
     mapping = space.pairs == "all"
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
@@ -132,6 +133,31 @@ def plan_search(
         defaults=defaults if mapping else None,
         warm=warm,
     )
+
+
+def _warn_idle_terms(cfg: TrialConfig, setup: Any) -> None:
+    """Say which weighted or searched loss terms apply to no trial of this search (the
+    cross-modal term with one modality, a pair term without pairs): their weight changes
+    nothing, so searching it spends trials on noise. ``setup``: every candidate pair."""
+    import inspect
+
+    from autogram.config.search import Range
+    from autogram.distill.terms import TERMS, searched_weights, weight_param
+
+    for name, value in searched_weights(cfg.search.space).items():
+        if not isinstance(value, Range) and not (isinstance(value, int | float) and value > 0):
+            continue
+        term = TERMS[name](cfg.distill, setup)
+        if not term.applies():
+            why = (inspect.getdoc(type(term).applies) or "").splitlines()[0].rstrip(".")
+            cost = "searching its weight spends trials on noise" if isinstance(value, Range) else "its weight is unused"
+            log.warning(
+                "search.space.%s: the %s term applies to no trial here (%s): %s; set it to 0",
+                weight_param(name),
+                name,
+                why or "nothing for it to work on",
+                cost,
+            )
 
 
 def _check_services(cfg: TrialConfig, out: Path, tracking_uri: str | None, address: str | None) -> tuple[Any, str]:
