@@ -219,16 +219,18 @@ def test_a_searched_term_that_applies_to_no_trial_is_named_while_planning(
     from autogram.study import plan_search
 
     raw = tiny_config.model_dump(mode="json")
-    raw["search"] = {"trials": 2, "space": {"w_xmodal": {"low": 0.1, "high": 10, "log": True}}}
+    raw["search"] = {"trials": 2, "space": {"w_xmodal": {"low": 0.1, "high": 10, "log": True, "optional": True}}}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with caplog.at_level("WARNING", logger="autogram"):
-        plan_search(validate(raw), "both", tmp_path / "runs", resume=False, tracking_uri=uri)
-    assert "applies to no trial" not in caplog.text
+        both = plan_search(validate(raw), "both", tmp_path / "runs", resume=False, tracking_uri=uri)
+    assert "applies to no trial" not in caplog.text and "kd_xmodal" in both.baselines
     raw["data"]["modalities"] = ["image"]
     with caplog.at_level("WARNING", logger="autogram"):
-        plan_search(validate(raw), "one", tmp_path / "runs", resume=False, tracking_uri=uri)
+        one = plan_search(validate(raw), "one", tmp_path / "runs", resume=False, tracking_uri=uri)
     assert (
         "search.space.w_xmodal: the xmodal term applies to no trial here (One modality has no cross-modal "
         "structure to transfer): searching its weight spends trials on noise; set it to 0"
     ) in caplog.text
     assert "w_gram" not in caplog.text  # the Gram term has its pairs
+    # Its baseline would repeat kd: left out.
+    assert "kd" in one.baselines and "kd_xmodal" not in one.baselines

@@ -137,11 +137,20 @@ def plan_baselines(
     candidates: list[str],
     base: dict[str, Any],
     defaults: dict[str, str] | None = None,
+    idle: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
     """``{baseline: fixed params}``: every standard recipe the space allows when ``names`` is
-    None; the named ones otherwise (one the space does not allow is a ConfigError)."""
+    None; the named ones otherwise (one the space does not allow is a ConfigError). A recipe
+    weighting a term of ``idle`` (one that applies to no trial) would repeat another recipe:
+    it is left out, with a warning when named."""
     planned = {}
     for name in BASELINES if names is None else names:
+        off = sorted(term for p, w in RECIPES.get(name, {}).items() if w and (term := p.removeprefix("w_")) in idle)
+        if off:
+            (log.info if names is None else log.warning)(
+                "baseline %s skipped: the %s term applies to no trial here", name, " and ".join(off)
+            )
+            continue
         params, why = baseline_params(name, space, candidates, base, defaults)
         if why:
             if names is not None:

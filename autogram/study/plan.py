@@ -102,7 +102,7 @@ def plan_search(
     pairs = _candidate_pairs(space, parts)
     candidates = [p.name for p in pairs]
     setup = parts.term_setup(pairs)
-    _warn_idle_terms(cfg, setup)
+    idle = _warn_idle_terms(cfg, setup)
     mapping = space.pairs == "all"
     name = name or cfg.name
     directory = _search_directory(out, name, resume)
@@ -115,7 +115,7 @@ def plan_search(
     from autogram.study.baselines import plan_baselines
 
     defaults = {p.student.name: p.teacher.name for p in default_pairs(parts.student_taps, parts.teacher_taps)}
-    baselines = plan_baselines(cfg.search.baselines, space, candidates, base, defaults if mapping else None)
+    baselines = plan_baselines(cfg.search.baselines, space, candidates, base, defaults if mapping else None, idle)
     return SearchPlan(
         config=cfg,
         base=base,
@@ -135,20 +135,23 @@ def plan_search(
     )
 
 
-def _warn_idle_terms(cfg: TrialConfig, setup: Any) -> None:
+def _warn_idle_terms(cfg: TrialConfig, setup: Any) -> set[str]:
     """Say which weighted or searched loss terms apply to no trial of this search (the
     cross-modal term with one modality, a pair term without pairs): their weight changes
-    nothing, so searching it spends trials on noise. ``setup``: every candidate pair."""
+    nothing, so searching it spends trials on noise. ``setup``: every candidate pair.
+    Returns those terms' names."""
     import inspect
 
     from autogram.config.search import Range
     from autogram.distill.terms import TERMS, searched_weights, weight_param
 
+    idle = set()
     for name, value in searched_weights(cfg.search.space).items():
         if not isinstance(value, Range) and not (isinstance(value, int | float) and value > 0):
             continue
         term = TERMS[name](cfg.distill, setup)
         if not term.applies():
+            idle.add(name)
             why = (inspect.getdoc(type(term).applies) or "").splitlines()[0].rstrip(".")
             cost = "searching its weight spends trials on noise" if isinstance(value, Range) else "its weight is unused"
             log.warning(
@@ -158,6 +161,7 @@ def _warn_idle_terms(cfg: TrialConfig, setup: Any) -> None:
                 why or "nothing for it to work on",
                 cost,
             )
+    return idle
 
 
 def _check_services(cfg: TrialConfig, out: Path, tracking_uri: str | None, address: str | None) -> tuple[Any, str]:
