@@ -45,6 +45,11 @@ def test_overrides_parse_yaml_scalars_and_nest() -> None:
         ("search.seed=4294967296", "search.seed: Input should be less than 4294967296"),
         ("data.split_seed=-3", "data.split_seed: Input should be greater than or equal to 0"),
         ("teacher.seed=-1", "teacher.seed: Input should be greater than or equal to 0"),
+        # NaN or inf trained into NaN scores, or an infinite loss, without a word.
+        ("eval.noise_severities=[.nan]", "eval.noise_severities.0: Input should be a finite number (got nan)"),
+        ("distill.w_kd=.inf", "distill.w_kd: Input should be a finite number (got inf)"),
+        ("distill.weights={kd: .inf}", "distill.weights.kd: Input should be a finite number"),
+        ("search.space.temperature={low: 1, high: .inf}", "search.space.temperature.high: Input should be a finite"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:

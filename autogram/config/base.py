@@ -41,7 +41,9 @@ def first_line(exc: BaseException) -> str:
 class Strict(BaseModel):
     """A config section where unknown keys are errors: a typo must never be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # NaN or inf in a weight, a range or a severity trains into NaN scores (or none at all)
+    # without a word: refused like any other bad value.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def check_writable(path: Path, field: str) -> None:
