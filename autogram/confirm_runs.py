@@ -72,13 +72,27 @@ def load_for(cfg: Any) -> Any:
 def same_data(data: Any, spec: dict[str, Any]) -> Any:
     """``data``, if it is the data the search of ``spec`` ran on (its fingerprint, recorded in
     search.json since this check exists); else a one-line ConfigError: a file rewritten since
-    would have its points retrained and scored on other data, beside kept runs of the old."""
+    would have its points retrained and scored on other data, beside kept runs of the old.
+    A search given its data through the Python API cannot be confirmed on it from here: the
+    config's data is used, with a warning."""
     expected = spec.get("data_fingerprint")
     if expected and data.fingerprint != expected:
+        then = spec.get("data_source") or data.source
+        if then != data.source:
+            log.warning(
+                "confirm: search %s ran on %s (fingerprint %s); this confirm retrains on %s, the config's data "
+                "(fingerprint %s): its table is of that data",
+                spec.get("name"),
+                then,
+                expected[:16],
+                data.source,
+                data.fingerprint[:16],
+            )
+            return data
         raise ConfigError(
-            f"{data.source}: the data changed since search {spec.get('name')!r} ran (fingerprint {expected[:16]} "
-            f"then, {data.fingerprint[:16]} now); a confirm retrains its points on the data it searched: restore "
-            "it, or search the new data"
+            f"{data.source}: not the data search {spec.get('name')!r} ran on (fingerprint {expected[:16]} there, "
+            f"{data.fingerprint[:16]} here: a file rewritten since?); a confirm retrains its points on the data "
+            "it searched"
         )
     return data
 

@@ -161,7 +161,8 @@ def test_a_confirm_on_other_data_than_the_search_ran_on_is_refused(searched: Pat
     from autogram.data import load_data
 
     spec = json.loads((searched / "runs" / "c" / "search.json").read_text())
-    assert spec["data_fingerprint"] == load_data(validate(spec["config"]).data).fingerprint
+    data = load_data(validate(spec["config"]).data)
+    assert (spec["data_fingerprint"], spec["data_source"]) == (data.fingerprint, data.source)
     folder = tmp_path / "c"
     shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
     then = "0123456789abcdef" * 4  # as if the search had read other data
@@ -169,9 +170,9 @@ def test_a_confirm_on_other_data_than_the_search_ran_on_is_refused(searched: Pat
     for concurrency in ("1", "2"):
         proc = run_cli("confirm", str(folder), "--seeds", "1", "--concurrency", concurrency, cwd=searched)
         assert proc.returncode == 2, proc.stderr[-3000:]
-        assert f"the data changed since search 'c' ran (fingerprint {then[:16]} then, " in proc.stderr
+        assert f"not the data search 'c' ran on (fingerprint {then[:16]} there, " in proc.stderr
         assert "confirm: " not in proc.stderr  # no retraining started
-        assert proc.stderr.strip().splitlines()[-1].startswith("autogram: error: builtin: the data changed")
+        assert proc.stderr.strip().splitlines()[-1].startswith("autogram: error: builtin: not the data search")
     assert not (folder / "confirm").exists() and not (folder / "confirm-runs.jsonl").exists()
 
 

@@ -93,3 +93,24 @@ def test_after_a_workers_warm_up_its_first_retraining_imports_nothing_heavy(
     proc = subprocess.run([sys.executable, "-c", WARMED, str(job)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_same_data_refuses_a_rewritten_file_and_warns_for_data_the_python_api_gave(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from autogram.config import ConfigError
+    from autogram.confirm_runs import same_data
+
+    spec = {"name": "s", "data_fingerprint": "a" * 64, "data_source": "mm.npz"}
+    here = SimpleNamespace(source="mm.npz", fingerprint="a" * 64)
+    assert same_data(here, spec) is here
+    assert same_data(here, {"name": "older"}) is here  # a search.json from before the check: nothing to compare
+    rewritten = SimpleNamespace(source="mm.npz", fingerprint="b" * 64)
+    with pytest.raises(ConfigError, match=r"^mm\.npz: not the data search 's' ran on \(fingerprint a{16} there, b{16}"):
+        same_data(rewritten, spec)
+    given = {**spec, "data_source": "python data"}
+    with caplog.at_level(logging.WARNING, logger="autogram"):
+        assert same_data(rewritten, given) is rewritten
+    assert "search s ran on python data (fingerprint aaaaaaaaaaaaaaaa); this confirm retrains on mm.npz" in caplog.text

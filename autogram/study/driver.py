@@ -197,7 +197,7 @@ def _run_locked(plan: SearchPlan, resume: bool, address: str | None, track: bool
     with ray_session(plan, address):
         handle, cache_dir = _teacher_and_cache(plan, data, device, resume, address)
         earlier_teacher(plan, handle.key, resume, data.fingerprint)  # kept or copied trials: this teacher, data
-        _write_spec(plan, handle, data.fingerprint)
+        _write_spec(plan, handle, data)
         if resume:
             try:  # before anything reads Ray's state: a file cut by the kill goes back one save
                 tune_state.repair(plan.directory / TUNE_DIR)
@@ -248,7 +248,7 @@ def _teacher_and_cache(
     )
 
 
-def _write_spec(plan: SearchPlan, handle: Any, data_fingerprint: str) -> None:
+def _write_spec(plan: SearchPlan, handle: Any, data: Any) -> None:
     """``search.json``: what `autogram export` and `confirm` need to rebuild any trial."""
     from autogram.report.front import write_json
 
@@ -262,7 +262,8 @@ def _write_spec(plan: SearchPlan, handle: Any, data_fingerprint: str) -> None:
             "teacher": str(handle.path or ""),
             "teacher_key": handle.key,
             "teacher_source": handle.source,
-            "data_fingerprint": data_fingerprint,  # confirm retrains on this very data
+            "data_fingerprint": data.fingerprint,  # confirm retrains on this very data
+            "data_source": data.source,
             "storage": plan.storage_url,
             "tracking_uri": plan.tracking_uri,
             "experiment": plan.experiment,
