@@ -180,6 +180,42 @@ def test_a_class_no_training_sample_holds_is_named_in_a_warning(
     assert "python data: 2 class(es) have no training sample, only val/test ones (2, 3)" in caplog.text
 
 
+def test_labels_in_a_column_or_as_whole_floats_are_class_ids_and_one_hot_or_fractions_are_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    expected = load_data(DataConfig(path=path))
+    arrays = dict(np.load(path))
+    column = {**arrays, **{f"{s}_label": arrays[f"{s}_label"].reshape(-1, 1) for s in ("train", "val", "test")}}
+    column["val_label"] = column["val_label"].astype(np.float32)  # a pandas column, floats
+    np.savez(path, **column)
+    data = load_data(DataConfig(path=path))
+    for split in ("train", "val", "test"):  # the same data, not a loss that fails in a trial
+        assert np.array_equal(data.splits[split].labels, expected.splits[split].labels)
+    assert data.fingerprint == expected.fingerprint
+    np.savez(path, **{**arrays, "train_label": np.eye(3, dtype=np.int64)[arrays["train_label"]]})
+    with pytest.raises(ConfigError, match=r"train_label: labels have shape \(120, 3\), .*one-hot\? store argmax"):
+        load_data(DataConfig(path=path))
+    fraction = arrays["test_label"].astype(np.float64)
+    fraction[4] = 1.5
+    np.savez(path, **{**arrays, "test_label": fraction})
+    with pytest.raises(ConfigError, match=r"test_label: labels must be class ids 0..K-1; sample 4 has 1.5"):
+        load_data(DataConfig(path=path))
+    # Rows read one by one (the Python API, a factory): a float 1.7 was truncated into class 1.
+    from autogram.data.datasets import from_datasets
+
+    def rows(labels: list) -> dict:
+        return {"train": [({"words": torch.randint(1, 50, (12,))}, y) for y in labels]}
+
+    whole = from_datasets(rows([torch.tensor(float(i % 3)) for i in range(40)]), DataConfig(), "python data")
+    assert whole.num_classes == 3
+    with pytest.raises(ConfigError, match=r"labels must be class ids 0..K-1; sample 1 has 1.7"):
+        from_datasets(rows([0, 1.7] * 20), DataConfig(), "python data")
+    with pytest.raises(ConfigError, match=r"item 0's label has shape \(3,\), expected one class id"):
+        from_datasets(rows([torch.tensor([1, 0, 0])] * 40), DataConfig(), "python data")
+
+
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
 def test_avmnist_file_loads_with_image_and_audio() -> None:
     data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))

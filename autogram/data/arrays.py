@@ -14,6 +14,7 @@ from autogram.data.checks import (
     check_split_sizes,
     check_token_ids,
     class_count,
+    class_ids,
     infer_kind,
     warn_if_constant,
 )
@@ -142,6 +143,9 @@ def _moments(train: np.ndarray, kind: str) -> tuple[float | np.ndarray, float | 
 def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> MultiModalData:
     """Validate, split and standardise raw arrays into :class:`MultiModalData`."""
     arrays = dict(arrays)
+    for split in SPLITS:
+        if f"{split}_label" in arrays:
+            arrays[f"{split}_label"] = class_ids(arrays[f"{split}_label"], f"{source}: {split}_label")
     names = _checked_modalities(arrays, cfg, source)
     keys = [*names, "label"]
     # The file's own splits first, so a message counts the file's rows, not what carving left.

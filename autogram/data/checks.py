@@ -78,6 +78,31 @@ def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
         )
 
 
+def class_ids(labels: object, where: str) -> np.ndarray:
+    """A split's labels as one class id per sample: a column (N x 1, as pandas' ``df[["y"]]``
+    gives) becomes 1-D, whole floats and booleans integers; any other shape (one-hot N x K) or
+    a fractional id is one line naming it, not a loss that fails deep in a trial (nor a 1.7
+    truncated into class 1)."""
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        hint = "; one-hot? store argmax(axis=1)" if array.ndim == 2 else ""
+        raise ConfigError(f"{where}: labels have shape {array.shape}, expected one class id per sample (N,){hint}")
+    if array.dtype.kind == "b":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":  # ids stored as floats (a pandas column, torch.tensor(1.)): whole ones only
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ConfigError(
+                f"{where}: labels must be class ids 0..K-1; sample {first} has {float(array[first]):g} "
+                f"({int(bad.sum())} such sample(s))"
+            )
+        return array.astype(np.int64)
+    return array
+
+
 def class_count(labels: dict[str, np.ndarray], source: str) -> int:
     """The number of classes, K, from every split's labels (by split name), which must be the
     integers 0..K-1 (K distinct values): a gap means a stray label (a 99 among 0..9 would make

@@ -38,8 +38,12 @@ def _labels(dataset: Any, where: str) -> np.ndarray:
         item = dataset[i]
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], dict)):
             raise ConfigError(f"{where}: item {i} is {type(item).__name__}, expected (dict[modality -> tensor], label)")
-        labels.append(int(_numpy(item[1])))
-    return np.asarray(labels, dtype=np.int64)
+        label = _numpy(item[1])
+        if label.size != 1:  # a one-hot vector, or several targets
+            raise ConfigError(f"{where}: item {i}'s label has shape {label.shape}, expected one class id")
+        labels.append(label.reshape(()).item())
+    # Checked (and made int64) with the other sources' labels: a 1.7 must not become class 1.
+    return np.asarray(labels)
 
 
 def from_datasets(splits: Any, cfg: DataConfig, source: str) -> MultiModalData:
