@@ -216,6 +216,28 @@ def test_labels_in_a_column_or_as_whole_floats_are_class_ids_and_one_hot_or_frac
         from_datasets(rows([torch.tensor([1, 0, 0])] * 40), DataConfig(), "python data")
 
 
+def test_values_float32_cannot_hold_and_ids_no_embedding_can_index_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "mm.npz"
+    _write_npz(path, with_val=True)
+    arrays = dict(np.load(path))
+    # float64 values cast to inf in the models' float32; float32 ones whose squares overflow
+    # left std inf and every standardised value 0: both trained without a word.
+    huge = arrays["val_pic"].astype(np.float64)
+    huge[2, 0, 0] = 1e300
+    np.savez(path, **{**arrays, "val_pic": huge})
+    with pytest.raises(ConfigError, match=r"val_pic has values beyond float32's range \(largest \|x\| 1e\+300\) in 1 "):
+        load_data(DataConfig(path=path))
+    np.savez(path, **{**arrays, "train_pic": arrays["train_pic"].astype(np.float32) * 1e30})
+    with pytest.raises(ConfigError, match=r"train_pic: values too large to standardise in float32"):
+        load_data(DataConfig(path=path))
+    # An id of 10**9 asked for a billion-row embedding.
+    ids = arrays["test_words"].copy()
+    ids[6, 1] = 10**9
+    np.savez(path, **{**arrays, "test_words": ids})
+    with pytest.raises(ConfigError, match=r"test_words has token ids up to 1000000000 \(first: sample 6\)"):
+        load_data(DataConfig(path=path))
+
+
 @pytest.mark.skipif(not AVMNIST.is_file(), reason="shared AV-MNIST file not present")
 def test_avmnist_file_loads_with_image_and_audio() -> None:
     data = load_data(DataConfig(path=AVMNIST, modality_kinds={"audio": "spectrogram"}))

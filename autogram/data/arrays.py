@@ -188,8 +188,15 @@ def from_arrays(arrays: dict[str, np.ndarray], cfg: DataConfig, source: str) -> 
         else:
             # Standardise with train statistics only, so val/test stay unseen.
             train = train_array.astype(np.float32)
-            warn_if_constant(name, float(train.std()), source)
-            mean, std = _moments(train, kind)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+                spread = float(train.std())
+                mean, std = _moments(train, kind)
+            if not (np.isfinite(mean).all() and np.isfinite(std).all()):  # squares past float32's range
+                raise ConfigError(
+                    f"{source}: train_{name}: values too large to standardise in float32 (largest |x| "
+                    f"{float(np.abs(train).max()):.3g}); rescale them (other units)"
+                )
+            warn_if_constant(name, spread, source)
             for split in SPLITS:
                 values = (arrays[f"{split}_{name}"].astype(np.float32) - mean) / std
                 splits[split].inputs[name] = values.reshape(len(values), *shape)

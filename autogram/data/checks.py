@@ -46,16 +46,35 @@ def infer_kind(
     return kind, shape
 
 
+# Models train in float32: a float64 value beyond its range becomes inf when cast.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
-    """Refuse NaN or inf in a float modality: it would train silently into garbage."""
+    """Refuse NaN or inf in a float modality, or a value float32 cannot hold (the models'
+    dtype: it would become inf): either would train silently into garbage."""
     if np.issubdtype(array.dtype, np.floating):
-        bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+        rows = array.reshape(array.shape[0], -1)
+        bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             first = int(np.argmax(bad)) + offset
             raise ConfigError(
                 f"{what} has NaN or inf values in {int(bad.sum())} sample(s) (first: sample {first}); "
                 "clean or drop them"
             )
+        if array.dtype.itemsize > 4 and rows.size:
+            bad = (np.abs(rows) > _FLOAT32_MAX).any(axis=1)
+            if bad.any():
+                first = int(np.argmax(bad)) + offset
+                raise ConfigError(
+                    f"{what} has values beyond float32's range (largest |x| {float(np.abs(rows).max()):.3g}) in "
+                    f"{int(bad.sum())} sample(s) (first: sample {first}); rescale them (other units)"
+                )
+
+
+# The largest vocabulary a token modality may have (ids 0..MAX_VOCAB-1): ids index an
+# embedding, so an id of 10**9 would ask for a billion rows (or overflow torch's sizes).
+MAX_VOCAB = 2**24
 
 
 def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
@@ -69,6 +88,13 @@ def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
                 f"{what} has fractional token ids ({array.dtype}) in {int(bad.sum())} sample(s) (first: sample "
                 f"{first}); store whole ids, the same kind as train's"
             )
+    if array.size and array.max() >= MAX_VOCAB:
+        bad = (array.reshape(array.shape[0], -1) >= MAX_VOCAB).any(axis=1)
+        first = int(np.argmax(bad)) + offset
+        raise ConfigError(
+            f"{what} has token ids up to {int(array.max())} (first: sample {first}): an embedding of that many "
+            f"rows; ids must be below {MAX_VOCAB}: map them to 0..V-1 (np.unique(ids, return_inverse=True))"
+        )
     if array.size and array.min() < 0:
         bad = (array.reshape(array.shape[0], -1) < 0).any(axis=1)
         first = int(np.argmax(bad)) + offset
