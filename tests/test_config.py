@@ -73,6 +73,20 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+    # PyYAML keeps the last of two equal keys without a word: the first train section would vanish.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 3\nseed: 1\ntrain:\n  batch_size: 40\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: line 4 invalid YAML: key 'train' given twice \(first on"):
+        load_config(twice)
+    inner = tmp_path / "inner.yaml"
+    inner.write_text("train: {epochs: 3, lr: 0.01, epochs: 5}\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' given twice"):
+        load_config(inner)
+    # A merge key's values may be overridden: that is YAML, not a repeat.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("teacher: &t {epochs: 1}\ntrain:\n  <<: *t\n  epochs: 3\n")
+    loaded = load_config(merged)
+    assert (loaded.teacher.epochs, loaded.train.epochs) == (1, 3)
 
 
 @pytest.mark.parametrize(

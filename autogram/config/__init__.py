@@ -53,7 +53,23 @@ __all__ = [
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), as users expect."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), as users expect, and refuses
+    a key given twice in one mapping (PyYAML keeps the last one without a word: a second
+    ``train:`` section would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, once every key is known to be given once (merge keys ``<<`` aside)."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -364,7 +380,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML") from None
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(f"{path}:{where} invalid YAML" + (f": {problem}" if problem else "")) from None
     if raw is None:  # an empty file (or comments only) is more likely a mistake than "all defaults"
         raise ConfigError(
             f"{path}: the config is empty (for every default, write {{}}; to start: search_spaces/quickstart.yaml)"
