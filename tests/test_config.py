@@ -50,6 +50,11 @@ def test_overrides_parse_yaml_scalars_and_nest() -> None:
         ("distill.w_kd=.inf", "distill.w_kd: Input should be a finite number (got inf)"),
         ("distill.weights={kd: .inf}", "distill.weights.kd: Input should be a finite number"),
         ("search.space.temperature={low: 1, high: .inf}", "search.space.temperature.high: Input should be a finite"),
+        # A pair listed twice weighed double in the Gram mean; an empty modality list ended in a traceback.
+        ("distill.pairs=[image.block1:image.layer1, image.block1:image.layer1]", "distill.pairs: pair 'image.block1:"),
+        ("search.space.pairs=[image.block1:image.layer1, image.block1:image.layer1]", "is listed twice"),
+        ("data.modalities=[image, image]", "data.modalities: modality 'image' is listed twice"),
+        ("data.modalities=[]", "data.modalities: List should have at least 1 item"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:

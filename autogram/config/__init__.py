@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from autogram.config.base import ConfigError, Seed
+from autogram.config.base import ConfigError, Seed, once_each
 from autogram.config.base import Strict as _Strict
 from autogram.config.data import BuiltinDataConfig, DataConfig, GroupSplit
 from autogram.config.search import (
@@ -217,6 +217,7 @@ class DistillConfig(_Strict):
             for item in value:
                 if item.count(":") != 1 or not all(item.split(":")):
                     raise ValueError(f"pair {item!r} must look like 'student_tap:teacher_tap'")
+            once_each(value, "pair")
         return value
 
 

@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
+def once_each(values: list[Any], what: str) -> None:
+    """Refuse a list that names an item twice (a pair counted twice weighs double in the mean;
+    a modality listed twice is read once): a ValueError pydantic reports on the field."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is listed twice")
+        seen.add(value)
+
+
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message is one line naming the field or file."""
 

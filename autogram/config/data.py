@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from autogram.config.base import Seed
+from autogram.config.base import Seed, once_each
 from autogram.config.base import Strict as _Strict
 from autogram.config.sources import ModalityKindName, import_path
 
@@ -86,7 +86,7 @@ class DataConfig(_Strict):
     kwargs: dict[str, Any] = {}
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     # Which modalities to use, in this order (null: every one found).
-    modalities: list[str] | None = None
+    modalities: list[str] | None = Field(None, min_length=1)
     # {modality: kind} where the shape alone does not tell (e.g. audio: spectrogram; sensor
     # channels x time steps: timeseries).
     modality_kinds: dict[str, ModalityKindName] = {}
@@ -101,6 +101,13 @@ class DataConfig(_Strict):
     # A data source registered under this name (autogram.data.sources); null: the source the
     # fields above name (``path``, ``hf``, ``factory``, or none: the built-in generator).
     kind: str | None = None
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            once_each(value, "modality")
+        return value
 
     @field_validator("path")
     @classmethod

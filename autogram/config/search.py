@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from autogram.config.base import Seed
+from autogram.config.base import Seed, once_each
 from autogram.config.base import Strict as _Strict
 
 
@@ -90,6 +90,7 @@ class SpaceConfig(_Strict):
             for item in self.pairs:
                 if item.count(":") != 1 or not all(item.split(":")):
                     raise ValueError(f"pairs: {item!r} must look like 'student_tap:teacher_tap'")
+            once_each(self.pairs, "pairs: pair")
         if self.max_pairs is not None and self.max_pairs < self.min_pairs:
             raise ValueError(f"max_pairs ({self.max_pairs}) < min_pairs ({self.min_pairs})")
         return self
