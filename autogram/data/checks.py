@@ -50,25 +50,34 @@ def infer_kind(
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _rows(array: np.ndarray) -> np.ndarray:
+    """One row per sample, every value of the sample in it."""
+    return array.reshape(array.shape[0], -1)
+
+
+def _bad(rows_bad: np.ndarray, offset: int) -> tuple[int, int]:
+    """(how many samples are bad, the first one's number in the source) of a per-sample mask."""
+    return int(rows_bad.sum()), int(np.argmax(rows_bad)) + offset
+
+
 def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
     """Refuse NaN or inf in a float modality, or a value float32 cannot hold (the models'
     dtype: it would become inf): either would train silently into garbage."""
     if np.issubdtype(array.dtype, np.floating):
-        rows = array.reshape(array.shape[0], -1)
+        rows = _rows(array)
         bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
-            first = int(np.argmax(bad)) + offset
+            count, first = _bad(bad, offset)
             raise ConfigError(
-                f"{what} has NaN or inf values in {int(bad.sum())} sample(s) (first: sample {first}); "
-                "clean or drop them"
+                f"{what} has NaN or inf values in {count} sample(s) (first: sample {first}); clean or drop them"
             )
         if array.dtype.itemsize > 4 and rows.size:
             bad = (np.abs(rows) > _FLOAT32_MAX).any(axis=1)
             if bad.any():
-                first = int(np.argmax(bad)) + offset
+                count, first = _bad(bad, offset)
                 raise ConfigError(
                     f"{what} has values beyond float32's range (largest |x| {float(np.abs(rows).max()):.3g}) in "
-                    f"{int(bad.sum())} sample(s) (first: sample {first}); rescale them (other units)"
+                    f"{count} sample(s) (first: sample {first}); rescale them (other units)"
                 )
 
 
@@ -78,28 +87,30 @@ MAX_VOCAB = 2**24
 
 
 def check_token_ids(array: np.ndarray, what: str, offset: int = 0) -> None:
-    """Refuse a negative or fractional token id: ids index the models' embeddings, from 0 (a -1
-    used as padding ends as an index error deep in a forward pass; 3.7 would become token 3)."""
-    if not np.issubdtype(array.dtype, np.integer) and array.size:
-        bad = (array.reshape(array.shape[0], -1) != np.round(array.reshape(array.shape[0], -1))).any(axis=1)
+    """Refuse a negative, fractional or too large token id: ids index the models' embeddings,
+    from 0 (a -1 used as padding ends as an index error deep in a forward pass; 3.7 would
+    become token 3; an id of 10**9 would ask for a billion rows)."""
+    if not array.size:
+        return
+    rows = _rows(array)
+    if not np.issubdtype(array.dtype, np.integer):
+        bad = (rows != np.round(rows)).any(axis=1)
         if bad.any():
-            first = int(np.argmax(bad)) + offset
+            count, first = _bad(bad, offset)
             raise ConfigError(
-                f"{what} has fractional token ids ({array.dtype}) in {int(bad.sum())} sample(s) (first: sample "
+                f"{what} has fractional token ids ({array.dtype}) in {count} sample(s) (first: sample "
                 f"{first}); store whole ids, the same kind as train's"
             )
-    if array.size and array.max() >= MAX_VOCAB:
-        bad = (array.reshape(array.shape[0], -1) >= MAX_VOCAB).any(axis=1)
-        first = int(np.argmax(bad)) + offset
+    if array.max() >= MAX_VOCAB:
+        _, first = _bad((rows >= MAX_VOCAB).any(axis=1), offset)
         raise ConfigError(
             f"{what} has token ids up to {int(array.max())} (first: sample {first}): an embedding of that many "
             f"rows; ids must be below {MAX_VOCAB}: map them to 0..V-1 (np.unique(ids, return_inverse=True))"
         )
-    if array.size and array.min() < 0:
-        bad = (array.reshape(array.shape[0], -1) < 0).any(axis=1)
-        first = int(np.argmax(bad)) + offset
+    if array.min() < 0:
+        count, first = _bad((rows < 0).any(axis=1), offset)
         raise ConfigError(
-            f"{what} has negative token ids in {int(bad.sum())} sample(s) (first: sample {first}, id "
+            f"{what} has negative token ids in {count} sample(s) (first: sample {first}, id "
             f"{int(array.min())}); ids index an embedding and start at 0 (pad with 0 or a new id)"
         )
 

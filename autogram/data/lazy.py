@@ -74,6 +74,8 @@ def build_lazy(
     """
     if "train" not in raw:
         raise ConfigError(f"{source}: no 'train' split (have: {', '.join(raw) or 'none'})")
+    # One class id per sample, once, for the scan and the splits alike.
+    raw = {s: RawSplit(split.fetch, class_ids(split.labels, f"{source}: split {s!r}")) for s, split in raw.items()}
     first = raw["train"].fetch(np.arange(1))
     modalities, shapes = [], {}
     for name in names:
@@ -123,7 +125,7 @@ def _scan(
     vocab = dict.fromkeys(tokens, 1)
     moments: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in names if n not in tokens}
     for split_name, split in raw.items():
-        labels = class_ids(split.labels, f"{source}: split {split_name!r}")
+        labels = np.asarray(split.labels)
         if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
             raise ConfigError(f"{source}: labels of split {split_name!r} must be non-negative integers")
         digest.update(f"{split_name}/{len(labels)}".encode() + labels.astype(np.int64).tobytes())
@@ -158,7 +160,7 @@ def _split_rows(
     counts = {name: len(split.labels) for name, split in raw.items()}
     index = {name: np.arange(n) for name, n in counts.items()}
     fetches = {name: split.fetch for name, split in raw.items()}
-    labels = {name: class_ids(split.labels, name).astype(np.int64) for name, split in raw.items()}
+    labels = {name: np.asarray(split.labels).astype(np.int64) for name, split in raw.items()}
     for split_name, offset in (("val", 0), ("test", 1)):
         if split_name not in raw:  # carved from train, as for .npz files
             kept, held = _carve(len(index["train"]), cfg.val_fraction, cfg.split_seed + offset)

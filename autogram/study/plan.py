@@ -147,7 +147,7 @@ def _warn_idle_terms(cfg: TrialConfig, setup: Any) -> set[str]:
 
     idle = set()
     for name, value in searched_weights(cfg.search.space).items():
-        if not isinstance(value, Range) and not (isinstance(value, int | float) and value > 0):
+        if not (isinstance(value, Range) or value > 0):  # a weight fixed at 0 is off, not idle
             continue
         term = TERMS[name](cfg.distill, setup)
         if not term.applies():
