@@ -44,6 +44,9 @@ class TrialResult:
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     pairs: list[str] = field(default_factory=list)
+    # The loss terms that ran (weighted above 0 and applying here: a Gram term with no pair
+    # does not), in summation order: what the headline names a trial by.
+    terms: list[str] = field(default_factory=list)
     hooked_taps: dict[str, list[str]] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     student_params: int = 0
@@ -333,6 +336,7 @@ def _result(
         steps=outcome.steps,
         history=outcome.history,
         pairs=[p.name for p in objective.pairs],
+        terms=list(objective.terms),
         hooked_taps={
             "student": [t.name for t in objective.student_taps],
             "teacher": [t.name for t in objective.teacher_taps],

@@ -299,3 +299,45 @@ def test_headline_on_a_hand_made_front() -> None:
     text = headline({"objectives": objectives, "trials": [t for t in trials if t["number"] != 3]})
     assert "none beats a baseline on every objective: the standard recipes win this budget" in text
     assert headline({"objectives": objectives, "trials": []}) == ""
+
+
+@pytest.mark.slow
+def test_a_trial_is_named_by_the_terms_that_ran_not_by_its_sampled_weights(tmp_path: Path, teacher_cache: Path) -> None:
+    """min_pairs 0 with one candidate pair: a trial that selected no pair ran no Gram term
+    although its weight is 100. The headline named it "the space's fixed weights" (ce, fixed,
+    is no parameter) and a Gram trial "..., 1 pair" without the Gram term."""
+    from autogram.report.headline import recipe_words
+    from autogram.report.readback import read_front
+
+    raw = tiny_raw(teacher_cache)
+    raw["name"], raw["train"]["epochs"] = "terms", 1
+    pair = "image.block2:image.layer1"
+    raw["search"] = {
+        "trials": 6,
+        "concurrency": 2,
+        "sampler": "random",
+        "seed": 0,  # this seed draws the pair in 5 trials and leaves it out of 1
+        "baselines": [],
+        "space": {
+            **{"w_ce": 1.0, "w_kd": 0.0, "w_gram": 100.0, "w_xmodal": 0.0, "modality_dropout": 0.0},
+            "lr": {"low": 0.001, "high": 0.01},
+            **{"pairs": [pair], "min_pairs": 0, "max_pairs": 1},
+        },
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("search", "s.yaml", "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((tmp_path / "runs" / "terms" / "front.json").read_text())
+    drawn = {t["number"]: t["params"][f"pair:{pair}"] for t in front["trials"]}
+    assert sorted(set(drawn.values())) == [0, 1], drawn
+    for trial in front["trials"]:
+        on = drawn[trial["number"]] == 1
+        assert (trial["terms"], trial["pairs_aligned"]) == (("ce+gram", 1) if on else ("ce", 0)), trial
+        words = recipe_words(trial)
+        assert words.endswith("(ce + gram, 1 pair)" if on else "(ce)"), words
+    # MLflow keeps them too: a front read back from it names trials the same way.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    back = {t["number"]: t for t in read_front(uri, "terms")["trials"]}
+    assert {n: (t["terms"], t["pairs_aligned"]) for n, t in back.items()} == {
+        t["number"]: (t["terms"], t["pairs_aligned"]) for t in front["trials"]
+    }

@@ -68,6 +68,9 @@ def build_front(
                 "baseline": trial.user_attrs.get("baseline"),
                 "tag": trial.user_attrs.get("tag"),
                 "reads_teacher": trial.user_attrs.get("reads_teacher"),
+                # The terms that ran ("ce+kd") and the pairs aligned; None before they were kept.
+                "terms": trial.user_attrs.get("terms"),
+                "pairs_aligned": trial.user_attrs.get("pairs_aligned"),
                 "missing": trial.user_attrs.get("missing", {}),
                 "balanced_accuracy": trial.user_attrs.get("balanced_accuracy"),
                 # --warm-start: copied from an earlier search, "<search>#<its trial number>"

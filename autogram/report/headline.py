@@ -11,18 +11,29 @@ _PAIR_PREFIXES = ("pair:", "map:")
 
 
 def recipe_words(trial: dict[str, Any]) -> str:
-    """A trial named by what it is: a baseline by its name, a searched trial by its active terms,
-    its pairs and its modality dropout."""
+    """A trial named by what it is: a baseline by its name, a searched trial by the terms that
+    ran, the pairs they aligned and its modality dropout.
+
+    The terms come from the trial's own record (``terms``, ``pairs_aligned``) where it has one:
+    a sampled weight can apply to nothing (a Gram term with no pair selected) and a weight the
+    space fixes is no parameter. A front.json written before they were kept falls back on the
+    parameters."""
     if trial.get("baseline"):
         return f"baseline {trial['baseline']} (trial {trial['number']})"
     params = trial["params"]
-    terms = [
-        key.removeprefix("w_")
-        for key in params
-        if key.startswith("w_") and params.get(f"use_{key}", True) and float(params[key]) > 0
-    ]
-    pairs = sum(1 for k, v in params.items() if k.startswith(_PAIR_PREFIXES) and v not in (0, "none", None))
-    parts = [" + ".join(terms) if terms else "the space's fixed weights"]
+    if trial.get("terms") is not None:
+        terms = [t for t in str(trial["terms"]).split("+") if t]
+        pairs = int(trial.get("pairs_aligned") or 0)
+        nothing = "no loss term"
+    else:
+        terms = [
+            key.removeprefix("w_")
+            for key in params
+            if key.startswith("w_") and params.get(f"use_{key}", True) and float(params[key]) > 0
+        ]
+        pairs = sum(1 for k, v in params.items() if k.startswith(_PAIR_PREFIXES) and v not in (0, "none", None))
+        nothing = "the space's fixed weights"
+    parts = [" + ".join(terms) if terms else nothing]
     if pairs:
         parts.append(f"{pairs} pair{'s' if pairs != 1 else ''}")
     if float(params.get("modality_dropout", 0) or 0) >= 0.05:

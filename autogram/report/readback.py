@@ -11,9 +11,11 @@ from autogram.report.tracking import (
     PARENT,
     TAG_BASELINE,
     TAG_KIND,
+    TAG_PAIRS,
     TAG_READS_TEACHER,
     TAG_SEARCH,
     TAG_TAG,
+    TAG_TERMS,
     client_for,
 )
 
@@ -79,6 +81,8 @@ def read_front(uri: str, name: str) -> dict[str, Any]:
                 "baseline": tags.get(TAG_BASELINE),
                 "tag": tags.get(TAG_TAG),
                 "reads_teacher": {"true": True, "false": False}.get(tags.get(TAG_READS_TEACHER, "")),
+                "terms": tags.get(TAG_TERMS),
+                "pairs_aligned": int(tags[TAG_PAIRS]) if tags.get(TAG_PAIRS, "").isdigit() else None,
                 "missing": {
                     k.removeprefix("robustness/"): v for k, v in metrics.items() if k.startswith("robustness/missing:")
                 },

@@ -26,6 +26,8 @@ TAG_BASELINE = "autogram.baseline"
 TAG_TAG = "autogram.tag"  # e.g. "prior": the prior's best layer mapping
 TAG_WARM = "autogram.warm"  # "<search>#<number>": a trial copied by --warm-start
 TAG_READS_TEACHER = "autogram.reads_teacher"  # "true" when a term of the trial read the teacher
+TAG_TERMS = "autogram.terms"  # the loss terms that ran, "ce+kd+gram"
+TAG_PAIRS = "autogram.pairs_aligned"  # how many tap pairs the pair-reading terms aligned
 
 
 def tracking_uri(option: str | None) -> str:
@@ -222,6 +224,9 @@ class SearchTracker:
             self.client.set_tag(run_id, "host", f"{result['hostname']} ({result.get('node_ip', '?')})")
         if "reads_teacher" in result:
             self.client.set_tag(run_id, TAG_READS_TEACHER, str(bool(result["reads_teacher"])).lower())
+        if "terms" in result:
+            self.client.set_tag(run_id, TAG_TERMS, str(result["terms"]))
+            self.client.set_tag(run_id, TAG_PAIRS, str(int(result.get("pairs_aligned", 0))))
         for key, tag in (("device", "device"), ("node_id", "ray_node_id")):
             if result.get(key):
                 self.client.set_tag(run_id, tag, str(result[key]))

@@ -37,6 +37,7 @@ def make_sampler(name: str, seed: int, trials: int = 100) -> optuna.samplers.Bas
 
 # What a finished trial's result keeps as Optuna user attributes (front.json reads them).
 _KEPT = ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher", "balanced_accuracy")
+_KEPT += ("terms", "pairs_aligned")
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -25,7 +25,7 @@ SPEC_FILE = "search.json"  # plan.SPEC_FILE (plan imports this module: no import
 
 # The user attributes a warm trial carries over (what front.json, the verdict and MLflow read).
 _CARRIED = ("status", "reason", "train_seconds", "train_gflops", "epochs_done", "reads_teacher")
-_CARRIED += ("balanced_accuracy", "missing")
+_CARRIED += ("balanced_accuracy", "missing", "terms", "pairs_aligned")
 
 
 @dataclass(frozen=True)

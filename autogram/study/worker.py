@@ -36,6 +36,10 @@ def _flat_result(result: Any) -> dict[str, Any]:
         "device": result.device,
         # Whether any active term read the teacher: "what the teacher adds" compares the two groups.
         "reads_teacher": bool(result.teacher),
+        # What ran, not what was sampled: a sampled weight can apply to nothing (a Gram term
+        # with no pair selected), and a fixed weight is no parameter at all.
+        "terms": "+".join(result.terms),
+        "pairs_aligned": len(result.pairs),
         FINAL: True,
     }
     out.update({f"corruption.{name}": acc for name, acc in result.corruptions.items()})
