@@ -80,7 +80,7 @@ def format_ablation(document: dict[str, Any]) -> str:
 def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the ablation of trial ``point`` (a number, or ``knee``) of search ``source``."""
     from autogram.confirm import choose_points, load_for, publish, score, search_threads, summary
-    from autogram.confirm_runs import Job, same_data, shared_teacher
+    from autogram.confirm_runs import Job, same_data, seed_list, shared_teacher
     from autogram.export import load_source, trial_training_config
 
     if seeds < 1:
@@ -90,13 +90,14 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
         raise ConfigError(f"--ablate {point!r}: one point, a trial number or knee")
     (trial,) = choose_points(document, point)
     raw = trial_training_config(spec, trial)
+    chosen_seeds = seed_list(int(raw.get("seed", 0)), seeds)
     data = same_data(load_for(validate(raw)), spec)
     threads = search_threads(spec)  # as the trial (and confirm) trained: the same scores
     rows = []
     # One job per variant and seed (a variant's index stands for the trial number), so the
     # teacher is resolved and each variant's cache found once, as confirm does.
     jobs = [
-        [Job(index, int(config.get("seed", 0)) + i, config, label) for i in range(seeds)]
+        [Job(index, seed, config, label) for seed in chosen_seeds]
         for index, (label, config) in enumerate(variants(raw))
     ]
     shared = shared_teacher([job for row in jobs for job in row], data)

@@ -25,7 +25,7 @@ from typing import Any
 
 from autogram.config import ConfigError, validate
 from autogram.confirm_ray import in_background, ray_started, ray_stopped
-from autogram.confirm_runs import LEDGER, Job, Ledger, load_for, run_jobs, score, search_threads
+from autogram.confirm_runs import LEDGER, Job, Ledger, load_for, run_jobs, score, search_threads, seed_list
 
 __all__ = ["confirm", "format_table", "judge", "load_for", "score", "search_threads", "summary", "teacher_adds"]
 
@@ -232,6 +232,7 @@ def confirm(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
     document, spec, parent_id = load_source(source, tracking_uri)
+    seed_list(int(spec["config"].get("seed", 0)), seeds)  # before Ray starts or a row is built
     chosen = choose_points(document, points)
     parallel = _parallel(spec, concurrency, address)
     folder = Path(source).parent if Path(source).is_file() else Path(source)
@@ -311,8 +312,7 @@ def _rows_and_jobs(
         label = (
             f"{trial['baseline']} (trial {trial['number']})" if trial.get("baseline") else f"trial {trial['number']}"
         )
-        first = int(raw.get("seed", 0))
-        row_jobs = [Job(trial["number"], first + i, raw, label) for i in range(seeds)]
+        row_jobs = [Job(trial["number"], seed, raw, label) for seed in seed_list(int(raw.get("seed", 0)), seeds)]
         jobs += row_jobs
         rows.append(
             {

@@ -57,6 +57,21 @@ class Job:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def seed_list(first: int, seeds: int) -> list[int]:
+    """The seeds ``first, first + 1, ...`` of ``--seeds`` retrainings, refused in one line when
+    they pass the largest seed a config takes (2**32 - 1): the retraining's own config check
+    named only ``seed`` and a value the user never wrote."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
+    limit = 2**32  # config.base.Seed's bound
+    if first + seeds > limit:
+        raise ConfigError(
+            f"--seeds {seeds}: the search's seed {first} plus {seeds - 1} passes the largest seed, "
+            f"{limit - 1}; use --seeds {limit - first} or fewer"
+        )
+    return [first + i for i in range(seeds)]
+
+
 def load_for(cfg: Any) -> Any:
     """The data of a retraining config, its user factories importable (``python_path``) as in
     the search itself."""

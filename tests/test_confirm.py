@@ -176,6 +176,28 @@ def test_a_confirm_on_other_data_than_the_search_ran_on_is_refused(searched: Pat
     assert not (folder / "confirm").exists() and not (folder / "confirm-runs.jsonl").exists()
 
 
+def test_seeds_past_the_largest_seed_are_one_line_naming_seeds(searched: Path, tmp_path: Path) -> None:
+    """A search seeded near 2**32: ``--seeds 3`` retrains with seed + 1 and seed + 2. That was
+    ``<config>: seed: Input should be less than 4294967296 (got 4294967296)``, a value the user
+    never wrote; now the option is named with how many seeds fit, before Ray or a retraining."""
+    folder = tmp_path / "c"
+    shutil.copytree(searched / "runs" / "c", folder, ignore=shutil.ignore_patterns("confirm*"))
+    spec = json.loads((folder / "search.json").read_text())
+    spec["config"]["seed"] = 2**32 - 2
+    (folder / "search.json").write_text(json.dumps(spec))
+    expected = (
+        "autogram: error: --seeds 3: the search's seed 4294967294 plus 2 passes the largest seed, "
+        "4294967295; use --seeds 2 or fewer"
+    )
+    for args in (["--concurrency", "1"], ["--concurrency", "2"], ["--ablate", "knee"]):
+        proc = run_cli("confirm", str(folder), "--seeds", "3", *args, cwd=searched)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines() == [expected], proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (searched / "runs" / "c").iterdir() if not p.name.startswith("confirm")
+    )
+
+
 def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tmp_path: Path) -> None:
     # The early check of the teacher's checkpoint must not refuse a resume that has nothing to run.
     from autogram.confirm import _rows_and_jobs, choose_points
