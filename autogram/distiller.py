@@ -71,6 +71,9 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.objective = objective
+        # Labels below 0 mark rows without one (a transfer set, as train.labelled_samples
+        # makes): the CE term leaves them out, the teacher's terms learn from them.
+        objective.partial_labels = True
         self.config = config
         self.device = device
         self.modalities = [m.name for m in data.modalities]
@@ -156,13 +159,10 @@ class Distiller(nn.Module):
         (modalities dropped, noise): the recipe's teacher always reads clean inputs.
         """
         from autogram.distill import forward_terms
+        from autogram.tensors.batch_check import check_batch
 
-        missing = [m for m in self.modalities if m not in inputs]
-        if missing:
-            raise ValueError(
-                f"inputs: missing modality {', '.join(map(repr, missing))} (the recipe's student reads "
-                f"{', '.join(self.modalities)}; blank a missing modality with zeros instead of leaving it out)"
-            )
+        rows = len(self.data.splits["train"]) if "train" in self.data.splits else 0
+        check_batch(inputs, labels, indices, clean, self.data.modalities, self.data.num_classes, rows)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in self.modalities}
         clean = inputs if clean is None else {k: v.to(self.device) for k, v in clean.items() if k in self.modalities}
         labels = labels.to(self.device)

@@ -120,6 +120,58 @@ def test_bad_input_is_named_in_one_line(tmp_path: Path, teacher_cache: Path) -> 
     assert Distiller.from_export(path, teacher=pinned.model).terms["gram"] == 50.0  # the pinned one is taken
 
 
+def test_a_wrong_batch_is_named_before_it_meets_a_model(tmp_path: Path, teacher_cache: Path) -> None:
+    """Before, each of these was torch's message from inside the models ('numpy.ndarray' object
+    has no attribute 'to'; stack expects each tensor to be equal size; index out of range in
+    self; Target 12 is out of bounds), and on a GPU a device-side assert."""
+    distiller = Distiller.from_export(_kd_gram_export(tmp_path, teacher_cache))
+    rows = distiller.data.splits["train"].rows(list(range(6)))
+    x = {k: torch.from_numpy(v) for k, v in rows.items()}
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    vocab = distiller.data.spec().modality("tokens").vocab_size
+    cases = [
+        (({**x, "image": rows["image"]}, y), TypeError, r"inputs\['image'\]: expected a torch.Tensor, got ndarray"),
+        (({**x, "image": x["image"].double()}, y), TypeError, r"inputs\['image'\]: expected a float32 tensor"),
+        (({**x, "image": x["image"][:, 0]}, y), ValueError, r"inputs\['image'\]: a batch of shape \(6, 16, 16\)"),
+        (({**x, "tokens": x["tokens"][:4]}, y), ValueError, r"different batch sizes \(\{'image': 6, 'tokens': 4\}\)"),
+        (({**x, "tokens": x["tokens"].float()}, y), TypeError, r"inputs\['tokens'\]: token ids must be an integer"),
+        (
+            ({**x, "tokens": x["tokens"] + vocab}, y),
+            ValueError,
+            rf"token id \d+ at position 0 is outside 0..{vocab - 1}",
+        ),
+        ((x, y.float()), ValueError, r"labels: expected 6 integer class ids \(shape \(6,\)\), got torch.float32"),
+        ((x, y[:, None]), ValueError, r"labels: expected 6 integer class ids .* of shape \(6, 1\)"),
+        ((x, y + 5), ValueError, r"labels: class 10 at position 5; the recipe has 10 classes, 0..9"),
+        ((x, y, torch.arange(6) + 598), ValueError, r"indices: row 600 at position 2 is outside 0..599"),
+        ((x, y, torch.arange(3)), ValueError, r"indices: expected the batch's 6 row numbers"),
+        ((x, y, None, {"image": x["image"]}), ValueError, r"clean\['tokens'\]: missing"),
+        ((x, y, None, {k: v[:3] for k, v in x.items()}), ValueError, r"clean\['image'\]: 3 rows, inputs 6"),
+    ]
+    for args, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            distiller(*args)
+    assert distiller(x, y).loss.isfinite()  # the batch they were made from is fine
+
+
+def test_rows_labelled_below_0_are_left_out_of_the_ce_term_only(tmp_path: Path, teacher_cache: Path) -> None:
+    """A transfer set in the user's loop (what train.labelled_samples makes in a search): the CE
+    term averages the labelled rows, the teacher's terms read every row. Before, -1 was
+    torch's 'Target -1 is out of bounds'."""
+    import torch.nn.functional as F
+
+    distiller = Distiller.from_export(_kd_gram_export(tmp_path, teacher_cache)).eval()
+    x = {k: torch.from_numpy(v) for k, v in distiller.data.splits["train"].rows(list(range(8))).items()}
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    full = distiller(x, y)
+    partial = distiller(x, torch.where(torch.arange(8) < 3, y, -1))
+    assert torch.allclose(full.terms["ce"], F.cross_entropy(full.logits, y), atol=1e-6)
+    assert torch.allclose(partial.terms["ce"], F.cross_entropy(partial.logits[:3], y[:3]), atol=1e-6)
+    for name in ("kd", "gram"):
+        assert torch.allclose(partial.terms[name], full.terms[name], atol=1e-6)
+    assert distiller(x, torch.full((8,), -1)).terms["ce"] == 0  # none labelled: 0, not NaN
+
+
 def test_autocast_runs_the_recipe_in_bfloat16(tmp_path: Path, teacher_cache: Path) -> None:
     path = _kd_gram_export(tmp_path, teacher_cache)
     distiller = Distiller.from_export(path)
