@@ -34,7 +34,9 @@ def parse_where(items: list[str], names: list[str]) -> list[tuple[str, str, floa
         try:
             bound = float(raw_bound)
         except ValueError:
-            raise ConfigError(f"--where {item!r}: {raw_bound!r} is not a number") from None
+            bound = math.nan
+        if math.isnan(bound):  # "nan" parses, and then no trial ever passes: say so instead
+            raise ConfigError(f"--where {item!r}: {raw_bound!r} is not a number")
         out.append((metric, op, bound))
     return out
 

@@ -55,6 +55,11 @@ def test_overrides_parse_yaml_scalars_and_nest() -> None:
         ("search.space.pairs=[image.block1:image.layer1, image.block1:image.layer1]", "is listed twice"),
         ("data.modalities=[image, image]", "data.modalities: modality 'image' is listed twice"),
         ("data.modalities=[]", "data.modalities: List should have at least 1 item"),
+        # A NaN bound parsed, then failed every trial after its training (Optuna refuses it).
+        (
+            "search.constraints=['cost <= nan']",
+            "search.constraints: constraint 'cost <= nan': 'nan' is not a number",
+        ),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_field(override: str, expected: str) -> None:

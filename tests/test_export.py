@@ -95,11 +95,14 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
         ["--weights", "-1,0,0"],
         ["--weights", "0,0,0"],
         ["--weights", "nan,1,1"],
+        ["--where", "cost<=nan"],  # it parsed, and then "no ok trial matches"
     ):
         proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().startswith("autogram: error:") and len(proc.stderr.strip().splitlines()) == 1
         assert not out.exists() and not list(tmp_path.glob(".best.yaml*"))
+    nan = run_cli("export", str(folder), "-o", str(out), "--where", "cost<=nan", cwd=tmp_path)
+    assert "--where 'cost<=nan': 'nan' is not a number" in nan.stderr, nan.stderr
     missing = run_cli("export", "nothing-here", "-o", str(out), cwd=tmp_path)
     assert missing.returncode == 2 and "no MLflow database" in missing.stderr and not out.exists()
     # A path that is not there is named as such, not only as a name MLflow lacks.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -201,9 +202,11 @@ class SearchConfig(_Strict):
             if not match:
                 raise ValueError(f"constraint {item!r} must look like 'cost <= 800' (metric <= or >= number)")
             try:
-                float(match.group(3))
+                bound = float(match.group(3))
             except ValueError:
-                raise ValueError(f"constraint {item!r}: {match.group(3)!r} is not a number") from None
+                bound = math.nan
+            if math.isnan(bound):  # "nan" parses, and then every trial breaks it: say so instead
+                raise ValueError(f"constraint {item!r}: {match.group(3)!r} is not a number")
         return value
 
     @model_validator(mode="after")
