@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +250,12 @@ def confirm(
         done = ledger.kept(jobs)
         if kept and len(done) < len(jobs):  # kept runs may be all there is: then no teacher is needed
             _teacher_there(spec)
+        # MLflow's import and its parent-run lookup (about 2 s) overlap the retrainings, not follow them.
+        tracking = in_background(lambda: mlflow_parent(spec, parent_id, tracking_uri), "confirm-mlflow")
         results = run_jobs(jobs, ledger, done, search_threads(spec), parallel, spec)
     try:
         result = _result(document["name"], seeds, rows, results)
-        _write(result, source, spec, parent_id, tracking_uri)
+        _write(result, source, spec, tracking)
         ledger.close()
     finally:
         ray_stopped()  # the Ray started here, stopping meanwhile, is gone when confirm returns
@@ -327,9 +330,22 @@ def _rows_and_jobs(
     return rows, jobs
 
 
-def _write(result: dict[str, Any], source: str, spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> None:
+def _write(result: dict[str, Any], source: str, spec: dict[str, Any], tracking: Callable[[], Any]) -> None:
     files = {"confirm.json": json.dumps(result, indent=2), "confirm.md": format_table(result) + "\n"}
-    publish(files, source, spec, parent_id, tracking_uri, lambda folder: _plot(result, folder / "confirm.png"))
+
+    def plot(folder: Path) -> None:
+        _plot(result, folder / "confirm.png")
+
+    publish(files, source, spec, "", None, plot, tracking)
+
+
+def mlflow_parent(spec: dict[str, Any], parent_id: str, tracking_uri: str | None) -> tuple[str, Any]:
+    """(the search's MLflow parent run id, a client of its store): where confirm files are logged."""
+    from autogram.report.readback import find_parent
+    from autogram.report.tracking import client_for
+
+    uri = tracking_uri or spec.get("tracking_uri", "")
+    return parent_id or find_parent(uri, spec["name"]).info.run_id, client_for(uri)
 
 
 def publish(
@@ -339,9 +355,11 @@ def publish(
     parent_id: str,
     tracking_uri: str | None,
     extra: Any = None,
+    tracking: Callable[[], Any] | None = None,
 ) -> None:
     """Write ``files`` (name -> text; ``extra(folder)`` may add more) to ``<search folder>/confirm/``
-    when the search folder is at hand, and log them under ``confirm/`` on the search's parent run."""
+    when the search folder is at hand, and log them under ``confirm/`` on the search's parent run
+    (``tracking``: waits for :func:`mlflow_parent` started earlier, else it is called here)."""
     import tempfile
 
     folder = Path(source)
@@ -353,13 +371,9 @@ def publish(
         (target / name).write_text(text)
     if extra is not None:
         extra(target)
-    uri = tracking_uri or spec.get("tracking_uri", "")
     try:
-        from autogram.report.readback import find_parent
-        from autogram.report.tracking import client_for
-
-        parent_id = parent_id or find_parent(uri, spec["name"]).info.run_id
-        client_for(uri).log_artifacts(parent_id, str(target), "confirm")
+        parent_id, client = tracking() if tracking is not None else mlflow_parent(spec, parent_id, tracking_uri)
+        client.log_artifacts(parent_id, str(target), "confirm")
     except Exception as exc:  # the files are written; an unreachable MLflow must not undo that
         log.warning("confirm written to %s, but not logged to MLflow (%s)", target, exc)
         return
