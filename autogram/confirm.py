@@ -323,7 +323,11 @@ def _rows_and_jobs(
                 "trial": trial["number"],
                 "baseline": trial.get("baseline"),
                 "chosen": trial["number"] in picked,
-                "reads_teacher": reads_teacher(raw),
+                # The search's record of what ran where it has one: a weight above 0 may apply
+                # to nothing (a Gram term with no pair selected reads no teacher).
+                "reads_teacher": trial["reads_teacher"]
+                if trial.get("reads_teacher") is not None
+                else reads_teacher(raw),
                 "jobs": row_jobs,
             }
         )

@@ -335,6 +335,15 @@ def test_a_trial_is_named_by_the_terms_that_ran_not_by_its_sampled_weights(tmp_p
         assert (trial["terms"], trial["pairs_aligned"]) == (("ce+gram", 1) if on else ("ce", 0)), trial
         words = recipe_words(trial)
         assert words.endswith("(ce + gram, 1 pair)" if on else "(ce)"), words
+    # confirm groups its rows by what ran too: the trial without a pair reads no teacher, so
+    # "what the teacher adds" compares it with one that does (before, both counted as reading
+    # it, from their weights, and the comparison was left out).
+    off, on = (next(n for n, v in drawn.items() if v == flag) for flag in (0, 1))
+    proc = run_cli("confirm", "runs/terms", "--points", f"{off},{on}", "--seeds", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    confirmed = json.loads((tmp_path / "runs" / "terms" / "confirm" / "confirm.json").read_text())
+    assert {r["trial"]: r["reads_teacher"] for r in confirmed["rows"]} == {off: False, on: True}
+    assert confirmed["teacher_adds"]["accuracy"]["without"] == f"trial {off}"
     # MLflow keeps them too: a front read back from it names trials the same way.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     back = {t["number"]: t for t in read_front(uri, "terms")["trials"]}
