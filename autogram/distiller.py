@@ -328,6 +328,8 @@ def recipe_document(raw: dict[str, Any], taps: dict[str, dict[str, Any]] | None)
 
     distill = DistillConfig.model_validate(raw.get("distill", {}))
     weights = {name: term_weight(distill, name) for name in TERMS}
+    if distill.pairs == []:  # a pair-aligning term (Gram, CKA) with no pair runs nowhere: not in the recipe
+        weights = {name: 0.0 if TERMS[name].reads_pairs else weight for name, weight in weights.items()}
     # Pairs are part of the recipe only when a term aligns them (Gram, CKA).
     aligned = any(TERMS[name].reads_pairs for name, weight in weights.items() if weight > 0)
     pairs: list[dict[str, Any]] = []

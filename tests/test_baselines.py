@@ -344,6 +344,14 @@ def test_a_trial_is_named_by_the_terms_that_ran_not_by_its_sampled_weights(tmp_p
     confirmed = json.loads((tmp_path / "runs" / "terms" / "confirm" / "confirm.json").read_text())
     assert {r["trial"]: r["reads_teacher"] for r in confirmed["rows"]} == {off: False, on: True}
     assert confirmed["teacher_adds"]["accuracy"]["without"] == f"trial {off}"
+    # The exported recipe's terms, which other frameworks read, are the ones that ran too.
+    from autogram.distiller import recipe_document
+    from autogram.export import trial_training_config
+
+    spec = json.loads((tmp_path / "runs" / "terms" / "search.json").read_text())
+    by_number = {t["number"]: t for t in front["trials"]}
+    for number, terms in ((off, {"ce": 1.0}), (on, {"ce": 1.0, "gram": 100.0})):
+        assert recipe_document(trial_training_config(spec, by_number[number]), None)["terms"] == terms
     # MLflow keeps them too: a front read back from it names trials the same way.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     back = {t["number"]: t for t in read_front(uri, "terms")["trials"]}
