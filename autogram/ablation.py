@@ -21,15 +21,20 @@ from autogram.config import ConfigError, validate
 log = logging.getLogger("autogram")
 
 
-def variants(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def variants(raw: dict[str, Any], ran: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``[(label, config)]``: the point itself, then one config per active part switched off
-    (a term's weight set to 0 through ``distill.weights``, which wins over its ``w_*`` key)."""
+    (a term's weight set to 0 through ``distill.weights``, which wins over its ``w_*`` key).
+
+    ``ran``: the terms the search's trial recorded as run (``"ce+kd"``; None: every term
+    weighted above 0). A weighted term that applied to nothing, a Gram term without a pair, has
+    nothing to switch off: its row would retrain the point itself under another name."""
     from autogram.distill.terms import TERMS, term_weight
 
     cfg = validate(raw)
+    active = set(ran.split("+")) if ran is not None else None
     out = [("full", raw)]
     for term in TERMS:
-        if term == "ce" or term_weight(cfg.distill, term) <= 0:
+        if term == "ce" or term_weight(cfg.distill, term) <= 0 or (active is not None and term not in active):
             continue
         changed = copy.deepcopy(raw)
         changed["distill"].setdefault("weights", {})[term] = 0.0
@@ -68,6 +73,9 @@ def format_ablation(document: dict[str, Any]) -> str:
 
     title = f"Ablation of trial {document['point']} on the test split, {document['seeds']} seeds (mean +- std):"
     lines = summary_table(title, document["rows"])
+    if len(document["rows"]) == 1:
+        lines.append("- nothing to switch off: only CE ran, with no modality dropout or input noise")
+        return "\n".join(lines)
     for metric, carrier in document["carriers"].items():
         if carrier["part"] is None:
             lines.append(f"- {metric}: no part's removal lowers it")
@@ -98,7 +106,7 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     # teacher is resolved and each variant's cache found once, as confirm does.
     jobs = [
         [Job(index, seed, config, label) for seed in chosen_seeds]
-        for index, (label, config) in enumerate(variants(raw))
+        for index, (label, config) in enumerate(variants(raw, trial.get("terms")))
     ]
     shared = shared_teacher([job for row in jobs for job in row], data)
     for row in jobs:

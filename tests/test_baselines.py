@@ -344,6 +344,14 @@ def test_a_trial_is_named_by_the_terms_that_ran_not_by_its_sampled_weights(tmp_p
     confirmed = json.loads((tmp_path / "runs" / "terms" / "confirm" / "confirm.json").read_text())
     assert {r["trial"]: r["reads_teacher"] for r in confirmed["rows"]} == {off: False, on: True}
     assert confirmed["teacher_adds"]["accuracy"]["without"] == f"trial {off}"
+    # An ablation switches off what ran: the trial without a pair has no Gram term to remove
+    # (before, a "without gram" row retrained the point itself under that name).
+    for number, labels in ((off, ["full"]), (on, ["full", "without gram"])):
+        proc = run_cli("confirm", "runs/terms", "--ablate", str(number), "--seeds", "1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ablation = json.loads((tmp_path / "runs" / "terms" / "confirm" / f"ablation_{number}.json").read_text())
+        assert [r["label"] for r in ablation["rows"]] == labels
+        assert ("nothing to switch off" in proc.stdout) == (number == off), proc.stdout
     # The exported recipe's terms, which other frameworks read, are the ones that ran too.
     from autogram.distiller import recipe_document
     from autogram.export import trial_training_config
