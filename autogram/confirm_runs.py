@@ -60,9 +60,8 @@ class Job:
 def seed_list(first: int, seeds: int) -> list[int]:
     """The seeds ``first, first + 1, ...`` of ``--seeds`` retrainings, refused in one line when
     they pass the largest seed a config takes (2**32 - 1): the retraining's own config check
-    named only ``seed`` and a value the user never wrote."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
+    named only ``seed`` and a value the user never wrote (``seeds`` >= 1: each caller refuses
+    ``--seeds 0`` before it loads the search)."""
     limit = 2**32  # config.base.Seed's bound
     if first + seeds > limit:
         raise ConfigError(

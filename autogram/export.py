@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config import ConfigError, SpaceConfig, validate
-from autogram.config.base import read_json
+from autogram.config.base import bound_number, read_json
 from autogram.report.documents import checked_front, checked_spec
 
 _WHERE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
@@ -31,11 +31,8 @@ def parse_where(items: list[str], names: list[str]) -> list[tuple[str, str, floa
         metric, op, raw_bound = match.groups()
         if metric not in names:
             raise ConfigError(f"--where {item!r}: unknown metric {metric!r} (have: {', '.join(names)})")
-        try:
-            bound = float(raw_bound)
-        except ValueError:
-            bound = math.nan
-        if math.isnan(bound):  # "nan" parses, and then no trial ever passes: say so instead
+        bound = bound_number(raw_bound)
+        if bound is None:
             raise ConfigError(f"--where {item!r}: {raw_bound!r} is not a number")
         out.append((metric, op, bound))
     return out

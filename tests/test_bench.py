@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autogram.bench.repeats import alternate, ratio, spread_text
+from autogram.bench.report import format_bench
 from tests.conftest import tiny_raw
 
 
@@ -17,6 +18,37 @@ def test_sides_take_turns_and_a_ratio_keeps_its_range() -> None:
     stats = ratio([2.0, 3.0, 9.0], [1.0, 1.0, 1.0])
     assert stats == {"median": 3.0, "spread": [2.0, 9.0], "repeats": 3}
     assert spread_text(stats) == "3.00x (median of 3, 2.00-9.00)"
+
+
+def test_the_machine_s_busy_seconds_count_this_process_s_work_and_bound_the_speed_up() -> None:
+    import time
+
+    from autogram.bench.repeats import core_bound, machine_busy_seconds
+
+    before = machine_busy_seconds()
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    spent = time.process_time()
+    while time.process_time() - spent < 0.3:  # 0.3 CPU-seconds of this process's own work
+        sum(range(1000))
+    # The whole machine was busy at least as long as this process alone.
+    assert machine_busy_seconds() - before >= 0.25
+    # 40 CPU-seconds on 2 cores take 20 s at best: against 30 s, at most 1.5x.
+    assert core_bound(30.0, 40.0, 2) == pytest.approx(1.5)
+    text = format_bench(
+        {
+            **_cpu_figures_shape(),
+            "confirm_speedup_concurrency_2": 1.25,
+            "confirm_speedup_spread": [1.2, 1.3],
+            "confirm_seconds": {"1": 30.0, "2": 24.0},
+            "confirm_repeats": 3,
+            "confirm_cpu_seconds": {"1": 31.0, "2": 40.0},
+            "confirm_cores": 2,
+            "confirm_speedup_core_bound": 1.5,
+        }
+    )
+    assert "31.0 in one process vs 40.0 on Ray" in text and "on 2 core(s) no scheduling" in text
+    assert "beats 1.50x" in text
 
 
 def test_confirm_figure_runs_the_command_a_user_runs_and_says_why_it_failed(tmp_path: Path) -> None:

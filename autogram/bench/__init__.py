@@ -19,6 +19,9 @@ every timing ratio is the median of >= 3 rounds with the sides in turn, with its
 - ``confirm_speedup_concurrency_2``: ``autogram confirm`` of that search's front in one
   process / as Ray tasks 2 at a time, each a fresh ``autogram confirm`` process as a user
   runs it (Ray's start included), the median of alternating repeats with their min-max spread;
+  beside it the CPU-seconds each side cost the whole machine (``confirm_cpu_seconds``, Ray's
+  daemons and workers included; Linux) and the ratio those of the Ray side allow on its cores
+  at best (``confirm_speedup_core_bound``);
 - ``hv_sampler`` vs ``hv_random``: median hypervolume after N trials over several seeds, for
   the configured sampler and for random search, with one shared reference point;
 - ``cache_build_speedup_2_workers`` and ``early_stopping`` (:mod:`autogram.bench.scaling`);
@@ -193,25 +196,46 @@ def confirm_speedup(directory: Path, seeds: int, repeats: int = 3) -> dict[str, 
     A fresh process, not a call in this one: here torch and its optimiser's first-use imports
     are already loaded, which a user's ``autogram confirm`` pays for (and the serial side alone
     would be spared), while each Ray worker pays for them anyway."""
+    import os
+
+    from autogram.bench.repeats import core_bound, machine_busy_seconds
+
     uri = f"sqlite:///{directory.parent / 'mlflow.db'}"
-    ratios, walls = [], {1: [], 2: []}
+    ratios: list[float] = []
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(repeats):
         for concurrency in (1, 2):
             command = [sys.executable, "-m", "autogram", "confirm", str(directory), "--seeds", str(seeds)]
             command += ["--points", "front", "--tracking-uri", uri, "--concurrency", str(concurrency), "--quiet"]
-            started = time.perf_counter()
+            busy, started = machine_busy_seconds(), time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             walls[concurrency].append(time.perf_counter() - started)
+            after = machine_busy_seconds()
+            if busy is not None and after is not None:
+                cpu[concurrency].append(after - busy)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise RuntimeError(f"bench: autogram confirm --concurrency {concurrency} failed: {last}")
         ratios.append(walls[1][-1] / walls[2][-1])
-    return {
+    result: dict[str, Any] = {
         "confirm_speedup_concurrency_2": statistics.median(ratios),
         "confirm_speedup_spread": [min(ratios), max(ratios)],
         "confirm_seconds": {str(k): statistics.median(v) for k, v in walls.items()},
         "confirm_repeats": repeats,
+        "confirm_cpu_seconds": None,
+        "confirm_cores": os.cpu_count() or 1,
+        "confirm_speedup_core_bound": None,
     }
+    if len(cpu[2]) == repeats:
+        # What each side cost the machine (Ray's daemons and workers included), and the ratio no
+        # scheduling could beat on these cores given the Ray side's CPU-seconds.
+        cores = result["confirm_cores"]
+        result["confirm_cpu_seconds"] = {str(k): statistics.median(v) for k, v in cpu.items()}
+        result["confirm_speedup_core_bound"] = statistics.median(
+            core_bound(serial, spent, cores) for serial, spent in zip(walls[1], cpu[2], strict=True)
+        )
+    return result
 
 
 def efficiency(base: dict[str, Any], root: Path, trials: int, seeds: int, epochs: int) -> dict[str, float]:

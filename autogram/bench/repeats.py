@@ -35,3 +35,29 @@ def spread_text(stats: dict[str, Any]) -> str:
     """``1.23x (median of 3, 1.10-1.31)``."""
     low, high = stats["spread"]
     return f"{stats['median']:.2f}x (median of {stats['repeats']}, {low:.2f}-{high:.2f})"
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU-seconds the whole machine has spent busy since boot, every process counted (Linux's
+    ``/proc/stat``: user, nice, system, irq, softirq and steal time); None where it is not
+    readable. Taken before and after a command, the difference is what that command cost the
+    machine, its children and the daemons it started included (which its own rusage leaves out:
+    Ray's processes are not its children)."""
+    import os
+
+    try:
+        first = open("/proc/stat").readline().split()  # noqa: SIM115, PTH123  (one line of a pseudo-file)
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    if not first or first[0] != "cpu" or len(first) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / ticks
+
+
+def core_bound(serial_seconds: float, parallel_cpu_seconds: float, cores: int) -> float:
+    """The largest speed-up over ``serial_seconds`` that work costing ``parallel_cpu_seconds`` of
+    CPU could reach on ``cores`` cores, even packed onto them perfectly: it cannot finish in
+    less than its CPU-seconds / cores."""
+    return serial_seconds / (parallel_cpu_seconds / cores)

@@ -30,6 +30,13 @@ def format_bench(result: dict[str, Any]) -> str:
             f"-> speed-up {result['confirm_speedup_concurrency_2']:.2f}x (median of {result['confirm_repeats']} "
             f"alternating repeats, {low:.2f}-{high:.2f})"
         )
+        if result.get("confirm_cpu_seconds"):
+            cpu = result["confirm_cpu_seconds"]
+            lines.append(
+                f"  the machine's CPU-seconds: {cpu['1']:.1f} in one process vs {cpu['2']:.1f} on Ray (its daemons and "
+                f"workers included): on {result['confirm_cores']} core(s) no scheduling of the Ray side beats "
+                f"{result['confirm_speedup_core_bound']:.2f}x"
+            )
     lines.append(
         f"hypervolume after {result['hv_trials']} trials (median of {result['hv_seeds']} seeds): "
         f"{result['sampler']} {result['hv_sampler']:.4g} vs random {result['hv_random']:.4g}"

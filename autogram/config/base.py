@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,16 @@ def once_each(values: list[Any], what: str) -> None:
         if value in seen:
             raise ValueError(f"{what} {value!r} is listed twice")
         seen.add(value)
+
+
+def bound_number(text: str) -> float | None:
+    """A comparison's bound (a constraint's, ``--where``'s) as a float; None when ``text`` is not
+    a number or is NaN, which parses and then no value ever passes or every value breaks."""
+    try:
+        bound = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(bound) else bound
 
 
 class ConfigError(ValueError):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from autogram.config.base import Seed, once_each
+from autogram.config.base import Seed, bound_number, once_each
 from autogram.config.base import Strict as _Strict
 
 
@@ -201,11 +200,7 @@ class SearchConfig(_Strict):
             match = _CONSTRAINT.match(item)
             if not match:
                 raise ValueError(f"constraint {item!r} must look like 'cost <= 800' (metric <= or >= number)")
-            try:
-                bound = float(match.group(3))
-            except ValueError:
-                bound = math.nan
-            if math.isnan(bound):  # "nan" parses, and then every trial breaks it: say so instead
+            if bound_number(match.group(3)) is None:
                 raise ValueError(f"constraint {item!r}: {match.group(3)!r} is not a number")
         return value
 
