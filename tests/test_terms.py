@@ -166,6 +166,14 @@ def test_the_front_prints_a_column_for_every_searched_term_weight() -> None:
     assert format_front(document).splitlines()[2].split()[-2:] == ["1/2/off/off/0.25", "4"]
     document["trials"][0]["params"] = {**params, "use_w_kd": False}
     assert format_front(document).splitlines()[2].split()[-2:] == ["1/off/off/off/0.25", "-"]
+    # A weight whose term did not run, by the trial's own record (a Gram weight with no pair
+    # selected aligns nothing; a KD weight of 0 softens nothing), is shown off, not as drawn.
+    document["trials"][0]["params"] = {**params, "use_w_gram": True, "w_gram": 643.0}
+    assert format_front(document).splitlines()[2].split()[-2:] == ["1/2/643/off/0.25", "4"]
+    document["trials"][0]["terms"] = "ce+kd+toy_cosine"
+    assert format_front(document).splitlines()[2].split()[-2:] == ["1/2/off/off/0.25", "4"]
+    document["trials"][0]["terms"] = "ce+toy_cosine"
+    assert format_front(document).splitlines()[2].split()[-2:] == ["1/off/off/off/0.25", "-"]
 
 
 @pytest.mark.slow
