@@ -46,7 +46,8 @@ def machine_busy_seconds() -> float | None:
     import os
 
     try:
-        first = open("/proc/stat").readline().split()  # noqa: SIM115, PTH123  (one line of a pseudo-file)
+        with open("/proc/stat") as stat:
+            first = stat.readline().split()
         ticks = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return None
