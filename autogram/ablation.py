@@ -21,17 +21,17 @@ from autogram.config import ConfigError, validate
 log = logging.getLogger("autogram")
 
 
-def variants(raw: dict[str, Any], ran: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def variants(raw: dict[str, Any], ran: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``[(label, config)]``: the point itself, then one config per active part switched off
     (a term's weight set to 0 through ``distill.weights``, which wins over its ``w_*`` key).
 
-    ``ran``: the terms the search's trial recorded as run (``"ce+kd"``; None: every term
-    weighted above 0). A weighted term that applied to nothing, a Gram term without a pair, has
+    ``ran``: the terms the search's trial recorded as run (:func:`autogram.report.headline.recorded_terms`; None: every
+    term weighted above 0). A weighted term that applied to nothing, a Gram term without a pair, has
     nothing to switch off: its row would retrain the point itself under another name."""
     from autogram.distill.terms import TERMS, term_weight
 
     cfg = validate(raw)
-    active = set(ran.split("+")) if ran is not None else None
+    active = set(ran) if ran is not None else None
     out = [("full", raw)]
     for term in TERMS:
         if term == "ce" or term_weight(cfg.distill, term) <= 0 or (active is not None and term not in active):
@@ -90,6 +90,7 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     from autogram.confirm import choose_points, load_for, publish, score, search_threads, summary
     from autogram.confirm_runs import Job, same_data, seed_list, shared_teacher
     from autogram.export import load_source, trial_training_config
+    from autogram.report.headline import recorded_terms
 
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: needs at least 1 seed")
@@ -106,7 +107,7 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     # teacher is resolved and each variant's cache found once, as confirm does.
     jobs = [
         [Job(index, seed, config, label) for seed in chosen_seeds]
-        for index, (label, config) in enumerate(variants(raw, trial.get("terms")))
+        for index, (label, config) in enumerate(variants(raw, recorded_terms(trial)))
     ]
     shared = shared_teacher([job for row in jobs for job in row], data)
     for row in jobs:

@@ -80,6 +80,8 @@ class Distiller(nn.Module):
         # Not submodules: the teacher never trains, and moves with no .to() of the distiller.
         self._signals = signals
         self.data = data
+        # What a batch's ``indices`` may name (checked every step: counted once here).
+        self._train_rows = len(data.splits["train"]) if "train" in data.splits else 0
         self._teacher = teacher
         self._live: Any = None
         self._generator: torch.Generator | None = None
@@ -161,8 +163,7 @@ class Distiller(nn.Module):
         from autogram.distill import forward_terms
         from autogram.tensors.batch_check import check_batch
 
-        rows = len(self.data.splits["train"]) if "train" in self.data.splits else 0
-        check_batch(inputs, labels, indices, clean, self.data.modalities, self.data.num_classes, rows)
+        check_batch(inputs, labels, indices, clean, self.data.modalities, self.data.num_classes, self._train_rows)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in self.modalities}
         clean = inputs if clean is None else {k: v.to(self.device) for k, v in clean.items() if k in self.modalities}
         labels = labels.to(self.device)

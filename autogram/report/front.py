@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autogram.config.pairs import mapping_text, pair_count
+from autogram.report.headline import recorded_terms
 from autogram.report.pareto import hypervolume, pareto_front
 from autogram.report.verdict import judgement, teacher_adds, verdict
 
@@ -131,12 +132,14 @@ def format_front(document: dict[str, Any]) -> str:
         tag = f"  [{label}]" if label else ""
         count = pair_count(params)
         pairs = "-" if count is None else str(count)
-        shown = {w: _fmt(params, w, document.get("fixed", {}), _ran(trial)) for w in weight_columns}
+        fixed, recorded = document.get("fixed", {}), recorded_terms(trial)
+        ran = None if recorded is None else set(recorded)
+        shown = {w: _fmt(params, w, fixed, ran) for w in weight_columns}
         weights = "/".join(shown.values())
         mapping = mapping_text(params)
         # No softmax term on (KD, DIST): its temperature means nothing for this row.
         softened = any(shown[w] not in ("off", "0") for w in ("w_kd", "w_dist") if w in shown)
-        temperature = _fmt(params, "temperature", document.get("fixed", {})) if softened else "-"
+        temperature = _fmt(params, "temperature", fixed) if softened else "-"
         lines.append(
             f"  {trial['number']:>5}  "
             + "  ".join(f"{trial['values'][n]:>11.4g}" for n in names)
@@ -162,16 +165,11 @@ def _weight_columns(document: dict[str, Any]) -> list[str]:
     return columns
 
 
-def _ran(trial: dict[str, Any]) -> set[str] | None:
-    """The terms that ran in ``trial`` as it recorded them (None in a front.json from before the
-    record: its weights are shown as sampled)."""
-    return None if trial.get("terms") is None else {t for t in str(trial["terms"]).split("+") if t}
-
-
 def _fmt(params: dict[str, Any], name: str, fixed: dict[str, float] | None = None, ran: set[str] | None = None) -> str:
     """A weight or the temperature of one row: its sampled value, "off", or the space's fixed
-    value; "off" too for a weight whose term did not run (``ran``: a Gram weight with no pair
-    selected aligned nothing)."""
+    value; "off" too for a weight whose term did not run (``ran``, the trial's recorded terms;
+    None for a front.json from before the record: a Gram weight with no pair selected aligned
+    nothing)."""
     if params.get(f"use_{name}") is False:
         return "off"
     if ran is not None and name.startswith("w_") and name.removeprefix("w_") not in ran:

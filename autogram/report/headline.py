@@ -10,6 +10,12 @@ from typing import Any
 _PAIR_PREFIXES = ("pair:", "map:")
 
 
+def recorded_terms(trial: dict[str, Any]) -> list[str] | None:
+    """The terms that ran in ``trial`` as it recorded them (``terms``, ``"ce+kd+gram"``); None for
+    a trial written before the record was kept."""
+    return None if trial.get("terms") is None else [t for t in str(trial["terms"]).split("+") if t]
+
+
 def recipe_words(trial: dict[str, Any]) -> str:
     """A trial named by what it is: a baseline by its name, a searched trial by the terms that
     ran, the pairs they aligned and its modality dropout.
@@ -21,8 +27,9 @@ def recipe_words(trial: dict[str, Any]) -> str:
     if trial.get("baseline"):
         return f"baseline {trial['baseline']} (trial {trial['number']})"
     params = trial["params"]
-    if trial.get("terms") is not None:
-        terms = [t for t in str(trial["terms"]).split("+") if t]
+    recorded = recorded_terms(trial)
+    if recorded is not None:
+        terms = recorded
         pairs = int(trial.get("pairs_aligned") or 0)
         nothing = "no loss term"
     else:
