@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,12 @@ def tiny_raw(cache_dir: Path) -> dict:
         "train": {"epochs": 2, "batch_size": 50, "modality_dropout": 0.1},
         "eval": {"noise_severities": [0.5, 1.0, 2.0]},
     }
+
+
+def ray_trials(study: Any) -> list[Any]:
+    """The study's trials that Ray trials ran: not the layer subsets out of bounds that the
+    searcher told as infeasible and drew again (``redrawn``; AutogramOptunaSearch.suggest)."""
+    return [t for t in study.trials if not t.user_attrs.get("redrawn")]
 
 
 @pytest.fixture(scope="session")

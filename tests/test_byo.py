@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ray_trials
 
 pytestmark = pytest.mark.slow
 EXAMPLE = ROOT / "examples" / "byo"
@@ -196,7 +196,7 @@ def test_python_api_with_in_memory_teacher_student_and_datasets(
     spec = json.loads((tmp_path / "runs" / "api" / "search.json").read_text())
     assert spec["teacher_source"]["source"] == "python"
     study = optuna.load_study(study_name="api", storage=f"sqlite:///{tmp_path / 'runs' / 'api' / 'optuna.db'}")
-    assert len(study.trials) == 3
+    assert len(ray_trials(study)) == 3
 
 
 def test_runtime_env_reaches_every_trial(tmp_path: Path) -> None:

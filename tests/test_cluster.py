@@ -19,6 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.conftest import ray_trials
 from tests.servers import RayCluster, ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -142,8 +143,9 @@ def test_a_worker_node_killed_mid_trial_loses_and_duplicates_nothing(cluster: Ra
     restarted = {t for t in starts if starts.count(t) > 1}
     assert restarted, "the killed trial was not retried"
     study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{directory / 'optuna.db'}")
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4 == len(study.trials)
-    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == 4
+    trials = ray_trials(study)
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4 == len(trials)
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
     front = json.loads((directory / "front.json").read_text())
     assert [t["status"] for t in front["trials"]] == ["ok"] * 4
     children = _children(tmp_path)

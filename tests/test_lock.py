@@ -16,7 +16,7 @@ import yaml
 
 from autogram.config import ConfigError
 from autogram.study.lock import LOCK_FILE, search_lock
-from tests.conftest import start_cli, tiny_raw
+from tests.conftest import ray_trials, start_cli, tiny_raw
 
 
 def _dead_pid() -> int:
@@ -70,6 +70,7 @@ def test_two_searches_with_one_name_started_together_make_one_search(tmp_path: P
     errors = [line for line in loser.splitlines() if line.startswith("autogram: error:")]
     assert len(errors) == 1 and ("in use by a search driver" in errors[0] or "already holds a search" in errors[0])
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'runs' / 's' / 'optuna.db'}")
-    assert len(study.trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    trials = ray_trials(study)
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     front = json.loads((tmp_path / "runs" / "s" / "front.json").read_text())
     assert len(front["trials"]) == 3 and not (tmp_path / "runs" / "s" / LOCK_FILE).exists()

@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autogram.report.pareto import pareto_front
-from tests.conftest import ROOT, run_cli, start_cli, tiny_raw
+from tests.conftest import ROOT, ray_trials, run_cli, start_cli, tiny_raw
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = ["accuracy", "robustness", "cost"]
@@ -91,7 +91,7 @@ def test_search_writes_front_and_a_loadable_study(tmp_path: Path, teacher_cache:
     assert values[by_objective["cost"]]["cost"] == min(v["cost"] for v in values.values())
 
     study = _study(tmp_path)
-    assert len(study.trials) == 5
+    assert len(ray_trials(study)) == 5
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
     candidates = json.loads((tmp_path / "runs" / "s" / "search.json").read_text())["candidates"]
     assert len(candidates) == 6
@@ -160,6 +160,35 @@ def test_constraint_keeps_infeasible_trials_off_the_front(tmp_path: Path, teache
     _check_front_flags(front)
 
 
+def test_a_layer_subset_out_of_bounds_is_drawn_again_not_given_a_trial(tmp_path: Path, teacher_cache: Path) -> None:
+    # The Gram term always on and at most one of the candidate pairs: most random subsets break
+    # the bound. Each Ray trial still trains; the broken draws are in the study only.
+    space = {"w_gram": 100.0, "max_pairs": 1}
+    config = _config(tmp_path, teacher_cache, trials=3, baselines=[], sampler="random", space=space)
+    proc, front = _search(config, tmp_path)
+    assert [t["status"] for t in front["trials"]] == ["ok"] * 3
+    assert all(t["pairs_aligned"] == 1 for t in front["trials"])
+    study = _study(tmp_path)
+    redrawn = [t for t in study.trials if t.user_attrs.get("redrawn")]
+    assert len(redrawn) == front["redrawn"] > 0 and len(study.trials) == 3 + len(redrawn)
+    assert all(t.user_attrs["status"] == "infeasible" and t.constraints["valid"] == 1.0 for t in redrawn)
+    assert f"; {len(redrawn)} draw" in proc.stdout and "drawn again, untrained" in proc.stdout
+    assert "done 3/3" in proc.stderr and "failed 0" in proc.stderr
+    # MLflow holds one run per trial that ran, as front.json lists them.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("autogram").experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.metrics["draws_redrawn"] == len(redrawn) and parent.data.metrics["trials_ok"] == 3
+    # `autogram front` reads the same back from MLflow.
+    readback = run_cli("front", "s", "--json", cwd=tmp_path)
+    assert readback.returncode == 0, readback.stderr
+    assert json.loads(readback.stdout)["redrawn"] == len(redrawn)
+
+
 def _events(directory: Path) -> list[dict]:
     path = directory / "trials.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -188,7 +217,7 @@ def test_resume_after_sigkill_finishes_without_rerunning_finished_trials(tmp_pat
     after = events[len(before) :]
     assert not {e["trial"] for e in after if e["event"] == "start"} & finished_before, "a finished trial ran again"
     study = _study(tmp_path)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 6
     assert len({t.user_attrs["ray_trial_id"] for t in complete}) == 6
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
@@ -262,7 +291,7 @@ def test_a_trial_told_before_the_kill_but_not_saved_by_ray_is_not_trained_or_tol
     after = _events(directory)[len(before) :]
     assert ray_id not in {e["trial"] for e in after}, "the told trial was started (or reported) again"
     study = _study(tmp_path)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     assert study.trials[told.number].values == [0.123, 0.0456, 7.89]  # the told result stands
     front = json.loads((directory / "front.json").read_text())
@@ -314,7 +343,7 @@ def test_a_trial_started_but_never_saved_by_ray_is_run_again_as_the_same_point(
 
     _resume(config, tmp_path)
     study = _study(tmp_path)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     (rerun,) = [t for t in complete if t.user_attrs.get("replaces") == lost.number]
     assert rerun.params == lost.params and rerun.user_attrs.get("baseline") == lost.user_attrs.get("baseline")
@@ -347,7 +376,7 @@ def test_a_kill_that_cuts_rays_saved_state_mid_write_resumes_from_the_save_befor
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from the save before it" in proc.stderr
     study = _study(tmp_path)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 3 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 3
     front = json.loads((directory / "front.json").read_text())
     assert sorted(t["number"] for t in front["trials"] if t["status"] in ("ok", "infeasible")) == sorted(
@@ -389,7 +418,7 @@ def test_sigint_mid_search_exits_130_and_the_resume_keeps_every_result_once(
     proc = run_cli("search", str(config), "--out", str(tmp_path / "runs"), "--name", "s", "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(tmp_path)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 5 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 5
     front = json.loads((directory / "front.json").read_text())
     statuses = {t["number"]: t["status"] for t in front["trials"]}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, run_cli, start_cli, tiny_raw
+from tests.conftest import ROOT, ray_trials, run_cli, start_cli, tiny_raw
 from tests.servers import Postgres, postgres_bin, start_postgres
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_search_and_resume_on_postgresql_write_no_password(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="pg", storage=postgres.url(database))
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [t for t in ray_trials(study) if t.state == TrialState.COMPLETE]
     assert len(complete) == 5 and len({t.user_attrs["ray_trial_id"] for t in complete}) == 5
     front = json.loads((directory / "front.json").read_text())
     assert sum(t["status"] == "ok" for t in front["trials"]) == 5

@@ -156,7 +156,7 @@ def test_front_command_agrees_with_front_json(sqlite_search: dict) -> None:
     from_mlflow = json.loads(proc.stdout)
     assert from_mlflow["hypervolume"] == pytest.approx(front["hypervolume"])
     assert from_mlflow["reference_point"] == pytest.approx(front["reference_point"])
-    assert len(from_mlflow["trials"]) == len(front["trials"])
+    assert len(from_mlflow["trials"]) == len(front["trials"]) and from_mlflow["redrawn"] == front["redrawn"]
     for mine, theirs in zip(from_mlflow["trials"], front["trials"], strict=True):
         assert (mine["number"], mine["status"], mine["pareto"]) == (
             theirs["number"],

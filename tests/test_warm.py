@@ -63,6 +63,8 @@ def test_only_finished_trials_that_fit_the_new_space_are_copied(tmp_path: Path) 
             {"params": {"lr": 4e-3, "w_kd": 0.5}, "state": TrialState.FAIL},  # not finished
             {"params": {"lr": 4e-3, "w_kd": 0.5}, "values": [0.6, 0.5, 70.0], "attrs": {"baseline": "kd"}},
             {"params": {"lr": 5e-3, "w_kd": 3.0}, "values": [0.75, 0.72, 60.0]},  # fits
+            # Fits, but never trained: its layer subset was out of bounds and drawn again.
+            {"params": {"lr": 6e-3, "w_kd": 3.0}, "values": [0.0, 0.0, 0.0], "attrs": {"redrawn": True}},
         ],
     )
     space = SpaceConfig(**SPACE)
@@ -76,6 +78,7 @@ def test_only_finished_trials_that_fit_the_new_space_are_copied(tmp_path: Path) 
         2: "outside the new space",
         3: "outside the new space",
         5: "baseline(s)",
+        7: "draw(s) out of the pair bounds, never trained",
     }
     copied = new.get_trials()
     assert [t.values for t in copied] == [[0.7, 100.0], [0.72, 60.0]]

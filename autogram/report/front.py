@@ -52,6 +52,10 @@ def build_front(
     directions = [o["direction"] for o in objectives]
 
     every = study.get_trials(deepcopy=False)
+    # Draws the searcher refused before any Ray trial (a layer subset out of bounds, drawn
+    # again): the sampler learned from them, but no trial ran them, nor did MLflow record one.
+    redrawn = sum(bool(t.user_attrs.get("redrawn")) for t in every)
+    every = [t for t in every if not t.user_attrs.get("redrawn")]
     replaced = replaced_numbers(every)  # a failed trial rerun on resume is listed once, as its rerun
     trials = sorted((t for t in every if t.number not in replaced), key=lambda t: t.number)
     entries = []
@@ -89,6 +93,7 @@ def build_front(
         "reference_point": ref,
         "hypervolume": hypervolume(rows, directions, ref) if rows else 0.0,
         "trials": entries,
+        "redrawn": redrawn,
     }
     document["verdict"] = verdict(document)
     document["teacher_adds"] = teacher_adds(document)
@@ -119,7 +124,7 @@ def format_front(document: dict[str, Any]) -> str:
     weight_columns = _weight_columns(document)
     lines = [
         f"Pareto front of {document['name']}: {len(front)} of {len(document['trials'])} trials "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}{_redrawn(document.get('redrawn', 0))}); "
         f"hypervolume {document['hypervolume']:.4g} (reference point "
         f"{', '.join(f'{r:.4g}' for r in document['reference_point'])}; docs: concepts/search.md)",
         "  trial  "
@@ -179,6 +184,13 @@ def _fmt(params: dict[str, Any], name: str, fixed: dict[str, float] | None = Non
     if fixed and name in fixed:
         return f"{fixed[name]:.3g}"
     return "fixed"
+
+
+def _redrawn(count: int) -> str:
+    """The header's note of draws the searcher redrew (see ``AutogramOptunaSearch.suggest``)."""
+    if not count:
+        return ""
+    return f"; {count} draw{'s' if count > 1 else ''} out of the pair bounds drawn again, untrained"
 
 
 def replaced_numbers(trials: list[Any]) -> set[int]:

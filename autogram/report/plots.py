@@ -242,7 +242,11 @@ def hypervolume_history(study: Any, document: dict[str, Any]) -> tuple[Any, list
     directions = [o["direction"] for o in document["objectives"]]
     status = {t["number"]: t for t in document["trials"]}
     finished = sorted(
-        (t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None),
+        (
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.datetime_complete is not None and not t.user_attrs.get("redrawn")
+        ),
         key=lambda t: t.datetime_complete,
     )
     rows: list[list[float]] = []

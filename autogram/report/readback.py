@@ -96,6 +96,7 @@ def read_front(uri: str, name: str) -> dict[str, Any]:
         "reference_point": [parent.data.metrics.get(f"reference/{n}") for n in names],
         "hypervolume": parent.data.metrics.get("hypervolume"),
         "trials": trials,
+        "redrawn": int(parent.data.metrics.get("draws_redrawn", 0)),
         "run_id": parent.info.run_id,
         "experiment_id": parent.info.experiment_id,
     }

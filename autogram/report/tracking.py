@@ -254,6 +254,8 @@ class SearchTracker:
         metrics.update(
             {f"trials_{s}": float(counts.get(s, 0)) for s in ("ok", "pruned", "diverged", "failed", "infeasible")}
         )
+        # Draws of a layer subset out of bounds, drawn again before any trial ran them.
+        metrics["draws_redrawn"] = float(document.get("redrawn", 0))
         metrics.update(
             {
                 f"reference/{o['name']}": r

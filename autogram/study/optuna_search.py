@@ -4,18 +4,24 @@ Stock ``OptunaSearch`` tells Optuna a trial stopped early by a scheduler as COMP
 with its partial values, which then lands on the Pareto front; it knows nothing of
 diverged trials or constraints. Here a trial without its final report is PRUNED, a
 crashed one FAIL, and every COMPLETE trial carries constraints: ``valid`` (0 for a
-trained trial, 1 for a diverged or infeasible one) and one per user constraint.
+trained trial, 1 for a diverged or infeasible one) and one per user constraint. A layer
+subset drawn outside ``min_pairs``..``max_pairs`` is told to Optuna as infeasible at once and
+drawn again, so that each Ray trial (and ``--trials``) trains.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from autogram.study.worker import FINAL
+from autogram.study.space import PAIR_REDRAWS, SpaceSampler, pair_violation
+from autogram.study.worker import FINAL, infeasible_result
+
+log = logging.getLogger("autogram")
 
 
 def make_sampler(name: str, seed: int, trials: int = 100) -> optuna.samplers.BaseSampler:
@@ -75,16 +81,47 @@ class AutogramOptunaSearch(OptunaSearch):
     asked, and a trial missing from the pickle is found in the study by that id.
     """
 
+    REDRAWS = PAIR_REDRAWS
+
     def __init__(self, *args: Any, constraints: list[tuple[str, str, float]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._constraints = list(constraints or [])
 
     def suggest(self, trial_id: str) -> dict | None:
-        """Ask Optuna as usual, and record the Ray trial id in the study at once."""
+        """Ask Optuna as usual, and record the Ray trial id in the study at once. A draw whose
+        layer subset breaks ``min_pairs``/``max_pairs`` is told as infeasible (the sampler
+        learns from it as before) and drawn again, up to :attr:`REDRAWS` times, instead of
+        taking a Ray trial, and with it a trial of the budget, that would train nothing."""
         config = super().suggest(trial_id)
+        for _ in range(self.REDRAWS):
+            reason = self._pair_violation(config)
+            if not reason:
+                break
+            self._tell_redrawn(trial_id, reason)
+            config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return config
+
+    def _pair_violation(self, config: dict | None) -> str:
+        """Why ``config``'s layer subset is out of bounds ("" when it is not, or not ours)."""
+        if config is None or not isinstance(self._space, SpaceSampler):
+            return ""
+        return pair_violation(config, self._space.space, self._space.candidates)
+
+    def _tell_redrawn(self, trial_id: str, reason: str) -> None:
+        """Tell the draw asked for ``trial_id`` as infeasible, untrained, with ``reason``; it
+        carries no Ray trial id (no Ray trial ran it), and the next ask replaces it."""
+        ot_trial = self._ot_trials.pop(trial_id)
+        state, values, attrs, constraints = self._outcome(trial_id, infeasible_result(reason), False)
+        attrs.pop("ray_trial_id", None)
+        attrs.update(reason=f"{reason}; drawn again, not trained", redrawn=True)
+        for key, value in attrs.items():
+            ot_trial.set_user_attr(key, value)
+        for name, value in constraints.items():
+            ot_trial.set_constraint(name, value)
+        self._ot_study.tell(ot_trial, values, state=state)
+        log.info("trial %d infeasible  (%s)", ot_trial.number, attrs["reason"])
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Ray's save of this searcher; the save before it is first bundled (see tune_state)."""

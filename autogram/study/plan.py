@@ -225,9 +225,11 @@ def _candidate_pairs(space: Any, parts: Any) -> list[Any]:
 def _warn_infeasible(space: Any, taps: int) -> None:
     """A random sample (Optuna's start-up trials) maps each student tap with probability
     top_k/(top_k+1) with ``pairs: all``, and switches each candidate pair on with probability
-    1/2 with ``auto`` or a list: a tight ``max_pairs`` makes most samples infeasible. Say so,
-    with the share, before the budget is spent."""
+    1/2 with ``auto`` or a list: a tight ``max_pairs`` makes most samples infeasible, each
+    drawn again in the driver (``AutogramOptunaSearch.suggest``). Say so, with the share."""
     from math import comb
+
+    from autogram.study.space import PAIR_REDRAWS
 
     mapping = space.pairs == "all"
     on = space.top_k / (space.top_k + 1) if mapping else 0.5
@@ -236,13 +238,15 @@ def _warn_infeasible(space: Any, taps: int) -> None:
     if feasible < 0.5:
         log.warning(
             "search.space: about %.0f%% of randomly sampled %s of %d %s fall outside min_pairs..max_pairs = "
-            "%d..%d and are infeasible (not trained); a wider max_pairs (or none) wastes fewer trials",
+            "%d..%d: each is told to the sampler as infeasible and drawn again before a trial takes it (up to "
+            "%d times; then the trial reports it infeasible, untrained); a wider max_pairs (or none) needs fewer draws",
             100 * (1 - feasible),
             "mappings" if mapping else "subsets",
             taps,
             "student taps" if mapping else "candidate pairs",
             space.min_pairs,
             upper,
+            PAIR_REDRAWS,
         )
 
 

@@ -260,6 +260,9 @@ def seed_study(
         if trial.user_attrs.get("baseline"):
             report.skipped[trial.number] = "baseline(s)"
             continue
+        if trial.user_attrs.get("redrawn"):  # no trial ran it: front.json and MLflow leave it out
+            report.skipped[trial.number] = "draw(s) out of the pair bounds, never trained"
+            continue
         distributions, problem = fit(sampler, dict(trial.params), trial.number)
         if problem:
             report.skipped[trial.number] = "outside the new space"

@@ -47,8 +47,9 @@ def _flat_result(result: Any) -> dict[str, Any]:
     return out
 
 
-def _infeasible(reason: str) -> dict[str, Any]:
-    # Nothing was trained: the values are placeholders the `valid` constraint marks unusable.
+def infeasible_result(reason: str) -> dict[str, Any]:
+    """The final report of a trial refused untrained (``reason``): its values are placeholders
+    that the ``valid`` constraint marks unusable."""
     return {
         "accuracy": 0.0,
         "robustness": 0.0,
@@ -101,7 +102,7 @@ def trainable(
 
     built = _build_trial(config, base, space, candidates, gpus)
     if isinstance(built, str):
-        tune.report(_infeasible(built))
+        tune.report(infeasible_result(built))
         return
     trial_cfg, device = built
     limit_gpu_memory(device, gpus)
