@@ -299,6 +299,11 @@ def test_headline_on_a_hand_made_front() -> None:
     text = headline({"objectives": objectives, "trials": [t for t in trials if t["number"] != 3]})
     assert "none beats a baseline on every objective: the standard recipes win this budget" in text
     assert headline({"objectives": objectives, "trials": []}) == ""
+    # A modality dropout the space fixes is no parameter of the trial: front.json's `fixed` has it.
+    del searched["params"]["modality_dropout"]
+    text = headline({"objectives": objectives, "trials": trials, "fixed": {"modality_dropout": 0.25}})
+    assert "searched trial 3 (kd + gram, 1 pair, modality dropout 0.25)" in text
+    assert "searched trial 3 (kd + gram, 1 pair)," in headline({"objectives": objectives, "trials": trials})
 
 
 @pytest.mark.slow

@@ -163,9 +163,12 @@ def test_constraint_keeps_infeasible_trials_off_the_front(tmp_path: Path, teache
 def test_a_layer_subset_out_of_bounds_is_drawn_again_not_given_a_trial(tmp_path: Path, teacher_cache: Path) -> None:
     # The Gram term always on and at most one of the candidate pairs: most random subsets break
     # the bound. Each Ray trial still trains; the broken draws are in the study only.
-    space = {"w_gram": 100.0, "max_pairs": 1}
+    # (A fixed modality dropout, no parameter of any trial, is in front.json's `fixed` and so
+    # in the headline's words for the best trials.)
+    space = {"w_gram": 100.0, "max_pairs": 1, "modality_dropout": 0.2}
     config = _config(tmp_path, teacher_cache, trials=3, baselines=[], sampler="random", space=space)
     proc, front = _search(config, tmp_path)
+    assert front["fixed"]["modality_dropout"] == 0.2 and "1 pair, modality dropout 0.20)" in proc.stdout
     assert [t["status"] for t in front["trials"]] == ["ok"] * 3
     assert all(t["pairs_aligned"] == 1 for t in front["trials"])
     study = _study(tmp_path)

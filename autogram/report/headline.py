@@ -16,9 +16,9 @@ def recorded_terms(trial: dict[str, Any]) -> list[str] | None:
     return None if trial.get("terms") is None else [t for t in str(trial["terms"]).split("+") if t]
 
 
-def recipe_words(trial: dict[str, Any]) -> str:
+def recipe_words(trial: dict[str, Any], fixed: dict[str, float] | None = None) -> str:
     """A trial named by what it is: a baseline by its name, a searched trial by the terms that
-    ran, the pairs they aligned and its modality dropout.
+    ran, the pairs they aligned and its modality dropout (sampled, or the space's ``fixed`` one).
 
     The terms come from the trial's own record (``terms``, ``pairs_aligned``) where it has one:
     a sampled weight can apply to nothing (a Gram term with no pair selected) and a weight the
@@ -43,8 +43,9 @@ def recipe_words(trial: dict[str, Any]) -> str:
     parts = [" + ".join(terms) if terms else nothing]
     if pairs:
         parts.append(f"{pairs} pair{'s' if pairs != 1 else ''}")
-    if float(params.get("modality_dropout", 0) or 0) >= 0.05:
-        parts.append(f"modality dropout {float(params['modality_dropout']):.2f}")
+    dropout = float(params.get("modality_dropout", (fixed or {}).get("modality_dropout", 0)) or 0)
+    if dropout >= 0.05:
+        parts.append(f"modality dropout {dropout:.2f}")
     label = "prior's mapping" if trial.get("tag") == "prior" else "searched"
     return f"{label} trial {trial['number']} ({', '.join(parts)})"
 
@@ -71,7 +72,8 @@ def headline(document: dict[str, Any]) -> str:
     for objective in objectives:
         name, sign = objective["name"], 1 if objective["direction"] == "maximize" else -1
         best = max(ok, key=lambda t: sign * t["values"][name])
-        line = f"  best {name}: {recipe_words(best)}, {name} {_value(name, best['values'][name])}"
+        words = recipe_words(best, document.get("fixed"))
+        line = f"  best {name}: {words}, {name} {_value(name, best['values'][name])}"
         gains = []
         for base in baselines:
             if base is best:

@@ -366,6 +366,7 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
     from autogram.report.front import build_front, write_json
     from autogram.report.tracking import temp_artifacts, write_artifacts
     from autogram.study.optuna_search import close_stale_trials
+    from autogram.study.space import fixed_values
 
     stale = close_stale_trials(plan.storage_url, plan.name)
     if stale:
@@ -374,10 +375,7 @@ def _finish(plan: SearchPlan, handle: Any, tracker: Any, started: float) -> dict
     document = build_front(study, plan.name, plan.objectives, plan.config.search.reference_point)
     # The space's fixed values (never sampled, so not among a trial's parameters): the front
     # table shows them as numbers, as `autogram front` does from MLflow's parameters.
-    space = plan.config.search.space
-    fixed = {k: getattr(space, k) for k in ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature")}
-    fixed.update({f"w_{k}": v for k, v in space.weights.items()})
-    document["fixed"] = {k: float(v) for k, v in fixed.items() if isinstance(v, int | float)}
+    document["fixed"] = fixed_values(plan.config.search.space)
     document["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(plan.directory / FRONT_FILE, document)
     if tracker is None:

@@ -21,6 +21,7 @@ __all__ = [
     "PAIR_PREFIX",
     "PAIR_REDRAWS",
     "SpaceSampler",
+    "fixed_values",
     "gram_enabled",
     "gram_possible",
     "gram_weight",
@@ -117,6 +118,15 @@ class SpaceSampler:
         if trial.user_attrs.get("tag"):
             fixed["tag"] = trial.user_attrs["tag"]
         return fixed
+
+
+def fixed_values(space: SpaceConfig) -> dict[str, float]:
+    """The space's values that every trial shares, so no trial has them as parameters (fixed
+    weights, temperature, modality dropout), for the front table and the headline."""
+    names = ("w_ce", "w_kd", "w_gram", "w_xmodal", "temperature", "modality_dropout")
+    fixed: dict[str, Any] = {k: getattr(space, k) for k in names}
+    fixed.update({f"w_{k}": v for k, v in space.weights.items()})
+    return {k: float(v) for k, v in fixed.items() if isinstance(v, int | float)}
 
 
 def gram_weight(space: SpaceConfig) -> float | Range:
