@@ -31,7 +31,7 @@ def _searcher(tmp_path: Path, space: SpaceConfig, sampler: str = "random") -> Au
 
 
 def _tight() -> SpaceConfig:
-    # The Gram term always on, at most one of six pairs: 7 of 64 random subsets fit.
+    # The Gram term always on, at most one of six pairs: 6 of 64 random subsets fit.
     return SpaceConfig(w_gram=100.0, min_pairs=1, max_pairs=1)
 
 
