@@ -116,12 +116,23 @@ class AutogramOptunaSearch(OptunaSearch):
         state, values, attrs, constraints = self._outcome(trial_id, infeasible_result(reason), False)
         attrs.pop("ray_trial_id", None)
         attrs.update(reason=f"{reason}; drawn again, not trained", redrawn=True)
+        self._tell(ot_trial, state, values, attrs, constraints)
+        log.info("trial %d infeasible  (%s)", ot_trial.number, attrs["reason"])
+
+    def _tell(
+        self,
+        ot_trial: Any,
+        state: TrialState,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+        constraints: dict[str, float],
+    ) -> None:
+        """Record ``attrs`` and ``constraints`` on the asked ``ot_trial``, then tell Optuna its outcome."""
         for key, value in attrs.items():
             ot_trial.set_user_attr(key, value)
         for name, value in constraints.items():
             ot_trial.set_constraint(name, value)
         self._ot_study.tell(ot_trial, values, state=state)
-        log.info("trial %d infeasible  (%s)", ot_trial.number, attrs["reason"])
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Ray's save of this searcher; the save before it is first bundled (see tune_state)."""
@@ -162,11 +173,7 @@ class AutogramOptunaSearch(OptunaSearch):
                 self._replace(frozen, state, values, attrs, constraints)
             self._completed_trials.add(trial_id)
             return
-        for key, value in attrs.items():
-            ot_trial.set_user_attr(key, value)
-        for name, value in constraints.items():
-            ot_trial.set_constraint(name, value)
-        self._ot_study.tell(ot_trial, values, state=state)
+        self._tell(ot_trial, state, values, attrs, constraints)
         self._completed_trials.add(trial_id)
 
     def _outcome(
