@@ -242,7 +242,7 @@ def shared_teacher(todo: list[Job], data: Any) -> SharedTeacher:
     driver does for its trials. Rows whose teacher differs from the first's resolve their own."""
     from autogram.teacher import ensure_teacher
     from autogram.tensors.runtime import pick_device
-    from autogram.trial import prepare, trial_cache
+    from autogram.trial import prepare, trial_cache, trial_layout
 
     shared = SharedTeacher()
     rows = {job.trial: validate({**job.raw, "seed": job.seed}) for job in todo}
@@ -252,13 +252,20 @@ def shared_teacher(todo: list[Job], data: Any) -> SharedTeacher:
     except ConfigError:  # e.g. 'cuda' on a driver without a GPU: each retraining resolves it on its worker
         return shared
     shared.handle = ensure_teacher(first.teacher, data, device)
+    # Rows that read the same cache find it once: each find hashes every array (seconds per GB)
+    # and says so in the log, and a front's rows mostly share the search's one cache.
+    found: dict[str, Path] = {}
     for trial, config in rows.items():
         if config.teacher != first.teacher or config.device != first.device:
             continue
         parts = prepare(config, device, data, shared.handle)
         shared.reads[trial] = parts.objective(config.distill).needs_teacher
         if shared.reads[trial] and config.teacher.cache:
-            shared.caches[trial] = trial_cache(config, parts, shared.handle, device)
+            layout = trial_layout(config, parts)
+            where = json.dumps([str(config.teacher.cache_dir), layout.describe()], sort_keys=True)
+            if where not in found:
+                found[where] = trial_cache(config, parts, shared.handle, device, layout)
+            shared.caches[trial] = found[where]
     return shared
 
 

@@ -244,13 +244,20 @@ def _check_cache_size(config: TrialConfig, parts: TrialSetup) -> None:
         check_cache_size(layout, len(data.splits["train"]), data.num_classes, config.teacher.cache_max_gb)
 
 
-def trial_cache(config: TrialConfig, parts: TrialSetup, handle: TeacherHandle, device: Any) -> Path:
-    """The folder of the teacher cache this trial reads (the taps and forms its terms use),
-    found, or built with ``handle``'s model."""
+def trial_layout(config: TrialConfig, parts: TrialSetup) -> Any:
+    """The :class:`~autogram.teacher.cache.CacheLayout` this trial reads (the taps and forms
+    its terms use)."""
     from autogram.distill.cache_plan import layout_for, trial_uses
+
+    return layout_for(config, parts.teacher_taps, trial_uses(config, parts))
+
+
+def trial_cache(config: TrialConfig, parts: TrialSetup, handle: TeacherHandle, device: Any, layout: Any = None) -> Path:
+    """The folder of the teacher cache this trial reads (``layout``, by default
+    :func:`trial_layout`'s), found, or built with ``handle``'s model."""
     from autogram.teacher.cache import ensure_cache
 
-    layout = layout_for(config, parts.teacher_taps, trial_uses(config, parts))
+    layout = trial_layout(config, parts) if layout is None else layout
     root = config.teacher.cache_dir / "signals"
     return ensure_cache(handle.model, handle.identity, parts.data, layout, device, root, config.teacher.cache_max_gb)
 

@@ -42,6 +42,21 @@ def test_the_teacher_is_resolved_once_and_each_reading_row_gets_its_cache(teache
     assert meta.model is None and where is None
 
 
+def test_rows_reading_the_same_cache_find_it_once(teacher_cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Each find of a cache hashes every array of it (seconds per GB at scale): a front's rows,
+    # which mostly share the search's one cache, must not each pay it, nor each log it.
+    jobs = _jobs(teacher_cache)
+    xmodal = {**jobs[0].raw, "distill": {"w_kd": 1.0, "w_gram": 0.0, "w_xmodal": 0.5}}
+    jobs += [Job(2, 0, xmodal, "kd_xmodal"), Job(3, 0, {**jobs[0].raw}, "kd again")]
+    data = load_for(validate(jobs[0].raw))
+    shared_teacher(jobs, data)  # the cache built, if no test before built it
+    with caplog.at_level(logging.INFO, logger="autogram"):
+        shared = shared_teacher(jobs, data)
+    assert shared.reads == {1: True, 2: True, 3: True, 0: False}
+    assert shared.caches[1] == shared.caches[2] == shared.caches[3]
+    assert caplog.text.count("teacher cache: reusing") == 1, caplog.text
+
+
 def test_a_live_teacher_is_not_shipped_to_a_ray_task(teacher_cache: Path) -> None:
     jobs = _jobs(teacher_cache, cache=False)
     shared = shared_teacher(jobs, load_for(validate(jobs[0].raw)))
