@@ -123,17 +123,24 @@ def checkpoint_files(directory: Path) -> tuple[Path, Path]:
     return state, weights
 
 
+def check_finished(directory: Path, meta: dict[str, Any], prefix: str = "") -> None:
+    """A one-line ConfigError if the checkpoint state ``meta`` (of ``directory``) is of a run
+    that trained every epoch it planned."""
+    planned = meta.get("epochs")
+    if planned is not None and int(meta["epoch"]) >= int(planned):
+        raise ConfigError(
+            f"{prefix}the run in {directory} already finished ({meta['epoch']}/{planned} epochs); "
+            "delete that folder to train again"
+        )
+
+
 def check_resumable(directory: Path, epochs: int) -> None:
     """Refuse a --resume with no checkpoint to resume, of a finished run, or of one planned for
     another number of epochs (before the teacher and the data load: seconds to minutes)."""
     path, _ = checkpoint_files(directory)
     meta = read_json(path, "checkpoint state")
+    check_finished(directory, meta, "--resume: ")
     planned = meta.get("epochs")
-    if planned is not None and int(meta["epoch"]) >= int(planned):
-        raise ConfigError(
-            f"--resume: the run in {directory} already finished ({meta['epoch']}/{planned} epochs); "
-            "delete that folder to train again"
-        )
     if planned is not None and int(planned) != epochs:
         raise ConfigError(
             f"--resume: the run in {directory} was planned for {planned} epochs, this config says {epochs} "

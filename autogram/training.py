@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from autogram.checkpoint import STATE, Checkpointer, check_resumable, config_fingerprint
+from autogram.checkpoint import STATE, Checkpointer, check_finished, check_resumable, config_fingerprint
 from autogram.config import ConfigError, TrialConfig
 from autogram.config.base import atomic_write, read_json
 
@@ -106,6 +106,7 @@ def _check_start(config: TrialConfig, ckpt_dir: Path, resume: bool) -> None:
                 "train this config under another file name, or delete that folder"
             )
         if not resume:
+            check_finished(ckpt_dir, saved)  # a finished run says so rather than point at --resume
             raise ConfigError(
                 f"{ckpt_dir} holds a checkpoint of an earlier run of this config: pass --resume, or delete it to "
                 "start over"

@@ -283,6 +283,10 @@ def test_resume_of_a_finished_run_says_so(tmp_path: Path, epochs: int) -> None:
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run_cli("train", "run.yaml", "-q", "--tracking-uri", env["MLFLOW_TRACKING_URI"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
+    # Run again without --resume: told that run finished, not sent to a --resume that refuses.
+    plain = run_cli("train", "run.yaml", "--tracking-uri", env["MLFLOW_TRACKING_URI"], cwd=tmp_path)
+    assert plain.returncode == 2 and f"already finished ({epochs}/{epochs} epochs)" in plain.stderr, plain.stderr
+    assert "pass --resume" not in plain.stderr
     again = run_cli("train", "run.yaml", "--resume", "--tracking-uri", env["MLFLOW_TRACKING_URI"], cwd=tmp_path)
     assert again.returncode == 2 and f"already finished ({epochs}/{epochs} epochs)" in again.stderr
     longer = run_cli(
