@@ -55,9 +55,22 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
         else:
             raise ConfigError(
                 f"--points {item!r}: expected knee, front or a trial number of {document['name']!r} "
-                f"(0..{max(by_number, default=-1)})"
+                f"({number_ranges(sorted(by_number)) or 'none'})"
             )
     return list(chosen.values())
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """Sorted trial numbers in short: ``[0, 1, 2, 4, 6, 7]`` -> ``0-2, 4, 6-7``. A search's
+    numbers have gaps (a draw out of the pair bounds is drawn again under a number of its own),
+    so a bare ``0..max`` would offer numbers no trial has."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def judged_metrics(rows: list[dict[str, Any]]) -> list[str]:

@@ -231,6 +231,20 @@ def test_a_resume_with_every_retraining_kept_needs_no_teacher(searched: Path, tm
     assert json.loads(again.stdout)["rows"] == result["rows"]
 
 
+def test_a_trial_number_no_trial_has_is_refused_with_the_numbers_there_are() -> None:
+    # Draws out of the pair bounds take numbers of their own and are never trained: 3 and 5
+    # here. The message lists the numbers that exist, not a range that includes those two.
+    from autogram.config import ConfigError
+    from autogram.confirm import choose_points
+
+    trials = [{"number": n, "status": "ok", "pareto": n == 4} for n in (0, 1, 2, 4, 6, 7)]
+    document = {"name": "s", "trials": trials}
+    assert [t["number"] for t in choose_points(document, "front,6")] == [4, 6]
+    with pytest.raises(ConfigError) as refused:
+        choose_points(document, "5")
+    assert str(refused.value) == "--points '5': expected knee, front or a trial number of 's' (0-2, 4, 6-7)"
+
+
 def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
     def row(label: str, baseline: str | None, acc: tuple[float, float], rob: tuple[float, float]) -> dict:
         summary = {
