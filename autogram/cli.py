@@ -250,6 +250,9 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--pick", default="knee", show_default=True, help="accuracy, robustness, cost (best in one) or knee.")
 @click.option("--weights", help="Weights per objective, e.g. 0.5,0.3,0.2 (overrides --pick).")
 @click.option("--where", multiple=True, help='Filter, e.g. "cost<=2.5e3" (repeatable, or comma-separated).')
+@click.option(
+    "--trial", type=click.IntRange(min=0), help="This trial, by its number in the front table (overrides --pick)."
+)
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="YAML file to write.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs of the full run (default: the trial's budget).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (and its recipe JSON).")
@@ -261,6 +264,7 @@ def export(
     pick: str,
     weights: str | None,
     where: tuple[str, ...],
+    trial: int | None,
     output: str,
     epochs: int | None,
     force: bool,
@@ -273,7 +277,7 @@ def export(
     setup_logging(quiet)
     from autogram.export import export as run_export
 
-    raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri, force)
+    raw = run_export(source, Path(output), pick, _weights(weights), list(where), epochs, tracking_uri, force, trial)
     prov = raw["provenance"]
     scores = ", ".join(f"{k} {v:.4g}" for k, v in prov["objectives"].items())
     click.echo(f"exported trial {prov['trial']} of {prov['search']} ({scores}) -> {output}")

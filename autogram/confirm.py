@@ -37,7 +37,7 @@ METRICS = ("accuracy", "balanced_accuracy", "robustness", "cost")
 def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]:
     """The trials ``points`` names: ``knee``, ``front`` (every Pareto point) or trial numbers,
     comma-separated; a ConfigError for anything else, or a trial that did not finish ok."""
-    from autogram.export import choose
+    from autogram.export import choose, number_ranges, numbered
 
     chosen: dict[int, dict[str, Any]] = {}
     by_number = {t["number"]: t for t in document["trials"]}
@@ -48,9 +48,7 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
         elif item == "front":
             chosen.update({t["number"]: t for t in document["trials"] if t.get("pareto")})
         elif item.isdigit() and int(item) in by_number:
-            trial = by_number[int(item)]
-            if trial["status"] != "ok":
-                raise ConfigError(f"--points {item}: trial {item} of {document['name']!r} is {trial['status']}")
+            trial = numbered(document, int(item), "--points")
             chosen[trial["number"]] = trial
         else:
             raise ConfigError(
@@ -58,19 +56,6 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
                 f"({number_ranges(sorted(by_number)) or 'none'})"
             )
     return list(chosen.values())
-
-
-def number_ranges(numbers: list[int]) -> str:
-    """Sorted trial numbers in short: ``[0, 1, 2, 4, 6, 7]`` -> ``0-2, 4, 6-7``. A search's
-    numbers have gaps (a draw out of the pair bounds is drawn again under a number of its own),
-    so a bare ``0..max`` would offer numbers no trial has."""
-    runs: list[list[int]] = []
-    for number in numbers:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def judged_metrics(rows: list[dict[str, Any]]) -> list[str]:

@@ -7,6 +7,7 @@ The front comes from MLflow (a search or experiment name) or from a search folde
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -17,6 +18,8 @@ from typing import Any
 from autogram.config import ConfigError, SpaceConfig, validate
 from autogram.config.base import bound_number, read_json
 from autogram.report.documents import checked_front, checked_spec
+
+log = logging.getLogger("autogram")
 
 _WHERE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
 
@@ -69,6 +72,33 @@ def choose(document: dict[str, Any], pick: str, weights: list[float] | None, whe
     values = [[t["values"][n] for n in names] for t in ok]
     by = "weights" if weights is not None else pick
     return ok[pareto_pick(values, directions, by=by, weights=weights, names=names, mask=mask)]
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """Sorted trial numbers in short: ``[0, 1, 2, 4, 6, 7]`` -> ``0-2, 4, 6-7``. A search's
+    numbers have gaps (a draw out of the pair bounds is drawn again under a number of its own),
+    so a bare ``0..max`` would offer numbers no trial has."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def numbered(document: dict[str, Any], number: int, option: str) -> dict[str, Any]:
+    """The ``ok`` trial ``number`` of the search ``document``; a one-line ConfigError naming
+    ``option`` for a number no trial has (listing those there are) or a trial that did not
+    finish ok."""
+    by_number = {t["number"]: t for t in document["trials"]}
+    if number not in by_number:
+        there = number_ranges(sorted(by_number)) or "none"
+        raise ConfigError(f"{option} {number}: search {document['name']!r} has no trial {number} (trials: {there})")
+    trial = by_number[number]
+    if trial["status"] != "ok":
+        raise ConfigError(f"{option} {number}: trial {number} of {document['name']!r} is {trial['status']}")
+    return trial
 
 
 def search_folder(source: str) -> Path | None:
@@ -151,24 +181,35 @@ def export(
     epochs: int | None = None,
     tracking_uri: str | None = None,
     force: bool = False,
+    trial: int | None = None,
 ) -> dict[str, Any]:
-    """Write the chosen trial's training config to ``out``; returns the raw config. An existing
-    ``out`` is refused unless ``force`` (another run's config, and its checkpoints, may go with it)."""
+    """Write the chosen trial's training config to ``out``; returns the raw config. ``trial``
+    names the trial by number instead of choosing (no ``weights`` nor ``where`` with it). An
+    existing ``out`` is refused unless ``force`` (another run's config, and its checkpoints,
+    may go with it)."""
     from autogram.distiller import recipe_document, recipe_path
 
+    if trial is not None and (weights is not None or where):
+        raise ConfigError(f"--trial {trial}: names the trial itself; drop --weights and --where")
     if not force and out.exists():
         raise ConfigError(f"-o {out}: the file exists (another export?); pass --force to overwrite it, or another -o")
     if not force and recipe_path(out).exists():
         raise ConfigError(f"-o {out}: {recipe_path(out)} exists; pass --force to overwrite it, or another -o")
     document, spec, parent_id = load_source(source, tracking_uri)
-    chosen = choose(document, pick, weights, list(where or []))
+    if trial is None:
+        chosen = choose(document, pick, weights, list(where or []))
+    else:
+        chosen = numbered(document, trial, "--trial")
+        if not chosen.get("pareto"):
+            log.info("export: trial %d of %s is not on its Pareto front", trial, document["name"])
     if not chosen.get("run_id") and spec.get("tracking_uri"):
         parent_id, chosen["run_id"] = _mlflow_ids(tracking_uri or spec["tracking_uri"], spec["name"], chosen["number"])
     raw = trial_training_config(spec, chosen)
     trial_epochs = raw["train"]["epochs"]
     if epochs is not None:
         raw["train"]["epochs"] = epochs  # the cosine schedule stretches over the new budget
-    raw["provenance"] = _provenance(document, spec, chosen, parent_id, trial_epochs, pick, weights, where)
+    how = "trial" if trial is not None else "weights" if weights else pick
+    raw["provenance"] = _provenance(document, spec, chosen, parent_id, trial_epochs, how, where)
     validate(raw, str(out))  # refuse to write a config that would not load
     recipe = recipe_document(raw, spec.get("taps"))  # built before anything is written
     recipe_file = _write_export(
@@ -186,7 +227,6 @@ def _provenance(
     parent_id: str,
     trial_epochs: int,
     pick: str,
-    weights: list[float] | None,
     where: list[str] | None,
 ) -> dict[str, Any]:
     """Where an exported config came from: the search, its trial, MLflow runs and scores."""
@@ -201,7 +241,7 @@ def _provenance(
         # The torch threads the trial ran with: `autogram train` uses as many on a CPU, so the
         # trial's budget reproduces the trial's scores exactly (float sums depend on it).
         "threads": max(1, int(spec["config"].get("search", {}).get("resources", {}).get("cpu", 1))),
-        "pick": "weights" if weights else pick,
+        "pick": pick,
         "teacher_source": spec.get("teacher_source", {"source": "builtin"}),
         "where": list(where or []),
     }

@@ -96,11 +96,21 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
         ["--weights", "0,0,0"],
         ["--weights", "nan,1,1"],
         ["--where", "cost<=nan"],  # it parsed, and then "no ok trial matches"
+        ["--trial", "9"],
+        ["--trial", "4"],
+        ["--trial", "1", "--where", "cost<=600"],
     ):
         proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().startswith("autogram: error:") and len(proc.stderr.strip().splitlines()) == 1
         assert not out.exists() and not list(tmp_path.glob(".best.yaml*"))
+    for args, said in (
+        (["--trial", "9"], "--trial 9: search 'hand' has no trial 9 (trials: 0-5)"),
+        (["--trial", "4"], "--trial 4: trial 4 of 'hand' is diverged"),
+        (["--trial", "1", "--where", "cost<=600"], "--trial 1: names the trial itself; drop --weights and --where"),
+    ):
+        proc = run_cli("export", str(folder), "-o", str(out), *args, cwd=tmp_path)
+        assert proc.stderr.strip() == f"autogram: error: {said}", proc.stderr
     nan = run_cli("export", str(folder), "-o", str(out), "--where", "cost<=nan", cwd=tmp_path)
     assert "--where 'cost<=nan': 'nan' is not a number" in nan.stderr, nan.stderr
     missing = run_cli("export", "nothing-here", "-o", str(out), cwd=tmp_path)
@@ -181,6 +191,29 @@ def test_an_export_whose_mlflow_is_gone_is_written_and_says_so_once(searched: Pa
         f"[autogram] export: wrote best.yaml, best.recipe.json, but did not log it to MLflow (no MLflow "
         f"database at {gone} (pass --tracking-uri?))"
     ], proc.stderr
+
+
+def test_export_trial_writes_that_trial_as_a_pick_would(searched: Path, tmp_path: Path) -> None:
+    # The front table names trials by number; --trial exports the one the user read there.
+    folder = searched / "autogram-runs" / "exp"
+    document = json.loads((folder / "front.json").read_text())
+    knee = run_cli("export", str(folder), "-o", str(tmp_path / "knee.yaml"), cwd=tmp_path)
+    assert knee.returncode == 0, knee.stderr[-2000:]
+    number = load_config(tmp_path / "knee.yaml").provenance["trial"]
+    same = run_cli("export", str(folder), "--trial", str(number), "-o", str(tmp_path / "same.yaml"), cwd=tmp_path)
+    assert same.returncode == 0, same.stderr[-2000:]
+    by_pick, by_number = (yaml.safe_load((tmp_path / f"{n}.yaml").read_text()) for n in ("knee", "same"))
+    assert by_number["provenance"].pop("pick") == "trial" and by_pick["provenance"].pop("pick") == "knee"
+    assert by_number == by_pick
+    recipes = [json.loads((tmp_path / f"{n}.recipe.json").read_text()) for n in ("knee", "same")]
+    assert [r["provenance"].pop("pick") for r in recipes] == ["knee", "trial"] and recipes[0] == recipes[1]
+    other = next(t for t in document["trials"] if t["status"] == "ok" and t["number"] != number)
+    proc = run_cli("export", str(folder), "--trial", str(other["number"]), "-o", str(tmp_path / "o.yaml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    provenance = load_config(tmp_path / "o.yaml").provenance
+    assert provenance["trial"] == other["number"] and provenance["objectives"] == other["values"]
+    assert proc.stdout.startswith(f"exported trial {other['number']} of exp ")
+    assert ("is not on its Pareto front" in proc.stderr) == (not other["pareto"]), proc.stderr
 
 
 @pytest.mark.slow
