@@ -185,6 +185,46 @@ def test_autocast_runs_the_recipe_in_bfloat16(tmp_path: Path, teacher_cache: Pat
     assert all(p.grad is not None for p in distiller.student.parameters() if p.requires_grad)
 
 
+def test_the_hugging_face_trainer_applies_the_recipe_s_augmentations_in_training_only(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    # The searched recipe includes its modality dropout: the Trainer's student must train on
+    # it, as autogram train's does, while the teacher reads clean inputs. Before, the Trainer
+    # dropped nothing, and "the same recipe through the Trainer" trained another one.
+    from transformers import TrainingArguments
+
+    from autogram.integrations.hf import DistillationTrainer
+
+    path = _kd_gram_export(tmp_path, teacher_cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["modality_dropout"] = 0.9
+    path.write_text(yaml.safe_dump(raw))
+    distiller = Distiller.from_export(path)
+    split = distiller.data.splits["train"]
+    batch = {k: torch.from_numpy(v) for k, v in split.rows(list(range(32))).items()}
+    batch["labels"] = torch.from_numpy(split.labels[:32])
+    student_saw: list[dict[str, torch.Tensor]] = []
+    teacher_saw: list[dict[str, torch.Tensor]] = []
+    distiller.student.register_forward_pre_hook(lambda _m, args: student_saw.append(args[0]))
+    distiller._teacher_for(None)  # the live teacher (no indices: no cache), built to be hooked
+    distiller._teacher.model.register_forward_pre_hook(lambda _m, args: teacher_saw.append(args[0]))
+
+    def blanked(inputs: dict[str, torch.Tensor]) -> int:
+        """How many (row, modality) of ``inputs`` were blanked (all zeros or all mask tokens)."""
+        return sum(int((x.flatten(1) == x.flatten(1)[:, :1]).all(1).sum()) for x in inputs.values())
+
+    assert blanked({k: v for k, v in batch.items() if k != "labels"}) == 0
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), report_to=[], use_cpu=True, disable_tqdm=True)
+    for augment, training, dropped in ((True, True, True), (True, False, False), (False, True, False)):
+        trainer = DistillationTrainer(distiller, args=args, **({} if augment else {"augment": False}))
+        trainer.model.train(training)
+        student_saw.clear(), teacher_saw.clear()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        assert torch.isfinite(loss)
+        assert (blanked(student_saw[-1]) > 0) == dropped, (augment, training)
+        assert blanked(teacher_saw[-1]) == 0, (augment, training)
+
+
 # --- DDP: two CPU processes (gloo) against one process on the concatenated batch ---------
 
 

@@ -8,8 +8,11 @@
     trainer.train()
 
 The Trainer optimises the student (its ``model``) plus the recipe's learned projections; the
-teacher stays frozen and out of the optimiser. Each term's mean since the last log is logged
-beside the Trainer's ``loss`` (``distill/kd``, ``distill/gram``, ...).
+teacher stays frozen and out of the optimiser. In training, the student reads each batch with
+the recipe's augmentations (:meth:`Distiller.augment`: modality dropout, input noise) and the
+teacher reads it clean, as ``autogram train`` does; ``augment=False`` leaves them to you. Each
+term's mean since the last log is logged beside the Trainer's ``loss`` (``distill/kd``,
+``distill/gram``, ...).
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ class DistillationTrainer(Trainer):
 
     Batches are dicts holding every modality the recipe reads, ``labels`` and, optionally,
     ``indices`` (rows of the export's train split: the teacher cache then serves the teacher).
-    ``model`` defaults to the distiller's student.
+    ``model`` defaults to the distiller's student. ``augment``: apply the recipe's modality
+    dropout and input noise to the student's training batches (part of what was searched);
+    False for your own augmentations, applied before the batch gets here.
     """
 
-    def __init__(self, distiller: Distiller, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, distiller: Distiller, *args: Any, augment: bool = True, **kwargs: Any) -> None:
         from autogram.models.source import user_module
 
         kwargs.setdefault("model", user_module(distiller.student))
         super().__init__(*args, **kwargs)
         self.distiller = distiller
+        self.augment = augment
         self._term_sums: dict[str, float] = {}
         self._term_steps = 0
 
@@ -52,7 +58,10 @@ class DistillationTrainer(Trainer):
         batch = dict(inputs)
         labels = batch.pop("labels")
         indices = batch.pop("indices", None)
-        out = self.distiller(batch, labels, indices=indices)
+        # The recipe's augmentations in training only (evaluation scores clean inputs); the
+        # teacher reads the clean batch either way.
+        seen = self.distiller.augment(batch) if self.augment and self.model.training else batch
+        out = self.distiller(seen, labels, indices=indices, clean=batch)
         if self.model.training:
             for name, value in out.terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())

@@ -7,7 +7,8 @@
     python examples/byo/hf_trainer.py byo-best.yaml
 
 ``DistillationTrainer`` is a ``transformers.Trainer`` whose ``compute_loss`` is the recipe's
-loss; everything else (arguments, logging, checkpoints, callbacks) is the Trainer's own.
+loss, with the recipe's modality dropout and input noise on the student's training batches;
+everything else (arguments, logging, checkpoints, callbacks) is the Trainer's own.
 """
 
 from __future__ import annotations
