@@ -86,6 +86,9 @@ class Distiller(nn.Module):
         self._live: Any = None
         self._generator: torch.Generator | None = None
         self._noise: torch.Generator | None = None
+        # The last batch augment() changed: passed back without clean=, the live teacher would
+        # read the augmented batch (forward refuses that).
+        self._augmented: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def from_export(
@@ -161,13 +164,20 @@ class Distiller(nn.Module):
         (modalities dropped, noise): the recipe's teacher always reads clean inputs.
         """
         from autogram.distill import forward_terms
+        from autogram.teacher.signals import LiveTeacher
         from autogram.tensors.batch_check import check_batch
 
         check_batch(inputs, labels, indices, clean, self.data.modalities, self.data.num_classes, self._train_rows)
+        augmented_alone = clean is None and inputs is self._augmented
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in self.modalities}
         clean = inputs if clean is None else {k: v.to(self.device) for k, v in clean.items() if k in self.modalities}
         labels = labels.to(self.device)
         teacher = self._teacher_for(indices) if self.objective.needs_teacher else None
+        if augmented_alone and isinstance(teacher, LiveTeacher):
+            raise ValueError(
+                "Distiller: inputs come from augment() and no clean= was given, so the teacher would read the "
+                "augmented batch; pass clean=<the batch before augment()>: the recipe's teacher reads clean inputs"
+            )
         idx = indices if indices is not None else torch.empty(0, dtype=torch.long)
         logits, terms = forward_terms(self.student, self.objective, teacher, self.device, idx, clean, inputs, labels)
         return DistillOutput(logits, self.objective.total(terms), terms)
@@ -193,6 +203,7 @@ class Distiller(nn.Module):
             if self._noise is None or self._noise.device != device:
                 self._noise = torch.Generator(device=device).manual_seed(self.config.seed)
             out = add_noise(out, self.data.modalities, train.input_noise, self.data.noise_scale, self._noise)
+        self._augmented = out if out is not inputs else None
         return out
 
     def average_objective_gradients(self) -> None:

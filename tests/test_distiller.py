@@ -225,6 +225,36 @@ def test_the_hugging_face_trainer_applies_the_recipe_s_augmentations_in_training
         assert blanked(teacher_saw[-1]) == 0, (augment, training)
 
 
+def test_an_augmented_batch_without_clean_is_refused_when_the_teacher_runs_live(
+    tmp_path: Path, teacher_cache: Path
+) -> None:
+    # Forgetting clean= would feed the live teacher the blanked modalities: a recipe other
+    # than the exported one, with nothing said. The cache (indices) never reads inputs.
+    path = _kd_gram_export(tmp_path, teacher_cache)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["modality_dropout"] = 0.5
+    path.write_text(yaml.safe_dump(raw))
+    distiller = Distiller.from_export(path)
+    split = distiller.data.splits["train"]
+    x = {k: torch.from_numpy(v) for k, v in split.rows(list(range(8))).items()}
+    y = torch.from_numpy(split.labels[:8])
+    augmented = distiller.augment(x)
+    with pytest.raises(ValueError, match=r"no clean= was given.*pass clean="):
+        distiller(augmented, y)
+    assert torch.isfinite(distiller(augmented, y, clean=x).loss)
+    assert torch.isfinite(distiller(augmented, y, indices=torch.arange(8)).loss)  # the cache serves these rows
+    assert torch.isfinite(distiller(x, y).loss)  # not augmented: the teacher reads it as it is
+    raw["teacher"]["cache"] = False  # no cache: the teacher runs live even for indexed rows
+    path.write_text(yaml.safe_dump(raw))
+    live = Distiller.from_export(path)
+    with pytest.raises(ValueError, match=r"no clean= was given"):
+        live(live.augment(x), y, indices=torch.arange(8))
+    raw["train"]["modality_dropout"] = 0.0  # augment() changes nothing: nothing to refuse
+    path.write_text(yaml.safe_dump(raw))
+    plain = Distiller.from_export(path)
+    assert torch.isfinite(plain(plain.augment(x), y).loss)
+
+
 # --- DDP: two CPU processes (gloo) against one process on the concatenated batch ---------
 
 
