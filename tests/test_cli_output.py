@@ -204,3 +204,30 @@ def test_a_json_commands_stdout_holds_only_its_json(capsys: pytest.CaptureFixtur
             assert json.loads(out) == {"rows": []} and "marked dead" in err
         else:
             assert "marked dead" in out and not err
+
+
+def test_a_resumed_search_s_best_so_far_counts_the_trials_it_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a resume, each trial's line said the best of the resumed part only (e.g. accuracy
+    # 0.657 while a kept trial had 0.804): the kept trials' values now come from the event log.
+    import logging
+    from types import SimpleNamespace
+
+    from autogram.study.progress import Progress
+
+    objectives = [{"name": "accuracy", "direction": "maximize"}, {"name": "cost", "direction": "minimize"}]
+    plan = SimpleNamespace(directory=tmp_path, objectives=objectives)
+    first = Progress(plan, 3)
+    first.trial_started("a", {"trial_number": 0})
+    first.trial_finished("a", {"final": True, "status": "ok", "accuracy": 0.8, "cost": 50.0}, False)
+    first.trial_started("b", {"trial_number": 1})
+    first.trial_finished("b", {"final": False, "epoch": 2}, False)  # pruned: no values to keep
+    resumed = Progress(plan, 4)
+    resumed.trial_started("c", {"trial_number": 2})
+    with caplog.at_level(logging.INFO, logger="autogram"):
+        resumed.trial_finished("c", {"final": True, "status": "ok", "accuracy": 0.6, "cost": 40.0}, False)
+    assert caplog.text.strip().endswith(
+        "trial 2 ok  accuracy 0.6  cost 40 | done 3/4, running 0, failed 0 | "
+        "best so far: accuracy 0.8 (trial 0), cost 40 (trial 2)"
+    ), caplog.text

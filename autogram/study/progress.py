@@ -29,6 +29,21 @@ class Progress:
             "done": sum(e["event"] == "complete" for e in previous),
             "failed": sum(e.get("status") == "failed" for e in previous),
         }
+        # A resumed search's "best so far" counts the trials it kept (their values are in the
+        # event log since it records them).
+        for event in previous:
+            if event["event"] == "complete" and event.get("values"):
+                self._improve(event["values"], event.get("number"))
+
+    def _improve(self, values: dict[str, float], number: Any) -> None:
+        """Take ``values`` (an ok trial's, by objective) as the best of each objective they beat."""
+        for objective in self.plan.objectives:
+            name = objective["name"]
+            if name not in values:
+                continue
+            value, sign = float(values[name]), 1 if objective["direction"] == "maximize" else -1
+            if name not in self.best or sign * value > sign * self.best[name][0]:
+                self.best[name] = (value, number)
 
     def _event(self, kind: str, trial_id: str, **fields: Any) -> None:
         with self.events.open("a") as handle:
@@ -55,11 +70,13 @@ class Progress:
             status = str(result.get("status", "ok"))
         self.counts["done"] += 1
         number = self.numbers.get(trial_id)
+        scores = {o["name"]: float(result[o["name"]]) for o in self.plan.objectives} if status == "ok" else None
         self._event(
             "complete",
             trial_id,
             number=number,
             status=status,
+            values=scores,
             seconds=result.get("time_total_s"),
             train_seconds=result.get("train_seconds"),
             eval_seconds=result.get("eval_seconds"),
@@ -69,13 +86,9 @@ class Progress:
             node_id=result.get("node_id"),
         )
         values = ""
-        if status == "ok":
-            for objective in self.plan.objectives:
-                name, value = objective["name"], float(result[objective["name"]])
-                sign = 1 if objective["direction"] == "maximize" else -1
-                if name not in self.best or sign * value > sign * self.best[name][0]:
-                    self.best[name] = (value, number)
-            values = "  " + "  ".join(f"{o['name']} {float(result[o['name']]):.4g}" for o in self.plan.objectives)
+        if scores is not None:
+            self._improve(scores, number)
+            values = "  " + "  ".join(f"{name} {value:.4g}" for name, value in scores.items())
         elif status == "pruned":
             values = f"  stopped after epoch {result.get('epoch', '?')}"
         elif result.get("reason"):
