@@ -61,7 +61,7 @@ class DistillationTrainer(Trainer):
         # The recipe's augmentations in training only (evaluation scores clean inputs); the
         # teacher reads the clean batch either way.
         seen = self.distiller.augment(batch) if self.augment and self.model.training else batch
-        out = self.distiller(seen, labels, indices=indices, clean=batch)
+        out = self.distiller(seen, labels, indices=indices, clean=batch if seen is not batch else None)
         if self.model.training:
             for name, value in out.terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
