@@ -195,7 +195,12 @@ def test_an_export_whose_mlflow_is_gone_is_written_and_says_so_once(searched: Pa
 
 def test_export_trial_writes_that_trial_as_a_pick_would(searched: Path, tmp_path: Path) -> None:
     # The front table names trials by number; --trial exports the one the user read there.
-    folder = searched / "autogram-runs" / "exp"
+    # A copy of the search whose MLflow is elsewhere: these exports are not logged on the shared
+    # search's parent run, whose exports/ another test lists.
+    folder = tmp_path / "exp"
+    shutil.copytree(searched / "autogram-runs" / "exp", folder)
+    spec = json.loads((folder / "search.json").read_text())
+    (folder / "search.json").write_text(json.dumps({**spec, "tracking_uri": f"sqlite:///{tmp_path / 'none.db'}"}))
     document = json.loads((folder / "front.json").read_text())
     knee = run_cli("export", str(folder), "-o", str(tmp_path / "knee.yaml"), cwd=tmp_path)
     assert knee.returncode == 0, knee.stderr[-2000:]
