@@ -97,7 +97,7 @@ def ablate(source: str, point: str, seeds: int = 3, tracking_uri: str | None = N
     document, spec, parent_id = load_source(source, tracking_uri)
     if "," in point or point == "front":
         raise ConfigError(f"--ablate {point!r}: one point, a trial number or knee")
-    (trial,) = choose_points(document, point)
+    (trial,) = choose_points(document, point, "--ablate")
     raw = trial_training_config(spec, trial)
     chosen_seeds = seed_list(int(raw.get("seed", 0)), seeds)
     data = same_data(load_for(validate(raw)), spec)

@@ -34,9 +34,10 @@ log = logging.getLogger("autogram")
 METRICS = ("accuracy", "balanced_accuracy", "robustness", "cost")
 
 
-def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]:
+def choose_points(document: dict[str, Any], points: str, option: str = "--points") -> list[dict[str, Any]]:
     """The trials ``points`` names: ``knee``, ``front`` (every Pareto point) or trial numbers,
-    comma-separated; a ConfigError for anything else, or a trial that did not finish ok."""
+    comma-separated; a ConfigError naming ``option`` for anything else, or a trial that did
+    not finish ok."""
     from autogram.export import choose, number_ranges, numbered
 
     chosen: dict[int, dict[str, Any]] = {}
@@ -48,11 +49,11 @@ def choose_points(document: dict[str, Any], points: str) -> list[dict[str, Any]]
         elif item == "front":
             chosen.update({t["number"]: t for t in document["trials"] if t.get("pareto")})
         elif item.isdigit() and int(item) in by_number:
-            trial = numbered(document, int(item), "--points")
+            trial = numbered(document, int(item), option)
             chosen[trial["number"]] = trial
         else:
             raise ConfigError(
-                f"--points {item!r}: expected knee, front or a trial number of {document['name']!r} "
+                f"{option} {item!r}: expected knee, front or a trial number of {document['name']!r} "
                 f"({number_ranges(sorted(by_number)) or 'none'})"
             )
     return list(chosen.values())

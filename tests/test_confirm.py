@@ -243,6 +243,8 @@ def test_a_trial_number_no_trial_has_is_refused_with_the_numbers_there_are() -> 
     with pytest.raises(ConfigError) as refused:
         choose_points(document, "5")
     assert str(refused.value) == "--points '5': expected knee, front or a trial number of 's' (0-2, 4, 6-7)"
+    with pytest.raises(ConfigError, match=r"^--ablate '5': expected knee"):  # the option the user typed
+        choose_points(document, "5", "--ablate")
 
 
 def test_a_point_beats_a_baseline_only_beyond_the_seed_spread() -> None:
