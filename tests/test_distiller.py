@@ -10,6 +10,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,14 +28,23 @@ PAIRS = ["image.block2:image.layer1", "tokens.block3:tokens.layer2"]
 CANDIDATES = ["encoders.image.layers.0:image_net.1", "encoders.audio.layers.1:audio_net.2"]
 
 
-def _kd_gram_export(folder: Path, teacher_cache: Path) -> Path:
-    """A training config as `autogram export` writes one: KD + the sample Gram on two pairs."""
+def _kd_gram_export(folder: Path, teacher_cache: Path, **train: Any) -> Path:
+    """A training config as `autogram export` writes one: KD + the sample Gram on two pairs
+    (``train`` fields, e.g. ``modality_dropout``, set as given)."""
     raw = tiny_raw(teacher_cache)
     raw["name"] = "parity"
     raw["distill"] = {"w_ce": 1.0, "w_kd": 0.7, "w_gram": 50.0, "w_xmodal": 0.0, "temperature": 3.0, "pairs": PAIRS}
+    raw["train"].update(train)
     path = folder / "best.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def _first_rows(distiller: Distiller, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The first ``n`` rows of the distiller's train split as a loader gives them: inputs, labels."""
+    split = distiller.data.splits["train"]
+    rows = {k: torch.from_numpy(v) for k, v in split.rows(list(range(n))).items()}
+    return rows, torch.from_numpy(split.labels[:n])
 
 
 def test_a_loop_driving_the_distiller_gives_the_losses_of_autogram_train(tmp_path: Path, teacher_cache: Path) -> None:
@@ -161,7 +171,7 @@ def test_rows_labelled_below_0_are_left_out_of_the_ce_term_only(tmp_path: Path, 
     import torch.nn.functional as F
 
     distiller = Distiller.from_export(_kd_gram_export(tmp_path, teacher_cache)).eval()
-    x = {k: torch.from_numpy(v) for k, v in distiller.data.splits["train"].rows(list(range(8))).items()}
+    x, _ = _first_rows(distiller, 8)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     full = distiller(x, y)
     partial = distiller(x, torch.where(torch.arange(8) < 3, y, -1))
@@ -175,9 +185,7 @@ def test_rows_labelled_below_0_are_left_out_of_the_ce_term_only(tmp_path: Path, 
 def test_autocast_runs_the_recipe_in_bfloat16(tmp_path: Path, teacher_cache: Path) -> None:
     path = _kd_gram_export(tmp_path, teacher_cache)
     distiller = Distiller.from_export(path)
-    split = distiller.data.splits["train"]
-    rows = {k: torch.from_numpy(v) for k, v in split.rows(list(range(16))).items()}
-    labels = torch.from_numpy(split.labels[:16])
+    rows, labels = _first_rows(distiller, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = distiller(rows, labels)  # no indices: the teacher runs live
     out.loss.backward()
@@ -195,14 +203,9 @@ def test_the_hugging_face_trainer_applies_the_recipe_s_augmentations_in_training
 
     from autogram.integrations.hf import DistillationTrainer
 
-    path = _kd_gram_export(tmp_path, teacher_cache)
-    raw = yaml.safe_load(path.read_text())
-    raw["train"]["modality_dropout"] = 0.9
-    path.write_text(yaml.safe_dump(raw))
-    distiller = Distiller.from_export(path)
-    split = distiller.data.splits["train"]
-    batch = {k: torch.from_numpy(v) for k, v in split.rows(list(range(32))).items()}
-    batch["labels"] = torch.from_numpy(split.labels[:32])
+    distiller = Distiller.from_export(_kd_gram_export(tmp_path, teacher_cache, modality_dropout=0.9))
+    batch, labels = _first_rows(distiller, 32)
+    batch["labels"] = labels
     student_saw: list[dict[str, torch.Tensor]] = []
     teacher_saw: list[dict[str, torch.Tensor]] = []
     distiller.student.register_forward_pre_hook(lambda _m, args: student_saw.append(args[0]))
@@ -218,7 +221,8 @@ def test_the_hugging_face_trainer_applies_the_recipe_s_augmentations_in_training
     for augment, training, dropped in ((True, True, True), (True, False, False), (False, True, False)):
         trainer = DistillationTrainer(distiller, args=args, **({} if augment else {"augment": False}))
         trainer.model.train(training)
-        student_saw.clear(), teacher_saw.clear()
+        student_saw.clear()
+        teacher_saw.clear()
         loss = trainer.compute_loss(trainer.model, dict(batch))
         assert torch.isfinite(loss)
         assert (blanked(student_saw[-1]) > 0) == dropped, (augment, training)
@@ -230,14 +234,10 @@ def test_an_augmented_batch_without_clean_is_refused_when_the_teacher_runs_live(
 ) -> None:
     # Forgetting clean= would feed the live teacher the blanked modalities: a recipe other
     # than the exported one, with nothing said. The cache (indices) never reads inputs.
-    path = _kd_gram_export(tmp_path, teacher_cache)
+    path = _kd_gram_export(tmp_path, teacher_cache, modality_dropout=0.5)
     raw = yaml.safe_load(path.read_text())
-    raw["train"]["modality_dropout"] = 0.5
-    path.write_text(yaml.safe_dump(raw))
     distiller = Distiller.from_export(path)
-    split = distiller.data.splits["train"]
-    x = {k: torch.from_numpy(v) for k, v in split.rows(list(range(8))).items()}
-    y = torch.from_numpy(split.labels[:8])
+    x, y = _first_rows(distiller, 8)
     augmented = distiller.augment(x)
     with pytest.raises(ValueError, match=r"no clean= was given.*pass clean="):
         distiller(augmented, y)
